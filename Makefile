@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv when missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.kgclip-installed
+
+.PHONY: demo test test-all bench gpu clean-venv
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+## Build a small index over bundled photos and run a few searches.
+demo: $(STAMP)
+	$(VENV)/bin/kgclip demo
+
+## The fast test suite (the README's test command; CI runs it).
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+## Everything, including the long reliability trials.
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+## Regenerate benchmarks/results/*.json and BENCHMARKS.md.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+## Swap faiss-cpu for faiss-gpu (same `faiss` module; kgclip uses the GPU when one is present).
+gpu: $(STAMP)
+	$(PIP) uninstall -y faiss-cpu
+	$(PIP) install -c constraints.txt 'faiss-gpu>=1.8'
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,195 @@
+"""The one Encoder contract every model family implements.
+
+Vectors are L2-normalised float32 numpy arrays compared by inner product.
+Nothing here imports torch at module level: weights load on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import KgclipError, ModelError, UsageError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# (WordNet synset id such as "n02123045", probability)
+Concept = tuple[str, float]
+
+
+@dataclass
+class ImageBatch:
+    """Vectors of a batch of images, plus the image tower's top concepts where it has them."""
+
+    vectors: np.ndarray
+    concepts: list[list[Concept]] | None = None
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def resolve_device(device: str | None) -> str:
+    """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string."""
+    device = (device or os.environ.get("KGCLIP_DEVICE") or "auto").strip().lower()
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU on this machine")
+    return device
+
+
+def load_image(item: Any):
+    """Open a path (or pass a PIL image through) as an RGB PIL image, EXIF-rotated."""
+    from PIL import Image, ImageOps
+
+    if isinstance(item, Image.Image):
+        img = item
+    else:
+        path = Path(item)
+        try:
+            img = Image.open(path)
+            img = ImageOps.exif_transpose(img)
+        except FileNotFoundError:
+            raise KgclipError(f"{path}: no such image file") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise KgclipError(f"{path}: cannot read image ({e})") from None
+    if img.mode != "RGB":
+        if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+            img = img.convert("RGBA")
+            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(bg, img)
+        img = img.convert("RGB")
+    return img
+
+
+def weights_signature(paths: Sequence[str | os.PathLike], extra: str = "") -> str:
+    """A cheap, stable hash of weight files: size plus the first and last MiB of each.
+
+    Full hashes of hundreds of MB would cost seconds on every cold query; size
+    plus head and tail changes whenever a checkpoint does in practice.
+    """
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+        else:
+            files = [p]
+        for f in files:
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+                if size > (2 << 20):
+                    fh.seek(-(1 << 20), os.SEEK_END)
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+class Encoder(ABC):
+    """A dual (or text-only) encoder named by a spec string.
+
+    Construction is cheap and never loads weights; :meth:`load` (called by the
+    first encode) does. ``encode_*`` return L2-normalised float32 arrays.
+    """
+
+    family: str = ""
+    has_images: bool = True
+    has_texts: bool = True
+
+    def __init__(self, spec: str, device: str | None = "auto", batch_size: int = 32):
+        self.spec = spec
+        self.requested_device = device or "auto"
+        self.batch_size = int(batch_size)
+        self._loaded = False
+        self._fingerprint: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def load(self) -> "Encoder":
+        if not self._loaded:
+            self.device = resolve_device(self.requested_device)
+            self._load()
+            self._loaded = True
+        return self
+
+    @abstractmethod
+    def _load(self) -> None:
+        """Load weights; set ``self._dim``."""
+
+    @property
+    def dim(self) -> int:
+        self.load()
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        """``spec`` plus a hash of weights or config; stored in index manifests."""
+        if self._fingerprint is None:
+            self._fingerprint = f"{self.spec}#{self._weights_hash()}"
+        return self._fingerprint
+
+    @abstractmethod
+    def _weights_hash(self) -> str: ...
+
+    # -- images ----------------------------------------------------------------
+    def image_transform(self) -> Callable[[Any], np.ndarray]:
+        """A picklable callable: RGB PIL image -> float32 CHW array (runs in decode workers)."""
+        raise ModelError(f"{self.spec} has no image tower")
+
+    def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
+        """Encode a stacked batch of :meth:`image_transform` outputs."""
+        raise ModelError(f"{self.spec} has no image tower")
+
+    def encode_images(self, images: Sequence[Any], with_concepts: bool = False) -> np.ndarray | ImageBatch:
+        """Encode paths or PIL images. Returns vectors, or an :class:`ImageBatch` with concepts."""
+        if not self.has_images:
+            raise ModelError(f"{self.spec} has no image tower: it encodes text only")
+        self.load()
+        tf = self.image_transform()
+        out_v, out_c = [], []
+        for i in range(0, len(images), self.batch_size):
+            arr = np.stack([tf(load_image(x)) for x in images[i : i + self.batch_size]])
+            b = self.encode_image_arrays(arr, with_concepts=with_concepts)
+            out_v.append(b.vectors)
+            if with_concepts:
+                out_c.extend(b.concepts or [[] for _ in range(len(arr))])
+        vecs = np.concatenate(out_v) if out_v else np.zeros((0, self.dim), np.float32)
+        return ImageBatch(vecs, out_c) if with_concepts else vecs
+
+    # -- texts -----------------------------------------------------------------
+    @abstractmethod
+    def _encode_text_batch(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode documents (captions, entity names/glosses)."""
+        if not self.has_texts:
+            raise ModelError(f"{self.spec} has no text tower")
+        self.load()
+        texts = [str(t) for t in texts]
+        out = [
+            self._encode_text_batch(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)
+        ]
+        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode search queries; the same as documents unless a model says otherwise."""
+        return self.encode_texts(texts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"

@@ -1,0 +1,278 @@
+"""open_clip encoders.
+
+Spec forms (after the ``open_clip:`` prefix):
+
+- ``MODEL/PRETRAINED_TAG``  e.g. ``ViT-B-32/laion2b_s34b_b79k`` (weights from the
+  local cache, or downloaded where the hub is reachable)
+- ``MODEL@CHECKPOINT``      a local ``.pt``/``.bin``/``.safetensors`` file
+- ``local-dir:DIR``         a folder with ``open_clip_config.json`` and weights
+- ``MODEL``                 random init (tests and speed benchmarks only)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..errors import ModelError, WeightsNotFound
+from .base import Encoder, ImageBatch, l2_normalize, weights_signature
+
+log = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("KGCLIP_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub_reachable(url: str | None = None) -> bool:
+    """A bounded probe, so a machine without internet fails in seconds, not after long retries."""
+    host = urlparse(url or os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_weights(cfg: dict) -> str | None:
+    """Path of a tag's weights in the local caches, or None."""
+    if cfg.get("file"):
+        return cfg["file"] if Path(cfg["file"]).is_file() else None
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_pytorch_model.bin"]
+        names = [n.replace(".bin", ".safetensors").replace(".pth", ".safetensors") for n in names] + names
+        names = [n if n.endswith((".safetensors", ".bin", ".pt", ".pth")) else n for n in names]
+        names += ["open_clip_model.safetensors"]
+        for name in names:
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return hit
+    url = cfg.get("url", "")
+    if url:
+        p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlparse(url).path)
+        if p.is_file():
+            return str(p)
+    return None
+
+
+def resolve_pretrained(model: str, tag: str) -> tuple[str, dict]:
+    """Local path of ``model``'s weights for ``tag``, downloading only where the hub is reachable."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise ModelError(
+            f"open_clip model {model!r} has no pretrained tag {tag!r}; known tags: {', '.join(tags) or 'none'}"
+        )
+    path = _cached_weights(cfg)
+    if path:
+        return path, cfg
+    where = cfg.get("hf_hub") or cfg.get("url") or "the model hub"
+    how = (
+        f"weights for open_clip:{model}/{tag} are not in the local cache and cannot be downloaded "
+        f"({{why}}): download {where} on a machine with internet, or pass a local file as "
+        f"open_clip:{model}@/path/to/weights.safetensors"
+    )
+    if _offline():
+        raise WeightsNotFound(how.format(why="offline mode is set"))
+    if not _hub_reachable(cfg.get("url") if not cfg.get("hf_hub") else None):
+        raise WeightsNotFound(how.format(why="the model hub is unreachable"))
+    try:
+        return open_clip.download_pretrained(cfg), cfg
+    except Exception as e:  # network and hub errors come in many types
+        raise WeightsNotFound(how.format(why=f"download failed: {e}")) from None
+
+
+class TorchPreprocess:
+    """Wrap a torchvision preprocess so decode workers get float32 numpy CHW arrays."""
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, img) -> np.ndarray:
+        return self.preprocess(img).numpy().astype(np.float32, copy=False)
+
+
+class OpenClipEncoder(Encoder):
+    family = "open_clip"
+
+    def __init__(self, spec: str, rest: str, device: str | None = "auto", batch_size: int = 32):
+        super().__init__(spec, device, batch_size)
+        if not rest:
+            raise ModelError("open_clip spec needs a model: open_clip:MODEL/TAG, MODEL@FILE or local-dir:DIR")
+        self.local_dir: str | None = None
+        self.checkpoint: str | None = None
+        self.tag: str | None = None
+        if rest.startswith("local-dir:"):
+            self.local_dir = rest[len("local-dir:") :]
+            self.model_name = f"local-dir:{self.local_dir}"
+            if not Path(self.local_dir).is_dir():
+                raise ModelError(f"open_clip local-dir {self.local_dir!r} is not a folder")
+            if not (Path(self.local_dir) / "open_clip_config.json").is_file():
+                raise ModelError(f"open_clip local-dir {self.local_dir!r} has no open_clip_config.json")
+        elif "@" in rest:
+            self.model_name, _, self.checkpoint = rest.partition("@")
+            if not Path(self.checkpoint).is_file():
+                raise WeightsNotFound(f"open_clip checkpoint {self.checkpoint!r} does not exist")
+        else:
+            self.model_name, _, tag = rest.partition("/")
+            self.tag = tag or None
+        self.fast_text = True
+
+    # -- loading ---------------------------------------------------------------
+    def _load(self) -> None:
+        import open_clip
+        import torch
+
+        kwargs: dict = {}
+        pretrained = None
+        if self.local_dir is None and self.model_name not in open_clip.list_models():
+            raise ModelError(f"unknown open_clip model {self.model_name!r}; see open_clip.list_models()")
+        if self.checkpoint:
+            pretrained = self.checkpoint
+        elif self.tag:
+            pretrained, cfg = resolve_pretrained(self.model_name, self.tag)
+            for k_cfg, k_arg in (("mean", "image_mean"), ("std", "image_std"),
+                                 ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+                if k_cfg in cfg:
+                    kwargs[k_arg] = cfg[k_cfg]
+            if cfg.get("quick_gelu"):
+                kwargs["force_quick_gelu"] = True
+        precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=pretrained, device=self.device, precision=precision, **kwargs
+            )
+            self.tokenizer = open_clip.get_tokenizer(self.model_name)
+        except (RuntimeError, ValueError, FileNotFoundError, KeyError, OSError) as e:
+            raise ModelError(f"cannot load open_clip model {self.spec!r}: {str(e).splitlines()[0]}") from None
+        model.eval()
+        if not self.device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.preprocess = preprocess
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, *self._image_size(), device=self.device)
+            if precision == "fp16":
+                probe = probe.half()
+            self._dim = int(model.encode_image(probe).shape[-1])
+        self.fast_text = self._fast_text_supported()
+
+    def _image_size(self) -> tuple[int, int]:
+        size = getattr(self.model.visual, "image_size", 224)
+        return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+
+    def _weights_hash(self) -> str:
+        if self.checkpoint:
+            return weights_signature([self.checkpoint])
+        if self.local_dir:
+            return weights_signature([self.local_dir])
+        if self.tag:
+            self.load()
+            return weights_signature([], extra=f"{self.model_name}/{self.tag}") + "-" + self._param_hash()
+        return "random-init-" + self._param_hash()
+
+    def _param_hash(self) -> str:
+        """Hash of a few parameter tensors: identifies the actual weights (and random inits)."""
+        import hashlib
+
+        self.load()
+        h = hashlib.sha256()
+        params = list(self.model.parameters())
+        for p in params[:3] + params[-3:]:
+            h.update(p.detach().float().cpu().numpy().tobytes()[: 1 << 16])
+        return h.hexdigest()[:12]
+
+    # -- images ----------------------------------------------------------------
+    def image_transform(self):
+        self.load()
+        return TorchPreprocess(self.preprocess)
+
+    def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
+        import torch
+
+        self.load()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            if self.device.startswith("cuda"):
+                x = x.half()
+            else:
+                x = x.contiguous(memory_format=torch.channels_last)
+            v = self.model.encode_image(x).float().cpu().numpy()
+        return ImageBatch(l2_normalize(v), None)
+
+    # -- texts -----------------------------------------------------------------
+    def _fast_text_supported(self) -> bool:
+        """The truncated path applies to open_clip.CLIP with a causal mask and EOT (argmax) pooling,
+        and is kept only where it reproduces the padded result numerically."""
+        import torch
+
+        m = self.model
+        if not all(hasattr(m, a) for a in ("token_embedding", "positional_embedding", "attn_mask", "ln_final")):
+            return False
+        if getattr(m, "text_pool_type", None) != "argmax" or m.attn_mask is None:
+            return False
+        probe = ["a photo of a dog catching a frisbee", "x"]
+        try:
+            tokens = self.tokenizer(probe).to(self.device)
+            with torch.inference_mode():
+                full = m.encode_text(tokens).float()
+                fast = self._encode_tokens_fast(tokens).float()
+        except Exception as e:  # any mismatch in internals disables the optimisation
+            log.debug("fast text path disabled: %s", e)
+            return False
+        tol = 2e-2 if self.device.startswith("cuda") else 1e-4
+        return bool(torch.allclose(full, fast, atol=tol, rtol=tol))
+
+    def _encode_tokens_fast(self, tokens):
+        """encode_text over only the first L positions, L = longest real sequence in the batch.
+
+        With a causal mask the EOT position attends to nothing after itself, so the
+        truncated sequence yields the same pooled feature as the padded one.
+        """
+        from open_clip.transformer import text_global_pool
+        import torch.nn as nn
+
+        m = self.model
+        length = int((tokens != 0).int().cumsum(dim=1).argmax(dim=1).max().item()) + 1
+        t = tokens[:, :length]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(t).to(cast)
+        x = x + m.positional_embedding[:length].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = text_global_pool(x, t, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
+        return x
+
+    def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode():
+            x = self._encode_tokens_fast(tokens) if self.fast_text else self.model.encode_text(tokens)
+        return x.float().cpu().numpy()
+
+    def encode_texts(self, texts):
+        # Sort by length so each batch is truncated to its own longest text.
+        texts = [str(t) for t in texts]
+        if not self.fast_text or len(texts) <= self.batch_size:
+            return super().encode_texts(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = super().encode_texts([texts[i] for i in order])
+        res = np.empty_like(out)
+        res[order] = out
+        return res

@@ -1,0 +1,89 @@
+"""The shared vocabulary: hits, result lists and query plans."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Hit:
+    """One retrieved item."""
+
+    id: int
+    score: float
+    path: str | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    explanation: list[str] = field(default_factory=list)
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __repr__(self) -> str:
+        return f"Hit(rank={self.rank}, id={self.id}, score={self.score:.4f}, path={self.path!r})"
+
+
+@dataclass
+class Results:
+    """The hits for one query, best first, with how the query was interpreted."""
+
+    query: str | None
+    hits: list[Hit]
+    plan: "QueryPlan | None" = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    def __getitem__(self, i):
+        return self.hits[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "hits": [h.to_dict() for h in self.hits],
+            "plan": self.plan.to_dict() if self.plan else None,
+            "timings_ms": dict(self.timings_ms),
+        }
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{h.id}:{h.score:.3f}" for h in self.hits[:5])
+        more = f", ... {len(self.hits) - 5} more" if len(self.hits) > 5 else ""
+        return f"Results(query={self.query!r}, hits=[{head}{more}])"
+
+
+@dataclass
+class Expansion:
+    """One vector added to a query by knowledge-graph expansion."""
+
+    entity_id: str
+    name: str
+    relation: str  # "linked", "synonym", "hyponym", "hypernym", "part", user relation ...
+    weight: float
+    path: list[str] = field(default_factory=list)  # e.g. ["dog", "hyponym", "puppy"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QueryPlan:
+    """How a query was interpreted: linked entities and the expansions searched."""
+
+    text: str | None
+    mode: str = "none"  # none | mix | multi
+    linked: list[dict[str, Any]] = field(default_factory=list)
+    expansions: list[Expansion] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "mode": self.mode,
+            "linked": list(self.linked),
+            "expansions": [e.to_dict() for e in self.expansions],
+        }

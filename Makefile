@@ -4,14 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.kgclip-installed
+BENCH_STAMP := $(VENV)/.kgclip-bench-installed
 
 .PHONY: demo test test-all bench gpu clean-venv
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 ## Build a small index over bundled photos and run a few searches.
 demo: $(STAMP)
@@ -26,7 +31,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 ## Regenerate benchmarks/results/*.json and BENCHMARKS.md.
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run_all
 
 ## Swap faiss-cpu for faiss-gpu (same `faiss` module; kgclip uses the GPU when one is present).

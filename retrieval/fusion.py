@@ -1,0 +1,136 @@
+"""Rank fusion: pure functions over ``(id, score)`` lists.
+
+A ranked list is a sequence of ``(id, score)`` pairs, best first. Raw scores
+from different encoders live on different scales, so they are never added
+as they are: :func:`weighted_sum` normalises each list first (min-max or z),
+and :func:`rrf` uses ranks only. Every function returns a new list sorted by
+fused score (ties broken by id, so results are deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Iterable, Sequence
+
+Ranked = Sequence[tuple[Hashable, float]]
+
+NORMALISERS = ("minmax", "z", "none")
+
+
+def _sorted(scores: dict) -> list[tuple[Hashable, float]]:
+    return sorted(scores.items(), key=lambda kv: (-kv[1], _key(kv[0])))
+
+
+def _key(x):
+    # ids are usually ints; fall back to a string so mixed ids still sort
+    return (0, x) if isinstance(x, (int, float)) else (1, str(x))
+
+
+def normalise(ranked: Ranked, method: str = "minmax") -> list[tuple[Hashable, float]]:
+    """Rescale one list's scores: ``minmax`` to [0, 1] (all equal -> 1.0), ``z`` to zero mean and unit
+    variance (all equal -> 0.0), ``none`` unchanged. Order is kept."""
+    if method not in NORMALISERS:
+        raise ValueError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALISERS)}")
+    items = [(i, float(s)) for i, s in ranked]
+    if not items or method == "none":
+        return items
+    vals = [s for _, s in items]
+    if method == "minmax":
+        lo, hi = min(vals), max(vals)
+        if hi - lo <= 1e-12:
+            return [(i, 1.0) for i, _ in items]
+        return [(i, (s - lo) / (hi - lo)) for i, s in items]
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+    if sd <= 1e-12:
+        return [(i, 0.0) for i, _ in items]
+    return [(i, (s - mean) / sd) for i, s in items]
+
+
+def _check_weights(lists: Sequence[Ranked], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(lists)
+    if len(weights) != len(lists):
+        raise ValueError(f"{len(weights)} weights for {len(lists)} ranked lists")
+    return [float(w) for w in weights]
+
+
+def weighted_sum(
+    lists: Sequence[Ranked],
+    weights: Sequence[float] | None = None,
+    norm: str = "minmax",
+    missing: float | None = None,
+) -> list[tuple[Hashable, float]]:
+    """Sum of weighted, normalised scores.
+
+    An id absent from a list contributes ``missing`` for it: by default the
+    list's lowest normalised score (the id scored at most that much there), or
+    0 for ``z`` normalisation's mean.
+    """
+    ws = _check_weights(lists, weights)
+    normed = [normalise(lst, norm) for lst in lists]
+    ids: dict[Hashable, None] = {}
+    for lst in normed:
+        for i, _ in lst:
+            ids.setdefault(i, None)
+    out = {i: 0.0 for i in ids}
+    for w, lst in zip(ws, normed):
+        if not lst:
+            continue
+        floor = missing if missing is not None else (min(s for _, s in lst) if norm != "z" else 0.0)
+        got = dict(lst)
+        for i in out:
+            out[i] += w * got.get(i, floor)
+    return _sorted(out)
+
+
+def rrf(lists: Sequence[Ranked], weights: Sequence[float] | None = None, k: int = 60) -> list[tuple[Hashable, float]]:
+    """Reciprocal rank fusion (Cormack et al., 2009): ``sum_l w_l / (k + rank_l(id))``, rank from 1.
+
+    Scores are ignored; only each list's order matters.
+    """
+    if k < 0:
+        raise ValueError("rrf k must be >= 0")
+    ws = _check_weights(lists, weights)
+    out: dict[Hashable, float] = {}
+    for w, lst in zip(ws, lists):
+        for rank, (i, _) in enumerate(lst, start=1):
+            out[i] = out.get(i, 0.0) + w / (k + rank)
+    return _sorted(out)
+
+
+def max_fuse(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> list[tuple[Hashable, float]]:
+    """Each id's best weighted raw score over the lists (for lists on one scale, e.g. several query
+    vectors against the same index)."""
+    ws = _check_weights(lists, weights)
+    out: dict[Hashable, float] = {}
+    for w, lst in zip(ws, lists):
+        for i, s in lst:
+            v = w * float(s)
+            if i not in out or v > out[i]:
+                out[i] = v
+    return _sorted(out)
+
+
+def argbest(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> dict[Hashable, int]:
+    """For each id, the index of the list that gave it its best weighted score (for explanations)."""
+    ws = _check_weights(lists, weights)
+    best: dict[Hashable, tuple[float, int]] = {}
+    for li, (w, lst) in enumerate(zip(ws, lists)):
+        for i, s in lst:
+            v = w * float(s)
+            if i not in best or v > best[i][0]:
+                best[i] = (v, li)
+    return {i: li for i, (_, li) in best.items()}
+
+
+def fuse(method: str, lists: Sequence[Ranked], weights: Sequence[float] | None = None, **kw):
+    """Dispatch by name: ``sum`` (normalised weighted sum), ``rrf``, ``max``."""
+    fns = {"sum": weighted_sum, "rrf": rrf, "max": max_fuse}
+    if method not in fns:
+        raise ValueError(f"unknown fusion {method!r}: use one of {', '.join(fns)}")
+    return fns[method](lists, weights, **kw)
+
+
+def top(ranked: Iterable[tuple[Hashable, float]], k: int) -> list[tuple[Hashable, float]]:
+    return list(ranked)[: max(0, int(k))]

@@ -1,0 +1,589 @@
+"""Search: plan -> encode -> expand -> kNN -> fuse -> filter -> hydrate -> Hits.
+
+:class:`Searcher` is the warm object: it opens the index once, resolves the
+index's own model from the manifest (and checks its fingerprint), and loads the
+knowledge graph, the caption-side text model and the concept table lazily, the
+first time a query needs them. A batch of queries (:meth:`Searcher.search_many`)
+reuses all of it, so per query only encoding, expansion and search remain.
+
+Scores: with one query vector and no caption fusion a hit's score is the
+inner product (cosine) with the query. KG ``multi`` expansion keeps each
+item's best weighted cosine over the query vectors; concept grounding (lite
+indexes) adds ``concept_weight * weight * p`` for an image whose stored
+WordNet concept (probability ``p``) is a KG target. Hybrid caption fusion
+replaces the score by the fused one (normalised weighted sum in [0, 1], or
+RRF), so ``min_score`` means a different scale there: see :meth:`search`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import fusion
+from .errors import KGError, KgclipError, ModelError, ModelMismatch, QueryError, UsageError
+from .filters import Filter, matches, parse_filters
+from .types import Hit, QueryPlan, Results
+
+log = logging.getLogger(__name__)
+
+EXPAND_MODES = ("auto", "none", "mix", "multi")
+HYBRID_MODES = ("auto", "none", "sum", "rrf")
+# The defaults `auto` resolves to. Chosen from benchmarks/results (see README "Benchmarks"): mix
+# expansion whenever a KG is available; normalised weighted sum when the index has captions.
+AUTO_EXPAND = "mix"
+AUTO_HYBRID = "sum"
+
+
+@dataclass
+class SearchOptions:
+    """Knobs with defaults; everything a query can change without reloading anything."""
+
+    image_weight: float = 0.5  # text+image queries: share of the image vector in the mixed query
+    caption_weight: float = 0.5  # hybrid: share of the caption list in the fusion
+    concept_weight: float = 0.25  # lite grounding: bonus per unit of (KG weight * concept probability)
+    rrf_k: int = 60
+    norm: str = "minmax"
+    min_fetch: int = 50  # candidates fetched per list before fusion/filtering
+    fetch_factor: int = 4
+
+
+def _validate_k(k: Any) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise UsageError(f"k must be a positive integer, not {k!r}") from None
+    if k <= 0:
+        raise UsageError(f"k must be a positive integer, not {k}")
+    return k
+
+
+def _clean_text(text: Any) -> str | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise QueryError(f"a text query must be a string, not {type(text).__name__}")
+    t = " ".join(text.split())
+    if not t:
+        raise QueryError("empty query: give some words to search for (or --image PATH)")
+    return t
+
+
+def _is_index(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("search", "get", "model_spec"))
+
+
+def open_any_index(index: Any):
+    """An Index object as it is, or open a path with :func:`indexer.open_index`."""
+    if _is_index(index):
+        return index
+    from indexer import open_index
+
+    return open_index(os.fspath(index))
+
+
+class Searcher:
+    """A warm searcher over one index.
+
+    ``Searcher("pics.kgc").search("a dog on a beach", k=5)`` -> :class:`Results`.
+
+    Parameters: ``index`` is a path or an opened Index; ``expand`` is the KG
+    mode (``auto`` = ``mix`` when a KG can be loaded, else ``none``); ``kg`` a
+    KG path (None = shipped WordNet); ``hybrid`` the default caption fusion;
+    ``model`` (optional) the model spec the caller expects: a different one
+    than the index's raises :class:`ModelMismatch`.
+    """
+
+    def __init__(
+        self,
+        index: Any,
+        expand: str = "auto",
+        kg: str | os.PathLike | None = None,
+        device: str | None = "auto",
+        hybrid: str = "auto",
+        model: str | None = None,
+        options: SearchOptions | None = None,
+        check_fingerprint: bool = True,
+    ):
+        if expand not in EXPAND_MODES:
+            raise UsageError(f"unknown --expand {expand!r}: use one of {', '.join(EXPAND_MODES)}")
+        if hybrid not in HYBRID_MODES:
+            raise UsageError(f"unknown --hybrid {hybrid!r}: use one of {', '.join(HYBRID_MODES)}")
+        self.index = open_any_index(index)
+        self.expand = expand
+        self.kg_path = os.fspath(kg) if kg is not None else None
+        self.device = device or os.environ.get("KGCLIP_DEVICE") or "auto"
+        self.hybrid = hybrid
+        self.options = options or SearchOptions()
+        from .encoders import canonical_spec, get_encoder
+
+        spec = self.index.model_spec
+        if model is not None and canonical_spec(model) != canonical_spec(spec):
+            raise ModelMismatch(
+                f"index {self._name()} was built with model {spec!r}, not {model!r}: "
+                "search it without --model, or build another index with that model"
+            )
+        self.encoder = get_encoder(spec, device=self.device)
+        if check_fingerprint:
+            want = getattr(self.index, "model_fingerprint", None)
+            have = self.encoder.fingerprint
+            if want and have != want:
+                raise ModelMismatch(
+                    f"index {self._name()} was built with {want}, but this machine's {spec} is {have}: "
+                    "its vectors would not match; rebuild the index (kgclip build) with this model"
+                )
+        self._text_encoder = None
+        self._expander: Any = None
+        self._expander_error: str | None = None
+        self._concepts: dict[str, list[tuple[int, float]]] | None = None
+        self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
+        self._n = len(self.index)
+
+    # -- lazily loaded parts -------------------------------------------------------
+    def _name(self) -> str:
+        return str(getattr(self.index, "path", "?"))
+
+    @property
+    def has_captions(self) -> bool:
+        if not getattr(self.index, "text_model_spec", None):
+            return False
+        counts = (getattr(self.index, "manifest", None) or {}).get("counts") or {}
+        n = counts.get("captions", counts.get("caption_vectors"))
+        return n is None or n > 0
+
+    @property
+    def text_encoder(self):
+        """The caption side's model (the index's text model) applied to queries."""
+        if self._text_encoder is None:
+            if not self.index.text_model_spec:
+                raise UsageError(f"index {self._name()} has no caption index (it was built without --text-model)")
+            from .encoders import get_encoder
+
+            self._text_encoder = get_encoder(self.index.text_model_spec, device=self.device)
+        return self._text_encoder
+
+    def resolve_expand(self, expand: str | None = None) -> str:
+        mode = expand or self.expand
+        if mode not in EXPAND_MODES:
+            raise UsageError(f"unknown --expand {mode!r}: use one of {', '.join(EXPAND_MODES)}")
+        if mode == "auto":
+            return AUTO_EXPAND if self.expander(required=False) is not None else "none"
+        if mode != "none":
+            self.expander(required=True)
+        return mode
+
+    def expander(self, required: bool = True):
+        """The KG Expander (loaded once); None when the KG is unavailable and not required."""
+        if self._expander is None and self._expander_error is None:
+            try:
+                self._expander = make_expander(self.kg_path, self.encoder, self.device)
+            except KgclipError as e:
+                self._expander_error = str(e)
+                if self.kg_path is not None:
+                    raise
+            except ImportError as e:
+                self._expander_error = f"the knowledge graph module is not available ({e})"
+        if self._expander is None and required:
+            raise KGError(f"KG expansion is unavailable: {self._expander_error}")
+        return self._expander
+
+    def resolve_hybrid(self, hybrid: str | None = None, text: str | None = None) -> str:
+        mode = hybrid or self.hybrid
+        if mode not in HYBRID_MODES:
+            raise UsageError(f"unknown --hybrid {mode!r}: use one of {', '.join(HYBRID_MODES)}")
+        if mode == "auto":
+            return AUTO_HYBRID if (self.has_captions and text) else "none"
+        if mode != "none" and not self.has_captions:
+            raise UsageError(f"--hybrid {mode}: index {self._name()} has no captions to fuse with")
+        if mode != "none" and not text:
+            raise UsageError(f"--hybrid {mode} needs a text query (the caption side matches text)")
+        return mode
+
+    def concept_table(self) -> dict[str, list[tuple[int, float]]]:
+        """Inverted index WordNet id -> [(item id, probability)], built once from the store."""
+        if self._concepts is None:
+            table: dict[str, list[tuple[int, float]]] = {}
+            for item_id, item in self.index.iter_items():
+                for wnid, p in (item or {}).get("concepts") or []:
+                    table.setdefault(wnid, []).append((int(item_id), float(p)))
+            self._concepts = table
+        return self._concepts
+
+    def warm(self, text: bool = True) -> "Searcher":
+        """Load models (and the KG when expansion is on) now rather than on the first query."""
+        self.encoder.load()
+        if text and self.resolve_expand() != "none":
+            self.expander()
+        return self
+
+    # -- the query -----------------------------------------------------------------
+    def search(
+        self,
+        text: str | None = None,
+        image: Any = None,
+        k: int = 10,
+        weights: dict[str, float] | float | None = None,
+        filters: Sequence[str | Filter] | str | None = None,
+        min_score: float | None = None,
+        explain: bool = False,
+        hybrid: str | None = None,
+        expand: str | None = None,
+    ) -> Results:
+        """Top-``k`` hits for a text query, an image query (path or PIL image), or both.
+
+        ``weights``: a float (the image's share when both are given) or a dict with
+        ``image``, ``caption`` and ``concept`` shares. ``filters``: ``--filter``
+        strings or :class:`Filter` objects (all must hold). ``min_score``: drop hits
+        whose final score is lower (cosine, or the fused score with hybrid).
+        """
+        return self._search(text, image, k, weights, filters, min_score, explain, hybrid, expand, None)
+
+    def search_many(self, texts: Iterable[str], k: int = 10, **kw) -> list[Results]:
+        """Several text queries on the warm path; the plain query vectors are encoded as one batch."""
+        texts = [_clean_text(t) for t in texts]
+        k = _validate_k(k)
+        if not texts:
+            return []
+        mode = self.resolve_expand(kw.get("expand"))
+        pre = None
+        if mode == "none":
+            t0 = time.perf_counter()
+            pre = self.encoder.encode_queries(texts)
+            per = (time.perf_counter() - t0) * 1000 / len(texts)
+        out = []
+        for i, t in enumerate(texts):
+            r = self._search(
+                t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
+                kw.get("explain", False), kw.get("hybrid"), kw.get("expand"), None if pre is None else pre[i : i + 1],
+            )
+            if pre is not None:
+                r.timings_ms["encode"] = round(per, 3)
+            out.append(r)
+        return out
+
+    def _weights(self, weights) -> dict[str, float]:
+        o = self.options
+        w = {"image": o.image_weight, "caption": o.caption_weight, "concept": o.concept_weight}
+        if isinstance(weights, (int, float)):
+            w["image"] = float(weights)
+        elif isinstance(weights, dict):
+            unknown = set(weights) - set(w)
+            if unknown:
+                raise UsageError(f"unknown weight {sorted(unknown)[0]!r}: use image, caption, concept")
+            w.update({k: float(v) for k, v in weights.items()})
+        for name in ("image", "caption"):
+            if not 0.0 <= w[name] <= 1.0:
+                raise UsageError(f"{name} weight must be between 0 and 1, not {w[name]}")
+        return w
+
+    def _search(self, text, image, k, weights, filters, min_score, explain, hybrid, expand, pre_vec) -> Results:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        k = _validate_k(k)
+        text = _clean_text(text)
+        if text is None and image is None:
+            raise QueryError("no query: give a text query, an image (--image PATH), or both")
+        filt = parse_filters(filters)
+        w = self._weights(weights)
+        mode = self.resolve_expand(expand) if text else "none"
+        hyb = self.resolve_hybrid(hybrid, text)
+
+        # 1. query vectors (row 0 = the plain query) and their weights
+        plan = QueryPlan(text=text, mode=mode)
+        rows = np.zeros((0, 0), np.float32)
+        row_w = np.ones(0, np.float32)
+        t = time.perf_counter()
+        if text is not None:
+            if mode != "none":
+                rows, row_w, plan = self.expander().query_vectors(text, self.encoder, mode=mode)
+                rows = np.asarray(rows, np.float32)
+                row_w = np.asarray(row_w, np.float32)
+                plan.mode = mode
+                timings["expand"] = _ms(t)
+            else:
+                rows = pre_vec if pre_vec is not None else self.encoder.encode_queries([text])
+                row_w = np.ones(1, np.float32)
+                timings["encode"] = _ms(t)
+        if image is not None:
+            t = time.perf_counter()
+            ivec = self._encode_image(image)
+            timings["encode_image"] = _ms(t)
+            if text is None:
+                rows, row_w = ivec, np.ones(1, np.float32)
+            else:
+                a = w["image"]
+                rows = _l2((1.0 - a) * rows + a * ivec)
+        rows = np.ascontiguousarray(rows, np.float32)
+
+        # 2. targets for concept grounding (lite indexes with stored concepts)
+        targets: dict[str, tuple[float, list[str]]] = {}
+        if text is not None and mode != "none" and w["concept"] > 0:
+            ct = getattr(self.expander(), "concept_targets", None)
+            if ct is not None and self.concept_table():
+                targets = dict(ct(plan))
+
+        # 3. search, fuse, filter, hydrate: fetch more candidates until k hits pass (or all were seen)
+        fetch = max(self.options.min_fetch, k * self.options.fetch_factor)
+        if filt or min_score is not None:
+            fetch = max(fetch, k * 10)
+        while True:
+            t = time.perf_counter()
+            ranked, why = self._candidates(text, rows, row_w, targets, hyb, w, min(fetch, max(self._n, 1)), explain)
+            timings["search"] = timings.get("search", 0.0) + _ms(t)
+            t = time.perf_counter()
+            hits = self._hydrate(ranked, k, filt, min_score)
+            timings["hydrate"] = timings.get("hydrate", 0.0) + _ms(t)
+            if len(hits) >= k or fetch >= self._n:
+                break
+            if min_score is not None and ranked and ranked[-1][1] < min_score:
+                break  # the rest scores lower still
+            fetch *= 4
+        if explain:
+            self._explain(hits, why, rows, row_w, plan, targets, text, image, hyb)
+        timings["total"] = _ms(t0)
+        return Results(query=text if text is not None else _image_name(image), hits=hits, plan=plan,
+                       timings_ms=timings)
+
+    def _encode_image(self, image) -> np.ndarray:
+        if not self.encoder.has_images:
+            raise ModelError(f"index model {self.encoder.spec} has no image tower: image queries need one")
+        if isinstance(image, (str, os.PathLike)):
+            p = Path(image)
+            if not p.exists():
+                raise QueryError(f"{p}: no such image file")
+            if p.is_dir():
+                raise QueryError(f"{p}: is a folder, not an image file")
+        return self.encoder.encode_images([image])
+
+    def _vector_lists(self, rows: np.ndarray, fetch: int, kind: str = "image") -> list[list[tuple[int, float]]]:
+        scores, ids = self.index.search(rows, fetch, kind=kind)
+        out = []
+        for srow, irow in zip(np.asarray(scores), np.asarray(ids)):
+            out.append([(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0])
+        return out
+
+    def _candidates(self, text, rows, row_w, targets, hyb, w, fetch, explain):
+        """Fused (id, score) list, best first, and per-id provenance for explanations."""
+        why: dict[int, dict[str, Any]] = {}
+        lists = self._vector_lists(rows, fetch)
+        if len(lists) == 1:
+            vec = lists[0]
+            for i, s in vec:
+                why.setdefault(i, {})["vector"] = (0, s)
+        else:
+            weights = [float(x) for x in row_w]
+            vec = fusion.max_fuse(lists, weights)[:fetch]
+            best = fusion.argbest(lists, weights)
+            raw = [dict(lst) for lst in lists]
+            for i, _ in vec:
+                why.setdefault(i, {})["vector"] = (best[i], raw[best[i]][i])
+
+        if targets:
+            vec = self._ground(vec, rows[0], targets, w["concept"], fetch, why)
+
+        if hyb != "none":
+            cq = self.text_encoder.encode_queries([text])
+            cap = self._vector_lists(cq, fetch, kind="caption")[0]
+            for r, (i, s) in enumerate(cap, 1):
+                why.setdefault(i, {})["caption"] = (r, s)
+            cw = w["caption"]
+            if hyb == "sum":
+                fused = fusion.weighted_sum([vec, cap], [1.0 - cw, cw], norm=self.options.norm)
+            else:
+                fused = fusion.rrf([vec, cap], [1.0 - cw, cw], k=self.options.rrf_k)
+            for i, s in vec:
+                why.setdefault(i, {})["image_score"] = s
+            return fused, why
+        return vec, why
+
+    def _ground(self, vec, q0, targets, cw, fetch, why):
+        """Add the concept bonus; items found only through concepts get their exact cosine."""
+        table = self.concept_table()
+        bonus: dict[int, tuple[float, str, float]] = {}
+        for wnid, (weight, path) in targets.items():
+            for item_id, p in table.get(wnid, ()):
+                b = float(weight) * p
+                if item_id not in bonus or b > bonus[item_id][0]:
+                    bonus[item_id] = (b, wnid, p)
+        if not bonus:
+            return vec
+        scores = dict(vec)
+        extra = [i for i, _ in sorted(bonus.items(), key=lambda kv: -kv[1][0]) if i not in scores][:fetch]
+        if extra:
+            vecs = np.asarray(self.index.get_vectors(np.asarray(extra, np.int64), kind="image"), np.float32)
+            for i, s in zip(extra, vecs @ q0):
+                scores[i] = float(s)
+                why.setdefault(i, {})["vector"] = (0, float(s))
+        for i, (b, wnid, p) in bonus.items():
+            if i in scores:
+                scores[i] += cw * b
+                why.setdefault(i, {})["concept"] = (wnid, p, b, targets[wnid][1])
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
+
+    def _hydrate(self, ranked, k, filt: list[Filter], min_score) -> list[Hit]:
+        hits: list[Hit] = []
+        chunk = max(k, 16) if filt else k
+        pos = 0
+        while len(hits) < k and pos < len(ranked):
+            part = ranked[pos : pos + chunk]
+            pos += len(part)
+            if min_score is not None:
+                part = [(i, s) for i, s in part if s >= min_score]
+                if not part:
+                    break  # ranked is sorted: nothing further can pass
+            items = self.index.get([i for i, _ in part])
+            for (i, s), item in zip(part, items):
+                if item is None or (filt and not matches(item, filt)):
+                    continue
+                hits.append(_make_hit(i, s, item, len(hits) + 1))
+                if len(hits) >= k:
+                    break
+            chunk = max(chunk, k * 4)
+        return hits
+
+    # -- explanations ----------------------------------------------------------------
+    def _explain(self, hits, why, rows, row_w, plan, targets, text, image, hyb) -> None:
+        exps = list(getattr(plan, "expansions", []) or [])
+        # in mix mode the one row blends everything: say which expansion each hit is nearest to
+        per_exp = None
+        if text is not None and plan.mode == "mix" and exps and hits:
+            try:
+                mrows, _mw, _ = self.expander().query_vectors(text, self.encoder, mode="multi")
+                hv = np.asarray(self.index.get_vectors(np.asarray([h.id for h in hits], np.int64)), np.float32)
+                per_exp = hv @ np.asarray(mrows, np.float32).T
+            except Exception as e:  # explanation is best effort; the hits stand
+                log.debug("mix explanation skipped: %s", e)
+        for n, h in enumerate(hits):
+            lines = []
+            info = why.get(h.id, {})
+            if "vector" in info:
+                row, s = info["vector"]
+                what = _row_label(row, exps, text, image)
+                lines.append(f"vector: cos {s:.3f} with {what}")
+            if per_exp is not None:
+                j = int(np.argmax(per_exp[n]))
+                if j > 0 and j - 1 < len(exps):
+                    lines.append(f"nearest expansion: {_exp_label(exps[j - 1])} (cos {per_exp[n, j]:.3f})")
+            if "concept" in info:
+                wnid, p, b, path = info["concept"]
+                lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={p:.2f}, +{b:.3f})")
+            if hyb != "none":
+                if "caption" in info:
+                    r, s = info["caption"]
+                    lines.append(f"caption: rank {r}, cos {s:.3f} ({hyb} fusion)")
+                else:
+                    lines.append(f"caption: not among the caption matches ({hyb} fusion)")
+            h.explanation = lines
+
+    # -- image -> text -------------------------------------------------------------
+    def search_captions(self, image: Any, k: int = 10) -> list[dict[str, Any]]:
+        """Image -> text: the captions in the index nearest to an image query.
+
+        Captions are embedded with the index model's own text tower (so they share
+        the image vectors' space), once per Searcher, then searched exactly.
+        Returns dicts ``{rank, score, caption, id, path}``.
+        """
+        k = _validate_k(k)
+        q = self._encode_image(image)[0]
+        mat, owners = self.caption_table()
+        if not owners:
+            raise UsageError(f"index {self._name()} has no captions")
+        scores = mat @ q
+        kk = min(k, len(owners))
+        top = np.argpartition(-scores, kk - 1)[:kk]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        paths = {it["id"]: it.get("path") for it in self.index.get([owners[j][0] for j in top]) if it}
+        return [
+            {"rank": r, "score": float(scores[j]), "caption": owners[j][1], "id": owners[j][0],
+             "path": paths.get(owners[j][0])}
+            for r, j in enumerate(top, 1)
+        ]
+
+    def caption_table(self):
+        if self._caption_table is None:
+            owners = []
+            for item_id, item in self.index.iter_items():
+                for c in (item or {}).get("captions") or []:
+                    owners.append((int(item_id), c))
+            mat = self.encoder.encode_texts([c for _, c in owners]) if owners else np.zeros((0, 1), np.float32)
+            self._caption_table = (np.asarray(mat, np.float32), owners)
+        return self._caption_table
+
+    def close(self) -> None:
+        close = getattr(self.index, "close", None)
+        if close:
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
+    """Load the KG and build the Expander the retrieval.kg package provides."""
+    from . import kg as kgmod
+
+    graph = kgmod.load_graph(kg_path)
+    linker = kgmod.Linker(graph, _sense_encoder(encoder, device))
+    return kgmod.Expander(graph, linker)
+
+
+def _sense_encoder(encoder, device):
+    """The BERT-family encoder for sense disambiguation: lite's own MiniLM, else sbert:minilm."""
+    from .encoders import get_encoder
+
+    return get_encoder("sbert:minilm", device=device)
+
+
+def _make_hit(i: int, score: float, item: dict, rank: int) -> Hit:
+    meta = {k: item.get(k) for k in ("width", "height", "size", "mtime", "sha256") if item.get(k) is not None}
+    if item.get("meta"):
+        meta["meta"] = dict(item["meta"])
+    if item.get("concepts"):
+        meta["concepts"] = [[c, float(p)] for c, p in item["concepts"]]
+    if item.get("aliases"):
+        meta["aliases"] = list(item["aliases"])
+    caps = item.get("captions") or []
+    return Hit(id=int(i), score=float(score), path=item.get("path"), caption=caps[0] if caps else None,
+               metadata=meta, rank=rank)
+
+
+def _row_label(row: int, exps, text, image) -> str:
+    if row == 0 or not exps:
+        if text is not None and image is not None:
+            return f"the query {text!r} + image {_image_name(image)}"
+        return f"the query {text!r}" if text is not None else f"image {_image_name(image)}"
+    return f"expansion {_exp_label(exps[row - 1])}" if row - 1 < len(exps) else f"query vector {row}"
+
+
+def _exp_label(e) -> str:
+    path = getattr(e, "path", None) or []
+    s = " -> ".join(path) if path else f"{getattr(e, 'relation', '?')} {getattr(e, 'name', '?')}"
+    return f"{s} (w={getattr(e, 'weight', 0.0):.2f})"
+
+
+def _image_name(image) -> str | None:
+    if image is None:
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    return f"<{type(image).__name__}>"
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    n[n == 0] = 1
+    return x / n
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)

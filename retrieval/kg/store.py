@@ -1,0 +1,216 @@
+"""The compact on-disk form shared by the shipped WordNet and imported user graphs.
+
+A graph is a directory holding three files:
+
+``kg.json``
+    metadata: format version, name, source, licence, counts, relation names
+    and their inverses, and a content fingerprint (used to key caches).
+``entities.json.gz``
+    columnar JSON: ``ids``, ``names`` (display names, first is the main one),
+    ``glosses`` (each one newline-joined string: parsing a few long strings is
+    far faster than 100k small ones) and ``lemma_keys`` (normalised names).
+``graph.npz``
+    numpy arrays: one CSR pair (``R.indptr``, ``R.indices``) per stored
+    relation, the lemma index (``lemmas.indptr/rows/counts``: entity rows per
+    lemma key in sense order with tag counts) and optional per-entity arrays (``counts``, ``depth``, ``lexfile``,
+    ``size``). Inverse relations are derived when the graph loads.
+
+Files are written byte-for-byte deterministically (gzip and zip timestamps are
+fixed) into a temporary sibling directory that is renamed into place, so a
+failed write never leaves a half-written graph behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..errors import KGError
+
+FORMAT_VERSION = 1
+META_FILE = "kg.json"
+ENTITIES_FILE = "entities.json.gz"
+ARRAYS_FILE = "graph.npz"
+
+
+def norm_key(text: str) -> str:
+    """The lookup key of a name: lower case, ``_`` and ``-`` as spaces, single spaces."""
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
+
+
+def _clean(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def csr_from_edges(n: int, heads: np.ndarray, tails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, indices) of the edges head -> tail, duplicates dropped, tails sorted per head."""
+    heads = np.asarray(heads, dtype=np.int64)
+    tails = np.asarray(tails, dtype=np.int64)
+    if len(heads):
+        key = np.unique(heads * n + tails)
+        heads, tails = key // n, key % n
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(indptr, heads + 1, 1)
+    np.cumsum(indptr, out=indptr)
+    return indptr, tails.astype(np.int32)
+
+
+def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue(), compresslevel=9)
+
+
+def write_graph(
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    ids: list[str],
+    names: list[list[str]],
+    glosses: list[str],
+    relations: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    inverses: Mapping[str, str] | None = None,
+    lemmas: Mapping[str, list[tuple[int, int]]] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    extra: Mapping[str, object] | None = None,
+    meta: Mapping[str, object] | None = None,
+    overwrite: bool = True,
+    extra_files: Iterable[tuple[str, str]] = (),
+) -> Path:
+    """Write a graph directory atomically; returns its path.
+
+    ``relations`` maps a relation name to (head rows, tail rows); ``lemmas``
+    maps a normalised name to [(row, count)] in sense order (derived from
+    ``names`` when omitted); ``extra`` is stored inside entities.json.gz
+    (e.g. morphological exception lists); ``extra_files`` are (file name, text).
+    """
+    out = Path(out_dir)
+    n = len(ids)
+    if not (len(names) == len(glosses) == n):
+        raise ValueError("ids, names and glosses must have the same length")
+    if lemmas is None:
+        lemmas = {}
+        for i, ns in enumerate(names):
+            for nm in ns:
+                lst = lemmas.setdefault(norm_key(nm), [])
+                if all(j != i for j, _ in lst):
+                    lst.append((i, 0))
+    if out.exists() and not overwrite:
+        raise KGError(f"{out} already exists (choose another output directory)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a graph directory is shared data
+    try:
+        keys = sorted(lemmas)
+        ent = {
+            "ids": "\n".join(_clean(x) for x in ids),
+            "names": "\n".join("\t".join(_clean(nm) for nm in ns) for ns in names),
+            "glosses": "\n".join(_clean(g) for g in glosses),
+            "lemma_keys": "\n".join(keys),
+            "extra": dict(extra or {}),
+        }
+        raw = json.dumps(ent, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        with open(tmp / ENTITIES_FILE, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="",
+                                                                   compresslevel=9) as gz:
+            gz.write(raw)
+        arrs: dict[str, np.ndarray] = {}
+        lens = np.array([len(lemmas[k]) for k in keys], np.int64)
+        arrs["lemmas.indptr"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        arrs["lemmas.rows"] = np.array([i for k in keys for i, _ in lemmas[k]], np.int32)
+        arrs["lemmas.counts"] = np.array([c for k in keys for _, c in lemmas[k]], np.int32)
+        rel_names = []
+        for rel in sorted(relations):
+            heads, tails = relations[rel]
+            indptr, indices = csr_from_edges(n, heads, tails)
+            arrs[f"{rel}.indptr"], arrs[f"{rel}.indices"] = indptr, indices
+            rel_names.append(rel)
+        for k, v in (arrays or {}).items():
+            v = np.asarray(v)
+            if len(v) != n:
+                raise ValueError(f"array {k} has {len(v)} rows, expected {n}")
+            arrs[k] = v
+        _write_npz(tmp / ARRAYS_FILE, arrs)
+        h = hashlib.sha256()
+        for f in (ENTITIES_FILE, ARRAYS_FILE):
+            h.update((tmp / f).read_bytes())
+        md = {
+            "format": "kgclip-kg",
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "entities": n,
+            "edges": {r: int(len(arrs[f"{r}.indices"])) for r in rel_names},
+            "relations": rel_names,
+            "inverses": {k: v for k, v in sorted((inverses or {}).items()) if k in rel_names},
+            "fingerprint": h.hexdigest()[:16],
+            **dict(meta or {}),
+        }
+        (tmp / META_FILE).write_text(json.dumps(md, indent=2, ensure_ascii=False) + "\n")
+        for fname, text in extra_files:
+            (tmp / fname).write_text(text)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    mf = p / META_FILE if p.is_dir() else p
+    if not mf.is_file():
+        if not p.exists():
+            raise KGError(f"{p}: no such knowledge graph (expected a directory made by `kgclip kg import`)")
+        raise KGError(f"{p}: not a kgclip knowledge graph ({META_FILE} missing; convert triples with `kgclip kg import`)")
+    try:
+        md = json.loads(mf.read_text())
+    except (OSError, ValueError) as e:
+        raise KGError(f"{mf}: unreadable graph metadata ({e})") from None
+    if md.get("format") != "kgclip-kg":
+        raise KGError(f"{mf}: not a kgclip knowledge graph")
+    if int(md.get("format_version", 0)) > FORMAT_VERSION:
+        raise KGError(f"{mf}: graph format {md.get('format_version')} is newer than this kgclip supports "
+                      f"({FORMAT_VERSION}); upgrade kgclip")
+    return md
+
+
+def read_entities(path: Path) -> dict:
+    f = path / ENTITIES_FILE
+    try:
+        with gzip.open(f, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError, EOFError) as e:
+        raise KGError(f"{f}: unreadable entity table ({e})") from None
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    f = path / ARRAYS_FILE
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise KGError(f"{f}: unreadable graph arrays ({e})") from None

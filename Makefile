@@ -10,7 +10,6 @@ BENCH_STAMP := $(VENV)/.kgclip-bench-installed
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 

@@ -97,7 +97,8 @@ class Searcher:
     mode (``auto`` = ``mix`` when a KG can be loaded, else ``none``); ``kg`` a
     KG path (None = shipped WordNet); ``hybrid`` the default caption fusion;
     ``model`` (optional) the model spec the caller expects: a different one
-    than the index's raises :class:`ModelMismatch`.
+    than the index's raises :class:`ModelMismatch`; ``expander`` an already
+    built KG Expander to reuse.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Searcher:
         model: str | None = None,
         options: SearchOptions | None = None,
         check_fingerprint: bool = True,
+        expander: Any = None,
     ):
         if expand not in EXPAND_MODES:
             raise UsageError(f"unknown --expand {expand!r}: use one of {', '.join(EXPAND_MODES)}")
@@ -139,7 +141,7 @@ class Searcher:
                     "its vectors would not match; rebuild the index (kgclip build) with this model"
                 )
         self._text_encoder = None
-        self._expander: Any = None
+        self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
         self._concepts: dict[str, list[tuple[int, float]]] | None = None
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
@@ -334,7 +336,7 @@ class Searcher:
             fetch = max(fetch, k * 10)
         while True:
             t = time.perf_counter()
-            ranked, why = self._candidates(text, rows, row_w, targets, hyb, w, min(fetch, max(self._n, 1)), explain)
+            ranked, why = self._candidates(text, image, rows, row_w, targets, hyb, w, min(fetch, max(self._n, 1)))
             timings["search"] = timings.get("search", 0.0) + _ms(t)
             t = time.perf_counter()
             hits = self._hydrate(ranked, k, filt, min_score)
@@ -368,7 +370,7 @@ class Searcher:
             out.append([(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0])
         return out
 
-    def _candidates(self, text, rows, row_w, targets, hyb, w, fetch, explain):
+    def _candidates(self, text, image, rows, row_w, targets, hyb, w, fetch):
         """Fused (id, score) list, best first, and per-id provenance for explanations."""
         why: dict[int, dict[str, Any]] = {}
         lists = self._vector_lists(rows, fetch)
@@ -393,6 +395,8 @@ class Searcher:
             for r, (i, s) in enumerate(cap, 1):
                 why.setdefault(i, {})["caption"] = (r, s)
             cw = w["caption"]
+            if image is not None:  # the caption side matches the text part only
+                cw *= 1.0 - w["image"]
             if hyb == "sum":
                 fused = fusion.weighted_sum([vec, cap], [1.0 - cw, cw], norm=self.options.norm)
             else:

@@ -1,0 +1,116 @@
+"""Fusion and filters: pure functions, exact expectations."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrieval import fusion
+from retrieval.errors import UsageError
+from retrieval.filters import FilterError, matches, parse_filter, parse_filters
+
+
+def test_minmax_and_z():
+    assert fusion.normalise([(1, 3.0), (2, 1.0), (3, 2.0)]) == [(1, 1.0), (2, 0.0), (3, 0.5)]
+    assert fusion.normalise([(1, 5.0), (2, 5.0)]) == [(1, 1.0), (2, 1.0)]
+    z = dict(fusion.normalise([(1, 1.0), (2, 2.0), (3, 3.0)], "z"))
+    assert z[2] == pytest.approx(0.0) and z[3] == pytest.approx(-z[1]) and z[3] == pytest.approx(1.2247, abs=1e-4)
+    assert fusion.normalise([], "z") == []
+    with pytest.raises(ValueError):
+        fusion.normalise([(1, 1.0)], "bogus")
+
+
+def test_weighted_sum_normalises_scales():
+    # list a on a cosine scale, list b on a scale 100x larger: raw sums would let b decide alone
+    a = [(1, 0.30), (2, 0.29), (3, 0.10)]
+    b = [(3, 90.0), (2, 80.0), (1, 10.0)]
+    fused = fusion.weighted_sum([a, b], [0.5, 0.5])
+    s = dict(fused)
+    assert s[2] == pytest.approx(0.5 * 0.95 + 0.5 * 0.875)
+    assert [i for i, _ in fused] == [2, 1, 3] or [i for i, _ in fused] == [2, 3, 1]
+    assert fused[0][0] == 2
+    # weights matter
+    assert fusion.weighted_sum([a, b], [1.0, 0.0])[0][0] == 1
+    assert fusion.weighted_sum([a, b], [0.0, 1.0])[0][0] == 3
+
+
+def test_weighted_sum_missing_ids_get_the_list_floor():
+    a = [(1, 1.0), (2, 0.0)]
+    b = [(3, 1.0), (1, 0.0)]
+    s = dict(fusion.weighted_sum([a, b]))
+    assert s == {1: 1.0, 2: 0.0, 3: 1.0}
+    s = dict(fusion.weighted_sum([a, b], missing=-1.0))
+    assert s[2] == -1.0 and s[3] == 0.0
+
+
+def test_rrf_uses_ranks_only():
+    a = [(1, 100.0), (2, 99.0)]
+    b = [(2, 0.001), (3, 0.0005)]
+    fused = fusion.rrf([a, b], k=60)
+    s = dict(fused)
+    assert s[2] == pytest.approx(1 / 62 + 1 / 61)
+    assert s[1] == pytest.approx(1 / 61)
+    assert fused[0][0] == 2
+    assert dict(fusion.rrf([a, b], [2.0, 0.0]))[1] == pytest.approx(2 / 61)
+    with pytest.raises(ValueError):
+        fusion.rrf([a], [1.0, 2.0])
+
+
+def test_max_fuse_and_argbest():
+    a = [(1, 0.5), (2, 0.4)]
+    b = [(2, 0.9), (3, 0.3)]
+    assert fusion.max_fuse([a, b], [1.0, 0.5]) == [(1, 0.5), (2, 0.45), (3, 0.15)]
+    assert fusion.argbest([a, b], [1.0, 0.5]) == {1: 0, 2: 1, 3: 1}
+    assert fusion.fuse("max", [a, b])[0] == (2, 0.9)
+    with pytest.raises(ValueError):
+        fusion.fuse("avg", [a])
+
+
+def test_ties_are_deterministic():
+    assert fusion.max_fuse([[(5, 1.0), (3, 1.0), (4, 1.0)]]) == [(3, 1.0), (4, 1.0), (5, 1.0)]
+
+
+ITEM = {
+    "id": 7, "path": "/photos/2023/cat.jpg", "size": 12345, "mtime": 1.7e9, "width": 640, "height": 480,
+    "captions": ["a cat on a sofa", "a tabby"], "concepts": [["n02123045", 0.8]], "aliases": ["/b/cat2.jpg"],
+    "meta": {"camera": "Canon", "iso": 200},
+}
+
+
+@pytest.mark.parametrize(
+    "expr,ok",
+    [
+        ("width>=500", True), ("width>640", False), ("width=640", True), ("height<480", False),
+        ("height<=480", True), ("size!=12345", False), ("id=7", True),
+        ("meta.camera=Canon", True), ("meta.camera=Nikon", False), ("meta.camera=Nikon|Canon", True),
+        ("meta.camera!=Nikon", True), ("meta.iso>100", True), ("meta.lens=50mm", False), ("meta.lens!=50mm", True),
+        ("path~*/2023/*", True), ("path=*.png", False), ("path=/b/cat2.jpg", True), ("path!=*/2023/*", False),
+        ("caption~*sofa*", True), ("caption=a tabby", True), ("captions~*dog*", False),
+        ("concept=n02123045", True), ("concept=n02084071", False),
+        ("width >= 500", True), ("meta.camera == Canon", True),
+    ],
+)
+def test_filters(expr, ok):
+    assert matches(ITEM, [parse_filter(expr)]) is ok
+
+
+@pytest.mark.parametrize(
+    "expr,msg",
+    [
+        ("", "empty --filter"), ("width", "expected FIELD OP VALUE"), ("colour=red", "unknown field 'colour'"),
+        ("width>=", "no value"), ("width>>5", "starts with an operator"), ("width>big", "needs a number"),
+        ("meta.camera=Canon|", "empty alternative"), ("=5", "expected FIELD OP VALUE"),
+    ],
+)
+def test_filter_errors(expr, msg):
+    with pytest.raises(FilterError, match=msg) as e:
+        parse_filter(expr)
+    assert isinstance(e.value, UsageError) and e.value.exit_code == 2
+    assert "\n" not in str(e.value)
+
+
+def test_filters_are_anded_and_none_fails():
+    fs = parse_filters(["width>=500", "meta.camera=Canon"])
+    assert matches(ITEM, fs)
+    assert not matches(ITEM, parse_filters(["width>=500", "meta.camera=Sony"]))
+    assert not matches(None, fs)
+    assert parse_filters(None) == [] and len(parse_filters("width>1")) == 1

@@ -108,5 +108,98 @@ def models(fmt):
         click.echo(f"{r['example']:<{width}}  {r['description']}{alias}")
 
 
+
+def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """INDEX [QUERY...] with INDEX defaulting to $KGCLIP_INDEX: returns (index, query or None)."""
+    env_index = os.environ.get("KGCLIP_INDEX")
+    if not args:
+        return env_index, None
+    if len(args) == 1 and env_index and not os.path.isdir(args[0]):
+        return env_index, args[0]
+    return args[0], (" ".join(args[1:]) if len(args) > 1 else None)
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.argument("args", nargs=-1, metavar="INDEX [QUERY]")
+@click.option("-k", "--k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
+@click.option("--image", "image", type=click.Path(dir_okay=False), help="Query by image (alone or with QUERY).")
+@click.option("--image-weight", type=float, default=0.5, show_default=True,
+              help="Share of the image in a text+image query (0..1).")
+@click.option("--expand", type=click.Choice(["auto", "none", "mix", "multi"]), default="auto", show_default=True,
+              help="KG query expansion: auto = mix when a KG is available.")
+@click.option("--kg", "kg", type=click.Path(), help="Knowledge graph to expand with (default: shipped WordNet).")
+@click.option("--explain", is_flag=True, help="Show linked entities, expansions and why each hit matched.")
+@click.option("--filter", "filters", multiple=True, metavar="EXPR",
+              help="Metadata filter, repeatable (AND): width>=500, meta.camera=Canon, path~*/2023/*, "
+                   "caption~*dog*, concept=n02084071.")
+@click.option("--min-score", type=float, help="Drop hits scoring below this.")
+@click.option("--hybrid", type=click.Choice(["auto", "none", "sum", "rrf"]), default="auto", show_default=True,
+              help="Fuse with the caption index: auto = sum when the index has captions.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "paths"]), default="table",
+              show_default=True, help="Output format (jsonl: one object per hit).")
+@click.option("--model", help="Fail unless the index was built with this model spec.")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
+@handle_errors
+def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, fmt, model, device):
+    """Search INDEX for QUERY (text), --image PATH, or both.
+
+    Without QUERY (and without --image), queries are read from stdin, one per
+    line, and searched as one warm batch. INDEX defaults to $KGCLIP_INDEX.
+
+    \b
+        kgclip search pics.kgc "a dog on a beach" -k 5
+        kgclip search pics.kgc --image query.jpg --format paths
+        kgclip search pics.kgc --format jsonl < queries.txt
+    """
+    from retrieval.errors import QueryError, UsageError
+
+    index, query = _split_search_args(args)
+    if not index:
+        raise UsageError("no INDEX given (pass it as the first argument or set KGCLIP_INDEX)")
+    if k <= 0:
+        raise UsageError(f"-k must be a positive integer, not {k}")
+    if query is not None and not query.strip():
+        raise QueryError("empty query: give some words to search for (or --image PATH)")
+    batch = query is None and image is None
+    queries = None
+    if batch:
+        stdin = click.get_text_stream("stdin")
+        if stdin.isatty():
+            raise UsageError("no QUERY given: pass one, use --image PATH, or pipe queries on stdin (one per line)")
+        queries = [line.strip() for line in stdin if line.strip()]
+        if not queries:
+            raise QueryError("no queries on stdin (expected one query per line)")
+
+    from retrieval.explain import render
+    from retrieval.filters import parse_filters
+    from retrieval.search import Searcher
+
+    parsed = parse_filters(filters)  # usage errors before any model loads
+    kw = dict(k=k, filters=parsed, min_score=min_score, explain=explain, hybrid=hybrid,
+              weights={"image": image_weight})
+    with Searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model) as s:
+        if batch:
+            results = s.search_many(queries, **kw)
+        else:
+            results = [s.search(query, image=image, **kw)]
+    text = render(results, fmt, explain=explain, batch=batch)
+    if text:
+        click.echo(text)
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
+              help="Where the demo writes its images and index.")
+@click.option("--model", default="lite", show_default=True, help="Model for the demo index.")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
+@handle_errors
+def demo(workdir, model, device):
+    """Build a small index over bundled photos and run a few searches (offline)."""
+    from retrieval.demo import run_demo
+
+    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
+    run_demo(workdir, model=model, device=device, echo=click.echo, progress=not quiet)
+
+
 if __name__ == "__main__":
     main()

@@ -135,12 +135,15 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--min-score", type=float, help="Drop hits scoring below this.")
 @click.option("--hybrid", type=click.Choice(["auto", "none", "sum", "rrf"]), default="auto", show_default=True,
               help="Fuse with the caption index: auto = sum when the index has captions.")
+@click.option("--caption-weight", type=float, default=0.5, show_default=True,
+              help="Share of the caption list in hybrid fusion (0..1).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "paths"]), default="table",
               show_default=True, help="Output format (jsonl: one object per hit).")
 @click.option("--model", help="Fail unless the index was built with this model spec.")
 @click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
 @handle_errors
-def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, fmt, model, device):
+def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt, model,
+           device):
     """Search INDEX for QUERY (text), --image PATH, or both.
 
     Without QUERY (and without --image), queries are read from stdin, one per
@@ -163,8 +166,8 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     batch = query is None and image is None
     queries = None
     if batch:
-        stdin = click.get_text_stream("stdin")
-        if stdin.isatty():
+        stdin = sys.stdin
+        if stdin is None or stdin.isatty():
             raise UsageError("no QUERY given: pass one, use --image PATH, or pipe queries on stdin (one per line)")
         queries = [line.strip() for line in stdin if line.strip()]
         if not queries:
@@ -176,7 +179,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
 
     parsed = parse_filters(filters)  # usage errors before any model loads
     kw = dict(k=k, filters=parsed, min_score=min_score, explain=explain, hybrid=hybrid,
-              weights={"image": image_weight})
+              weights={"image": image_weight, "caption": caption_weight})
     with Searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model) as s:
         if batch:
             results = s.search_many(queries, **kw)

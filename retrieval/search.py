@@ -117,7 +117,15 @@ class Searcher:
             raise UsageError(f"unknown --expand {expand!r}: use one of {', '.join(EXPAND_MODES)}")
         if hybrid not in HYBRID_MODES:
             raise UsageError(f"unknown --hybrid {hybrid!r}: use one of {', '.join(HYBRID_MODES)}")
+        self._owned = not _is_index(index)  # close() closes only an index this Searcher opened
         self.index = open_any_index(index)
+        try:
+            self._setup(expand, kg, device, hybrid, model, options, check_fingerprint, expander)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, expand, kg, device, hybrid, model, options, check_fingerprint, expander) -> None:
         self.expand = expand
         self.kg_path = os.fspath(kg) if kg is not None else None
         self.device = device or os.environ.get("KGCLIP_DEVICE") or "auto"
@@ -189,7 +197,7 @@ class Searcher:
                 self._expander_error = str(e)
                 if self.kg_path is not None:
                     raise
-            except ImportError as e:
+            except (ImportError, AttributeError) as e:
                 self._expander_error = f"the knowledge graph module is not available ({e})"
         if self._expander is None and required:
             raise KGError(f"KG expansion is unavailable: {self._expander_error}")
@@ -521,7 +529,7 @@ class Searcher:
 
     def close(self) -> None:
         close = getattr(self.index, "close", None)
-        if close:
+        if close and self._owned:
             close()
 
     def __enter__(self):

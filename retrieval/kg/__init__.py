@@ -1,0 +1,25 @@
+"""Knowledge-graph query expansion: graphs, linking, entity embeddings, expansion, grounding.
+
+    from retrieval.kg import load_graph, Expander
+    ex = Expander(load_graph())                 # shipped WordNet 3.0 nouns
+    plan = ex.plan("puppies in the snow")       # linked entities + weighted expansions
+    vecs, weights, plan = ex.query_vectors("puppies in the snow", encoder, mode="mix")
+"""
+
+from .embeddings import EntityEmbeddings
+from .expansion import ExpansionPolicy, Expander, explain, format_path, match_concepts
+from .graph import Entity, Graph, load_graph
+from .linking import Link, Linker, LinkerConfig
+from .morphology import Morphology
+
+__all__ = [
+    "Entity", "Graph", "load_graph", "Link", "Linker", "LinkerConfig", "Morphology", "EntityEmbeddings",
+    "ExpansionPolicy", "Expander", "explain", "format_path", "match_concepts", "import_triples",
+]
+
+
+def import_triples(*args, **kwargs):
+    """See :func:`retrieval.kg.triples.import_triples` (rdflib is imported only for RDF files)."""
+    from .triples import import_triples as _imp
+
+    return _imp(*args, **kwargs)

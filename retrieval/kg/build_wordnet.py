@@ -14,12 +14,15 @@ Stored relations (inverses are derived on load):
 sense counts), depth (shortest hypernym path to ``entity``), lexicographer
 file, and the number of hyponym-closure descendants. The lemma index keeps
 WordNet's sense order and each (lemma, sense) tag count; the morphological
-exception list of nouns goes into the entity table's ``extra``.
+exception lists of nouns and verbs and the tag counts of verb and adjective
+lemmas (so the linker can leave "running" or "white" alone) go to
+``morphy.json``, which the linker uses for user graphs too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import deque
@@ -47,6 +50,7 @@ INVERSES = {
 ROOT = "n00001740"  # entity.n.01
 
 LICENCE_NAME = "LICENSE-WordNet.txt"
+MORPHY_FILE = "morphy.json"
 
 
 def _licence(src: Path) -> str:
@@ -134,6 +138,32 @@ def parse_exceptions(src: Path) -> dict[str, list[str]]:
     return exc
 
 
+def parse_other_pos(src: Path) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
+    """Tag counts of verb and adjective lemmas (to tell "running"/"white" from nouns) and verb.exc."""
+    verbs: dict[str, int] = {}
+    adjs: dict[str, int] = {}
+    f = src / "index.sense"
+    if f.is_file():
+        with open(f, encoding="latin-1") as fh:
+            for line in fh:
+                key, _off, _num, cnt = line.split()
+                lemma, _, rest = key.partition("%")
+                c = int(cnt)
+                if rest.startswith("2:"):
+                    verbs[norm_key(lemma)] = verbs.get(norm_key(lemma), 0) + c
+                elif rest.startswith(("3:", "5:")):
+                    adjs[norm_key(lemma)] = adjs.get(norm_key(lemma), 0) + c
+    vexc: dict[str, list[str]] = {}
+    if (src / "verb.exc").is_file():
+        with open(src / "verb.exc", encoding="latin-1") as fh:
+            for line in fh:
+                w = line.split()
+                if len(w) >= 2:
+                    vexc.setdefault(norm_key(w[0]), []).extend(norm_key(x) for x in w[1:])
+    keep = lambda d: {k: v for k, v in sorted(d.items()) if v > 0 and " " not in k}  # noqa: E731
+    return keep(verbs), keep(adjs), vexc
+
+
 def build(src: str | Path, out: str | Path) -> Path:
     src = Path(src)
     if not (src / "data.noun").is_file():
@@ -178,6 +208,7 @@ def build(src: str | Path, out: str | Path) -> Path:
         size[i] = sum(1 + size[c] for c in children[i])
 
     exc = parse_exceptions(src)
+    verb_counts, adj_counts, verb_exc = parse_other_pos(src)
     return write_graph(
         out,
         name="wordnet",
@@ -188,14 +219,19 @@ def build(src: str | Path, out: str | Path) -> Path:
         inverses=INVERSES,
         lemmas=lemmas,
         arrays={"counts": ent_count, "depth": depth, "lexfile": np.array(lexfile, np.uint8), "size": size},
-        extra={"noun_exceptions": exc},
+        extra={},
         meta={
             "source": "WordNet 3.0 (nouns), Princeton University",
             "licence": LICENCE_NAME,
             "id_scheme": "n + 8-digit synset offset (as ImageNet wnids)",
             "root": ROOT,
         },
-        extra_files=[(LICENCE_NAME, _licence(src))],
+        extra_files=[
+            (LICENCE_NAME, _licence(src)),
+            (MORPHY_FILE, json.dumps({"noun_exceptions": exc, "verb_exceptions": verb_exc,
+                                      "verb_counts": verb_counts, "adj_counts": adj_counts},
+                                     sort_keys=True, separators=(",", ":"))),
+        ],
     )
 
 

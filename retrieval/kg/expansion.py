@@ -1,0 +1,317 @@
+"""Query expansion over a knowledge graph: policy, plans, query vectors, lite grounding, explanations.
+
+``Expander.plan(text)`` links the query and walks typed relations under an
+:class:`ExpansionPolicy` (per-relation weights, hyponym depth with decay,
+caps); ``query_vectors(text, encoder, mode)`` turns the plan into vectors in
+the encoder's space (row 0 is always the plain query): ``mix`` returns one
+combined row, ``multi`` the query plus one row per expansion with weights for
+the searcher to fuse (max or RRF). ``concept_targets`` grounds a plan on the
+WordNet ids the ``lite`` image tower predicts. A query with nothing linked is
+returned unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import UsageError
+from ..types import Expansion, QueryPlan
+from .embeddings import EntityEmbeddings
+from .graph import Graph
+from .linking import Link, Linker
+
+WORDNET_RELATIONS = {
+    "hyponym": ("hyponym", "instance_hyponym"),
+    "hypernym": ("hypernym", "instance_hypernym"),
+    "meronym": ("part_meronym", "member_meronym", "substance_meronym"),
+    "holonym": ("part_holonym", "member_holonym", "substance_holonym"),
+}
+KNOWN = {r for rs in WORDNET_RELATIONS.values() for r in rs}
+MODES = ("none", "mix", "multi")
+
+
+@dataclass
+class ExpansionPolicy:
+    """Every expansion knob in one place. Defaults are provisional until benchmarks/ tunes them."""
+
+    query_weight: float = 1.0  # weight of the plain query vector
+    synonym: float = 0.6  # the linked entity itself (its prompt carries its synonyms)
+    hyponym: float = 0.4  # direct hyponyms; deeper ones decay
+    hyponym_depth: int = 2
+    decay: float = 0.5  # weight factor per extra level
+    hypernym: float = 0.2
+    hypernym_depth: int = 1
+    meronym: float = 0.1  # parts, members, substances
+    holonym: float = 0.0  # wholes the entity is part of
+    user_relation: float = 0.4  # any relation of a user graph, walked forward
+    user_inverse: float = 0.2  # ... and backward ("~rel")
+    relation_weights: dict[str, float] = field(default_factory=dict)  # overrides by relation name
+    max_per_relation: int = 8  # per linked entity and relation group
+    max_expansions: int = 16  # over the whole query (linked entities included)
+    min_weight: float = 0.02
+    expansion_mass: float = 1.0  # total expansion weight, relative to the query, is scaled down to this
+    scale_by_confidence: bool = True  # multiply by the link's sense confidence
+    min_link_score: float = 0.0  # links less confident than this are not expanded
+    entity_template: str = "a photo of a {name}."  # prompt of entity vectors in the retrieval space
+    grounding_depth: int = 16  # hyponym levels walked for lite concept targets
+    grounding_decay: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExpansionPolicy":
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - known)
+        if bad:
+            raise UsageError(f"unknown expansion policy field(s): {', '.join(bad)}")
+        return cls(**d)
+
+    def weight_of(self, group: str) -> float:
+        if group in self.relation_weights:
+            return float(self.relation_weights[group])
+        if group in ("synonym", "hyponym", "hypernym", "meronym", "holonym"):
+            return float(getattr(self, group))
+        if group in KNOWN:
+            for g, rs in WORDNET_RELATIONS.items():
+                if group in rs:
+                    return self.weight_of(g)
+        return float(self.user_inverse if group.startswith("~") else self.user_relation)
+
+
+class Expander:
+    """Plans and query vectors for one graph; keeps its linker and entity-embedding tables warm."""
+
+    def __init__(self, graph: Graph, linker: Linker | None = None, policy: ExpansionPolicy | None = None,
+                 sense_encoder: Any = "sbert:minilm"):
+        self.graph = graph
+        self.linker = linker or Linker(graph, sense_encoder)
+        self.policy = policy or ExpansionPolicy()
+        self._tables: dict[tuple[str, str], EntityEmbeddings] = {}
+        self._closures: OrderedDict[int, list[tuple[str, int, list[str]]]] = OrderedDict()
+
+    # -- walking ---------------------------------------------------------------
+    def _groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        g = self.graph
+        rels = set(g.relations)
+        groups = [(name, tuple(r for r in rs if r in rels)) for name, rs in WORDNET_RELATIONS.items()]
+        groups = [(n, rs) for n, rs in groups if rs]
+        for r in g.stored_relations:
+            if r not in KNOWN:
+                groups.append((r, (r,)))
+                groups.append((g.inverse_of[r], (g.inverse_of[r],)))
+        return groups
+
+    def _walk(self, start: int, relations: tuple[str, ...], depth: int) -> list[tuple[int, int, list[int]]]:
+        """(row, level, path rows) reachable within ``depth`` steps, breadth first, deterministic."""
+        g = self.graph
+        seen = {start}
+        frontier = [(start, [start])]
+        out = []
+        for level in range(1, depth + 1):
+            nxt = []
+            for row, path in frontier:
+                for rel in relations:
+                    for j in g.neighbour_rows(row, rel).tolist():
+                        if j not in seen:
+                            seen.add(j)
+                            nxt.append((j, path + [j]))
+                            out.append((j, level, path + [j]))
+            frontier = nxt
+            if not frontier:
+                break
+        return out
+
+    def _rank_key(self, row: int):
+        """Most useful first: frequent in text (tag count) and general (large hyponym subtree)."""
+        g = self.graph
+        size = int(g.size[row]) if g.size is not None else 0
+        return (-round(np.log1p(int(g.counts[row])) + np.log1p(size), 6), g.ids[row])
+
+    def _abstract(self, row: int) -> bool:
+        g = self.graph
+        return g.depth is not None and 0 <= g.depth[row] < self.linker.config.min_depth
+
+    def _path(self, span: str, rel: str, rows: list[int]) -> list[str]:
+        out = [span]
+        for r in rows[1:]:
+            out += [rel, self.graph.display_name(r)]
+        return out
+
+    # -- plans -----------------------------------------------------------------
+    def link(self, text: str, query_vector: np.ndarray | None = None) -> list[Link]:
+        return self.linker.link(text, query_vector=query_vector)
+
+    def plan(self, text: str, mode: str = "mix", links: list[Link] | None = None,
+             query_vector: np.ndarray | None = None) -> QueryPlan:
+        """Linked entities and weighted expansions of ``text`` (no vectors are computed)."""
+        if mode not in MODES:
+            raise UsageError(f"unknown expansion mode {mode!r}: use one of {', '.join(MODES)}")
+        p = self.policy
+        links = self.link(text, query_vector) if links is None else links
+        plan = QueryPlan(text=text, mode=mode, linked=[lk.to_dict() for lk in links])
+        if mode == "none":
+            return plan
+        best: dict[int, Expansion] = {}
+
+        def offer(row: int, rel: str, w: float, path: list[str]) -> None:
+            if w < p.min_weight:
+                return
+            e = best.get(row)
+            if e is None or w > e.weight:
+                best[row] = Expansion(self.graph.ids[row], self.graph.display_name(row), rel, round(w, 6), path)
+
+        groups = self._groups()
+        for lk in links:
+            if lk.score < p.min_link_score:
+                continue
+            conf = lk.score if p.scale_by_confidence else 1.0
+            offer(lk.row, "synonym", p.weight_of("synonym") * conf, [lk.span, "synonym", lk.name])
+            for group, rels in groups:
+                base = p.weight_of(group) * conf
+                if base <= 0:
+                    continue
+                depth = p.hyponym_depth if group == "hyponym" else p.hypernym_depth if group == "hypernym" else 1
+                found = [(r, lvl, path) for r, lvl, path in self._walk(lk.row, rels, depth) if not self._abstract(r)]
+                found.sort(key=lambda x: (x[1], self._rank_key(x[0])))
+                label = "hyponym" if group == "hyponym" else group
+                for r, lvl, path in found[: p.max_per_relation]:
+                    offer(r, label, base * p.decay ** (lvl - 1), self._path(lk.span, label, path))
+        exps = sorted(best.values(), key=lambda e: (-e.weight, e.entity_id))[: p.max_expansions]
+        plan.expansions = exps
+        return plan
+
+    # -- vectors ---------------------------------------------------------------
+    def embeddings(self, encoder) -> EntityEmbeddings:
+        key = (encoder.fingerprint, self.policy.entity_template)
+        t = self._tables.get(key)
+        if t is None:
+            t = EntityEmbeddings(self.graph, encoder, template=self.policy.entity_template)
+            self._tables[key] = t
+        return t
+
+    def query_vectors(self, text: str, encoder, mode: str = "mix", plan: QueryPlan | None = None,
+                      query_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, QueryPlan]:
+        """(vectors float32 [m, d], weights float32 [m], plan). Row 0 is the plain query.
+
+        ``mix``: one row, the L2-normalised weighted sum of query and entity vectors.
+        ``multi``: the query and one row per expansion; weights for the caller's fusion.
+        ``none`` or nothing linked: the plain query alone.
+        """
+        plan = plan or self.plan(text, mode=mode)
+        q = query_vector if query_vector is not None else encoder.encode_queries([text])[0]
+        q = np.asarray(q, np.float32).reshape(1, -1)
+        if mode == "none" or not plan.expansions:
+            return q, np.ones(1, np.float32), plan
+        rows = [self.graph.row(e.entity_id) for e in plan.expansions]
+        ev = self.embeddings(encoder).get_rows(rows)
+        w = np.array([e.weight for e in plan.expansions], np.float64)
+        if w.sum() > self.policy.expansion_mass * self.policy.query_weight:
+            w *= self.policy.expansion_mass * self.policy.query_weight / w.sum()
+        weights = np.concatenate([[self.policy.query_weight], w]).astype(np.float32)
+        vecs = np.concatenate([q, ev]).astype(np.float32)
+        if mode == "multi":
+            return vecs, weights, plan
+        mixed = (weights[:, None] * vecs).sum(axis=0, keepdims=True)
+        mixed /= max(float(np.linalg.norm(mixed)), 1e-12)
+        return mixed.astype(np.float32), np.ones(1, np.float32), plan
+
+    # -- lite grounding --------------------------------------------------------
+    def _closure(self, row: int) -> list[tuple[str, int, list[str]]]:
+        """(entity id, level, path) over the hyponym closure of ``row``, breadth first (cached)."""
+        c = self._closures.get(row)
+        if c is not None:
+            self._closures.move_to_end(row)
+            return c
+        g = self.graph
+        rels = [r for r in WORDNET_RELATIONS["hyponym"] if r in g.relations]
+        c = {row: (0, -1)}
+        frontier = [row]
+        for level in range(1, self.policy.grounding_depth + 1):
+            nxt = []
+            for r in frontier:
+                for rel in rels:
+                    for j in g.neighbour_rows(r, rel).tolist():
+                        if j not in c:
+                            c[j] = (level, r)
+                            nxt.append(j)
+            frontier = nxt
+            if not frontier:
+                break
+        out = []
+        for r, (level, _parent) in c.items():
+            chain, x = [], r
+            while x != -1:
+                chain.append(g.display_name(x))
+                x = c[x][1]
+            chain.reverse()
+            path = [chain[0]] if len(chain) > 1 else [chain[0], "synonym", chain[0]]
+            for name in chain[1:]:
+                path += ["hyponym", name]
+            out.append((g.ids[r], level, path))
+        self._closures[row] = out
+        if len(self._closures) > 256:
+            self._closures.popitem(last=False)
+        return out
+
+    def concept_targets(self, plan_or_text: QueryPlan | str,
+                        within: Iterable[str] | None = None) -> dict[str, tuple[float, list[str]]]:
+        """{entity id: (weight, path)} for the linked entities and their hyponym closure.
+
+        An indexed image whose ``lite`` concept is one of these ids can be scored
+        directly: weight x the concept's probability. ``within`` restricts the
+        answer to the ids an index actually holds (e.g. the 1000 ImageNet wnids).
+        """
+        plan = plan_or_text if isinstance(plan_or_text, QueryPlan) else self.plan(plan_or_text)
+        keep = set(within) if within is not None else None
+        g, p = self.graph, self.policy
+        out: dict[str, tuple[float, list[str]]] = {}
+        for lk in plan.linked:
+            if lk["score"] < p.min_link_score:
+                continue
+            root = g.row(lk["entity_id"])
+            conf = lk["score"] if p.scale_by_confidence else 1.0
+            wtab = [round(conf * p.grounding_decay ** lv, 6) for lv in range(p.grounding_depth + 1)]
+            for eid, level, path in self._closure(root):  # paths are shared with the cache: read-only
+                if keep is not None and eid not in keep:
+                    continue
+                w = wtab[level]
+                if eid not in out or out[eid][0] < w:
+                    out[eid] = (w, path)
+        return out
+
+
+def match_concepts(targets: dict[str, tuple[float, list[str]]],
+                   concepts: Iterable[tuple[str, float]]) -> tuple[float, str | None]:
+    """Best (weight x probability, explanation) of an image's concepts against concept targets."""
+    best, why = 0.0, None
+    for cid, prob in concepts:
+        t = targets.get(cid)
+        if t is None:
+            continue
+        s = t[0] * float(prob)
+        if s > best:
+            best, why = s, f"{format_path(t[1])} (p={float(prob):.2f})"
+    return best, why
+
+
+def format_path(path: list[str]) -> str:
+    """["dog", "hyponym", "puppy"] -> "dog -> hyponym -> puppy"."""
+    return " -> ".join(path)
+
+
+def explain(plan: QueryPlan) -> list[str]:
+    """Human-readable lines: linked entities with sense and gloss, then expansions with weights."""
+    lines = []
+    for lk in plan.linked:
+        lines.append(f"linked {lk['span']!r} -> {lk['entity_id']} {lk['name']} (score {lk['score']:.2f}): "
+                     f"{lk['gloss']}")
+    for e in plan.expansions:
+        lines.append(f"  {e.weight:.3f}  {format_path(e.path)}  [{e.entity_id}]")
+    if not plan.linked:
+        lines.append("nothing linked: the query is searched unchanged")
+    return lines

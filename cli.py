@@ -204,5 +204,124 @@ def demo(workdir, model, device):
     run_demo(workdir, model=model, device=device, echo=click.echo, progress=not quiet)
 
 
+# -- knowledge graph ------------------------------------------------------------------------------
+_KG_HELP = "Knowledge graph: a graph directory from `kgclip kg import`, or 'wordnet' (default, shipped)."
+_SENSE_HELP = "Encoder that picks word senses by gloss similarity; 'none' = sense frequency only."
+
+
+def _expander(kg, sense_model):
+    from retrieval.kg import Expander, load_graph
+
+    return Expander(load_graph(kg), sense_encoder=None if sense_model.lower() == "none" else sense_model)
+
+
+@main.group(context_settings={"auto_envvar_prefix": None})
+def kg():
+    """Knowledge graph tools: link query words to entities, show expansions, import triples."""
+
+
+@kg.command("link")
+@click.argument("text")
+@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
+@click.option("--sense-model", default="sbert:minilm", show_default=True, help=_SENSE_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def kg_link(text, kg_path, sense_model, fmt):
+    """Show the entities TEXT links to (sense, gloss, confidence)."""
+    from retrieval.kg.render import links_table
+
+    links = [lk.to_dict() for lk in _expander(kg_path, sense_model).link(text)]
+    click.echo(json.dumps(links, ensure_ascii=False, indent=2) if fmt == "json" else links_table(links))
+
+
+@kg.command("expand")
+@click.argument("text")
+@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
+@click.option("--mode", type=click.Choice(["mix", "multi"]), default="mix", show_default=True,
+              help="mix: one combined query vector; multi: one vector per expansion, fused at search.")
+@click.option("--model", default=None, help="Also build the query vectors with this encoder (e.g. lite).")
+@click.option("--sense-model", default="sbert:minilm", show_default=True, help=_SENSE_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def kg_expand(text, kg_path, mode, model, sense_model, fmt):
+    """Show how TEXT is expanded: linked entities, expansions with weights and paths."""
+    from retrieval.kg.render import plan_dict, plan_table
+
+    ex = _expander(kg_path, sense_model)
+    weights = None
+    if model:
+        from retrieval.encoders import get_encoder
+
+        _vecs, weights, plan = ex.query_vectors(text, get_encoder(model, device="cpu"), mode=mode)
+    else:
+        plan = ex.plan(text, mode=mode)
+    click.echo(json.dumps(plan_dict(plan, weights), ensure_ascii=False, indent=2) if fmt == "json"
+               else plan_table(plan, weights))
+
+
+@kg.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Graph directory to create.")
+@click.option("--format", "in_fmt", type=click.Choice(["tsv", "nt", "ttl"]), default=None,
+              help="Triples format (default: from the extension).")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="TSV of id<TAB>label[<TAB>alias...] naming the entities.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip and count malformed lines instead of stopping.")
+@click.option("--name", default=None, help="Graph name (default: the file name).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@handle_errors
+def kg_import(file, out, in_fmt, labels, skip_bad_lines, name, force, as_json):
+    """Convert a triples FILE (TSV head<TAB>relation<TAB>tail, N-Triples, Turtle) into a graph directory."""
+    from retrieval.kg import import_triples
+
+    r = import_triples(file, out, fmt=in_fmt, labels=labels, skip_bad_lines=skip_bad_lines, name=name,
+                       overwrite=force)
+    if as_json:
+        echo_json(r.to_dict())
+        return
+    rels = ", ".join(f"{k} {v}" for k, v in r.relations.items()) or "none"
+    click.echo(f"wrote {r.output}: {r.entities} entities, {r.edges} edges ({rels}), {r.labels} labels")
+    if r.skipped:
+        click.echo(f"skipped {r.skipped} malformed line(s): {', '.join(map(str, r.skipped_lines))}"
+                   + (" ..." if r.skipped > len(r.skipped_lines) else ""), err=True)
+
+
+@kg.command("info")
+@click.argument("kg_path", required=False, metavar="[KG]")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def kg_info(kg_path, fmt):
+    """Describe a graph (default: the shipped WordNet): entities, relations, size, load time."""
+    import time
+
+    from retrieval.kg import load_graph
+    from retrieval.kg.render import info_table
+
+    t = time.perf_counter()
+    g = load_graph(kg_path)
+    info = {**g.info(), "load_ms": round((time.perf_counter() - t) * 1000, 1)}
+    click.echo(json.dumps(info, ensure_ascii=False, indent=2) if fmt == "json" else info_table(info))
+
+
+@kg.command("embed")
+@click.option("--model", required=True, help="Encoder whose retrieval space the entity vectors live in.")
+@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
+@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
+@handle_errors
+def kg_embed(model, kg_path, device):
+    """Precompute every entity's vector for MODEL into the cache (otherwise done lazily per query)."""
+    from retrieval.encoders import get_encoder
+    from retrieval.kg import ExpansionPolicy, load_graph
+    from retrieval.kg.embeddings import EntityEmbeddings
+
+    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
+    table = EntityEmbeddings(load_graph(kg_path), get_encoder(model, device=device),
+                             template=ExpansionPolicy().entity_template)
+    n = table.precompute(progress=not quiet)
+    click.echo(f"{n} entity vectors computed, {len(table)} cached in {table.dir}")
+
+
 if __name__ == "__main__":
     main()

@@ -323,5 +323,156 @@ def kg_embed(model, kg_path, device):
     click.echo(f"{n} entity vectors computed, {len(table)} cached in {table.dir}")
 
 
+# -- build side (indexer) -------------------------------------------------------------------
+def _index_arg(index):
+    from retrieval.errors import UsageError
+
+    index = index or os.environ.get("KGCLIP_INDEX")
+    if not index:
+        raise UsageError("no INDEX given (pass it or set KGCLIP_INDEX)")
+    return index
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("-i", "--index", "index", envvar="KGCLIP_INDEX", required=True,
+              help="Index folder to create or continue (default: $KGCLIP_INDEX).")
+@click.option("--model", default="lite", show_default=True, help="Image model spec (see `kgclip models`).")
+@click.option("--text-model", default="sbert:minilm", show_default=True, help="Text model for captions.")
+@click.option("--captions/--no-captions", default=True, show_default=True,
+              help="Embed captions from manifests/shards into a caption index.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (default: CPUs - 1; 0 = none).")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto",
+              show_default=True, help="FAISS index kind (auto: chosen from size, dimension and memory).")
+@click.option("--max-memory", default=None, help="Memory budget for the FAISS index, e.g. 4G.")
+@click.option("--max-pixels", type=click.IntRange(1), default=None, help="Skip larger images (default 100M).")
+@click.option("--timeout", "timeout", type=click.FloatRange(0.1), default=None,
+              help="Seconds one file may take to decode (default 30).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Refuse manifest/list paths that resolve outside this folder.")
+@click.option("--resume/--restart", default=True, show_default=True,
+              help="Continue an existing index (--restart deletes it first).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: print the build report as JSON on stdout.")
+@handle_errors
+def build(sources, index, model, text_model, captions, batch_size, workers, device, index_type, max_memory,
+          max_pixels, timeout, root, resume, fmt):
+    """Index images from SOURCE... (folders, file lists, CSV/JSONL/Parquet manifests, .tar shards).
+
+    Re-running continues an interrupted build and picks up new, changed and
+    deleted files. Skipped files are listed as `skipping PATH: REASON` on stderr.
+
+    \b
+        kgclip build ~/Pictures -i pics.kgc
+        kgclip build captions.csv -i flickr.kgc --model open_clip:ViT-B-32/laion2b_s34b_b79k
+    """
+    from indexer import build_index
+    from indexer.decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
+    from indexer.index import parse_size
+
+    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
+    report = build_index(
+        list(sources), index, model=model, text_model=text_model if captions else None, batch_size=batch_size,
+        workers=workers, device=device, index_type=index_type, max_memory=parse_size(max_memory),
+        resume=resume, progress=not quiet, quiet=quiet and fmt == "text",
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_per_file=timeout or DEFAULT_TIMEOUT, root=root,
+    )
+    if fmt == "json":
+        echo_json(report.to_dict())
+    if report.items == 0 and report.failed:
+        sys.exit(1)
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.argument("index", required=False)
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (0 = none).")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@handle_errors
+def update(index, batch_size, workers, device, fmt):
+    """Re-scan INDEX's sources: encode new or changed files, drop deleted ones.
+
+    INDEX defaults to $KGCLIP_INDEX. Uses the models the index was built with.
+    """
+    from indexer import update_index
+
+    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
+    report = update_index(_index_arg(index), batch_size=batch_size, workers=workers, device=device,
+                          progress=not quiet, quiet=quiet and fmt == "text")
+    if fmt == "json":
+        echo_json(report.to_dict())
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.argument("index", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def info(index, fmt):
+    """Show what INDEX holds: models, counts, FAISS setup, failures, timings."""
+    from indexer import index_info
+
+    d = index_info(_index_arg(index))
+    if fmt == "json":
+        echo_json(d)
+        return
+    c, live = d.get("counts") or {}, d["live_counts"]
+    tm = d.get("text_model")
+    rows = [
+        ("index", d["path"]),
+        ("format", f"{d['format']} v{d['format_version']} (kgclip {d.get('kgclip_version')})"),
+        ("state", f"{d.get('store_state')} (generation {d['store_generation']})" + (", locked by a writer"
+                                                                                 if d["locked"] else "")),
+        ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
+        ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
+        ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
+        ("skipped files", str(live["failures"])),
+    ]
+    for kind, f in sorted(d.get("faiss", {}).items()):
+        fresh = "fresh" if f.get("fresh") else "stale: derived again on open"
+        rows.append((f"faiss {kind}", f"{f.get('factory')} {f.get('params') or ''} n={f.get('n')} "
+                                      f"recall@10={f.get('recall_at_10')} ({fresh})"))
+    reasons = (d.get("failures") or {}).get("by_reason") or {}
+    if reasons:
+        rows.append(("skip reasons", "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))))
+    t = d.get("timings") or {}
+    if t:
+        rows.append(("last build", f"{t.get('total', 0):.1f} s (encode {t.get('encode', 0):.1f} s, "
+                                   f"decode wait {t.get('decode_wait', 0):.1f} s, write {t.get('write', 0):.1f} s)"))
+    rows.append(("sources", ", ".join(d.get("sources") or [])))
+    rows.append(("disk", f"{d['disk_bytes'] / 2**20:.1f} MiB"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    del c
+
+
+@main.command(context_settings={"auto_envvar_prefix": None})
+@click.argument("index", required=False)
+@click.option("--repair", is_flag=True, help="Fix what can be fixed: drop dangling records, re-derive FAISS.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def verify(index, repair, fmt):
+    """Check that INDEX's store, FAISS files and manifest agree (exit 1 when they do not)."""
+    from indexer import verify_index
+
+    r = verify_index(_index_arg(index), repair=repair)
+    if fmt == "json":
+        echo_json(r)
+    else:
+        c = r["counts"]
+        for p in r["problems"]:
+            click.echo(f"problem: {p}")
+        for f in r["repaired"]:
+            click.echo(f"repaired: {f}")
+        status = "ok" if r["ok"] else ("repaired" if r["repaired"] else "FAILED")
+        click.echo(f"{status}: {c.get('items', 0)} items, {c.get('paths', 0)} paths, {c.get('captions', 0)} captions, "
+                   f"generation {c.get('generation', 0)}")
+    if not r["ok"] and not r["repaired"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

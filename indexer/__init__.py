@@ -1,0 +1,29 @@
+"""kgclip's build side: sources -> decode -> encode -> LMDB store -> FAISS, and the read API.
+
+>>> from indexer import build_index, update_index, open_index
+>>> build_index(["photos/"], "photos.kgc", model="lite")      # doctest: +SKIP
+>>> index = open_index("photos.kgc")                           # doctest: +SKIP
+>>> scores, ids = index.search(query_vectors, k=10)            # doctest: +SKIP
+
+Importing this package is cheap: numpy only; lmdb, faiss and the models load on use.
+"""
+
+from __future__ import annotations
+
+from .index import Index, build_index, open_index, update_index
+from .pipeline import BuildInterrupted, BuildReport
+
+__all__ = ["build_index", "update_index", "open_index", "Index", "BuildReport", "BuildInterrupted",
+           "index_info", "verify_index"]
+
+
+def index_info(index_dir):
+    from .admin import index_info as f
+
+    return f(index_dir)
+
+
+def verify_index(index_dir, repair=False):
+    from .admin import verify_index as f
+
+    return f(index_dir, repair=repair)

@@ -1,0 +1,565 @@
+"""Build, update, open, inspect and verify an index directory.
+
+``INDEX/store.lmdb`` is the source of truth; ``INDEX/image.faiss`` and
+``INDEX/caption.faiss`` are derived from it and record the store generation
+they cover. :func:`open_index` rebuilds a stale or missing FAISS file from the
+stored vectors (never re-encoding images).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, UsageError
+
+from . import pipeline
+from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
+from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
+from .pipeline import BuildReport
+from .sources import source_kind
+from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
+
+FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
+TRAIN_SAMPLE = 50_000
+TUNE_QUERIES = 500
+SEED = 0
+
+
+def vectors_module():
+    """:mod:`indexer.vectors` when it is complete, else the exact Flat stand-in."""
+    try:
+        from . import vectors as v
+
+        if all(hasattr(v, n) for n in ("choose_index", "build_vectors_index", "tune", "search", "save_atomic",
+                                        "load")):
+            return v
+    except ImportError:
+        pass
+    from . import _flatvectors as v
+
+    return v
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _model_info(enc) -> dict:
+    return {"spec": enc.spec, "fingerprint": enc.fingerprint, "dim": int(enc.dim)}
+
+
+def _same_model(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.get("fingerprint") == b.get("fingerprint") and a.get("dim") == b.get("dim")
+
+
+def _is_index_dir(d: str) -> bool:
+    return os.path.isfile(os.path.join(d, MANIFEST)) or os.path.isdir(os.path.join(d, STORE_DIR))
+
+
+def _wipe(index_dir: str) -> None:
+    for name in os.listdir(index_dir):
+        if name == LOCK_FILE:
+            continue
+        p = os.path.join(index_dir, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+# -- FAISS, derived from the store -------------------------------------------------------
+def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over the stored vectors, streamed (bounded memory)."""
+    q = np.ascontiguousarray(queries, np.float32)
+    best_s = np.full((len(q), k), -np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
+        ids = ids if owners is None else owners
+        s = q @ vecs.T
+        cs = np.concatenate([best_s, s], axis=1)
+        ci = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
+        top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
+        best_s = np.take_along_axis(cs, top, 1)
+        best_i = np.take_along_axis(ci, top, 1)
+    return best_s, best_i
+
+
+def _sample(store: Store, kind: str, size: int, txn) -> np.ndarray | None:
+    """A seeded uniform sample (reservoir) of stored vectors."""
+    rng = np.random.default_rng(SEED)
+    res: list[np.ndarray] = []
+    seen = 0
+    for _, vecs, _ in store.iter_vectors(kind, txn=txn):
+        for v in vecs:
+            if len(res) < size:
+                res.append(v)
+            else:
+                j = rng.integers(0, seen + 1)
+                if j < size:
+                    res[j] = v
+            seen += 1
+    return np.stack(res) if res else None
+
+
+def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
+                 max_memory: int | None = None, save: bool = True, use_gpu="auto"):
+    """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info)."""
+    V = vectors_module()
+    with store.read() as txn:
+        gen = int(store_meta(txn, store, "generation", 0))
+        n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
+        choice = V.choose_index(n, dim, max_memory_bytes=max_memory, index_type=index_type if kind == "image"
+                                else "auto")
+        sample = _sample(store, kind, min(n, TRAIN_SAMPLE), txn) if n else None
+
+        def batches():
+            for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
+                yield (ids if owners is None else owners), vecs
+
+        index = V.build_vectors_index(choice, dim, sample, batches(), use_gpu=use_gpu)
+        params, recall = dict(getattr(choice, "params", {}) or {}), 1.0
+        if n and choice.kind != "flat":
+            rng = np.random.default_rng(SEED + 1)
+            queries = sample[rng.choice(len(sample), size=min(TUNE_QUERIES, len(sample)), replace=False)]
+
+            def exact_fn(q, k):
+                return _exact_search(store, kind, q, k, txn)
+
+            kw = {}
+            if kind == "image" and getattr(choice, "rerank", False):
+                kw["rerank_fn"] = lambda ids: store.get_vectors(ids, dim, kind="image")
+            params, recall = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
+    info = {
+        "file": FAISS_FILES[kind], "kind": choice.kind, "factory": choice.factory, "params": params,
+        "rerank": bool(getattr(choice, "rerank", False)), "recall_at_10": round(float(recall), 4),
+        "generation": gen, "n": int(n), "dim": int(dim),
+    }
+    if save:
+        V.save_atomic(index, os.path.join(index_dir, FAISS_FILES[kind]), gen)
+    return index, info
+
+
+def _faiss_generation(index_dir: str, kind: str) -> int | None:
+    V = vectors_module()
+    p = os.path.join(index_dir, FAISS_FILES[kind])
+    if hasattr(V, "read_meta"):  # the sidecar alone: no need to read the index
+        meta = V.read_meta(p) if os.path.exists(p) else None
+        return None if meta is None else meta.get("generation")
+    try:
+        return V.load(p)[1]
+    except Exception:  # noqa: BLE001 - missing or unreadable
+        return None
+
+
+def store_meta(txn, store: Store, key: str, default=None):
+    from .store import loads
+
+    v = loads(txn.get(key.encode(), db=store.db["meta"]))
+    return default if v is None else v
+
+
+# -- build / update ------------------------------------------------------------------------
+def build_index(
+    sources: Sequence[str],
+    index_dir: str,
+    model: str = "lite",
+    text_model: str | None = "sbert:minilm",
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    index_type: str = "auto",
+    max_memory: int | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timeout_per_file: float = DEFAULT_TIMEOUT,
+    root: str | None = None,
+    stop_after_batches: int | None = None,
+    log: Callable[[str], None] | None = None,
+    map_size: int | None = None,
+    quiet: bool = False,
+) -> BuildReport:
+    """Index ``sources`` into ``index_dir``; re-running continues or updates (``resume=False`` starts over).
+
+    The result equals a fresh build of the same files: unchanged files keep their
+    ids and vectors, new or changed ones are encoded, gone ones are removed.
+    """
+    from retrieval.encoders import get_encoder
+
+    t_all = time.perf_counter()
+    sources = [os.path.abspath(os.fspath(s)) for s in sources]
+    if not sources:
+        raise UsageError("no sources given: name at least one folder, file list, manifest or .tar shard")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1 (got {batch_size})")
+    for s in sources:
+        source_kind(s)  # a clear error for a missing source, before anything is written
+    index_dir = os.path.abspath(os.fspath(index_dir))
+    if os.path.exists(index_dir) and not os.path.isdir(index_dir):
+        raise UsageError(f"{index_dir} exists and is not a folder")
+    if os.path.isdir(index_dir) and os.listdir(index_dir) and not _is_index_dir(index_dir) \
+            and os.listdir(index_dir) != [LOCK_FILE]:
+        raise UsageError(f"{index_dir} is a non-empty folder that is not a kgclip index; choose another -i")
+    os.makedirs(index_dir, exist_ok=True)
+    say = log or (lambda s: print(s, file=sys.stderr))
+
+    encoder = get_encoder(model, device=device, batch_size=batch_size)
+    text_encoder = get_encoder(text_model, device=device, batch_size=max(batch_size, 64)) if text_model else None
+    if not encoder.has_images:
+        raise UsageError(f"{model} encodes text only; pick an image model for --model")
+
+    lock = WriteLock(index_dir).acquire()
+    store = None
+    try:
+        if not resume:
+            _wipe(index_dir)
+        minfo = _model_info(encoder)
+        tinfo = _model_info(text_encoder) if text_encoder is not None else None
+        store = Store(index_dir, create=True, map_size=map_size)
+        old_m, old_t = store.meta("model"), store.meta("text_model", "unset")
+        if old_m is not None and not _same_model(old_m, minfo):
+            raise ModelMismatch(
+                f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
+                f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
+            )
+        if old_m is not None and old_t != "unset" and not _same_model(old_t, tinfo):
+            was = old_t["spec"] if old_t else "no text model"
+            now = tinfo["spec"] if tinfo else "no text model"
+            raise ModelMismatch(f"{index_dir} was built with text model {was}; you asked for {now}: "
+                                "use --restart or another index folder")
+        options = {"batch_size": batch_size, "index_type": index_type, "max_memory": max_memory,
+                   "max_pixels": max_pixels, "timeout_per_file": timeout_per_file, "root": root}
+
+        def init(txn):
+            txn.set_meta("format_version", 1)
+            txn.set_meta("model", minfo)
+            txn.set_meta("text_model", tinfo)
+            txn.set_meta("sources", sources)
+            txn.set_meta("options", options)
+            txn.set_meta("state", "building")
+
+        store.write(init, bump=False)
+        try:
+            manifest = read_manifest(index_dir)
+        except IndexNotFound:
+            manifest = new_manifest(minfo, tinfo, sources, options)
+            write_manifest(index_dir, manifest)
+        except IndexCorrupt:
+            manifest = new_manifest(minfo, tinfo, sources, options)  # the store is the truth: rewrite it
+            write_manifest(index_dir, manifest)
+
+        report = BuildReport(index_dir)
+        pipeline.run(
+            store, encoder, text_encoder, sources, root=root, batch_size=batch_size,
+            workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
+            max_pixels=max_pixels, progress=progress and not quiet, log=say, stop_after_batches=stop_after_batches,
+            report=report,
+        )
+        t = time.perf_counter()
+        faiss_info = {}
+        gen = store.generation
+        kinds = [("image", minfo["dim"], index_type)] + ([("caption", tinfo["dim"], "auto")] if tinfo else [])
+        for kind, dim, itype in kinds:
+            old = (manifest.get("faiss") or {}).get(kind)
+            if old and old.get("generation") == gen and _faiss_generation(index_dir, kind) == gen \
+                    and (manifest.get("options") or {}).get("index_type") == index_type \
+                    and (manifest.get("options") or {}).get("max_memory") == max_memory:
+                faiss_info[kind] = old  # nothing changed since it was derived
+                continue
+            _, faiss_info[kind] = derive_faiss(store, index_dir, kind, dim, itype, max_memory)
+        if tinfo is not None:
+            pass
+        else:
+            p = os.path.join(index_dir, FAISS_FILES["caption"])
+            if os.path.exists(p):
+                os.unlink(p)
+        report.timings.faiss += time.perf_counter() - t
+        store.write(lambda txn: txn.set_meta("state", "complete"), bump=False)
+        report.timings.total = time.perf_counter() - t_all
+        _fill_counts(store, report)
+        report.faiss = faiss_info
+        manifest.update(
+            model=minfo, text_model=tinfo, sources=sources, options=options, state="complete",
+            generation=store.generation, faiss=faiss_info,
+            counts={"items": report.items, "paths": report.paths, "captions": report.captions,
+                    "failures": report.failures_total},
+            failures=_failure_summary(store),
+            timings=report.timings.to_dict(),
+            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            last_build={k: v for k, v in report.to_dict().items() if k not in ("timings", "faiss", "index_dir")},
+        )
+        write_manifest(index_dir, manifest)
+        if not quiet:
+            say(report.summary())
+        return report
+    finally:
+        if store is not None:
+            store.close()
+        lock.release()
+
+
+def _fill_counts(store: Store, report: BuildReport) -> None:
+    report.items = store.count("items")
+    report.paths = store.count("paths")
+    report.captions = store.count("capvecs")
+    report.failures_total = store.count("fails")
+
+
+def _failure_summary(store: Store, examples: int = 20) -> dict:
+    reasons: dict[str, int] = {}
+    sample = []
+    for key, f in store.iter_failures():
+        r = pipeline.reason_kind(f["reason"])
+        reasons[r] = reasons.get(r, 0) + 1
+        if len(sample) < examples:
+            sample.append({"path": key, "reason": f["reason"]})
+    return {"total": sum(reasons.values()), "by_reason": reasons, "examples": sample}
+
+
+def update_index(index_dir: str, **kwargs) -> BuildReport:
+    """Re-scan the index's sources: encode new/changed files, drop gone ones (same models as the build)."""
+    index_dir = os.path.abspath(os.fspath(index_dir))
+    m = read_manifest(index_dir)
+    store = Store(index_dir, readonly=True)
+    try:
+        sources = store.meta("sources") or m.get("sources") or []
+        options = store.meta("options") or m.get("options") or {}
+        model = (store.meta("model") or m["model"])["spec"]
+        tm = store.meta("text_model", "unset")
+        text = (tm if tm != "unset" else m.get("text_model")) or None
+    finally:
+        store.close()
+    for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root"):
+        if k in options and options[k] is not None and kwargs.get(k) is None:
+            kwargs[k] = options[k]
+    kwargs.pop("model", None)
+    kwargs.pop("text_model", None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return build_index(sources, index_dir, model=model, text_model=text["spec"] if text else None,
+                       resume=True, **kwargs)
+
+
+# -- the read side ---------------------------------------------------------------------------
+class Index:
+    """An opened index: FAISS search over store ids, metadata and vectors from LMDB."""
+
+    def __init__(self, path: str, manifest: dict, store: Store):
+        self.path = path
+        self.manifest = manifest
+        self.store = store
+        self.model_spec = manifest["model"]["spec"]
+        self.model_fingerprint = manifest["model"].get("fingerprint")
+        tm = manifest.get("text_model") or None
+        self.text_model_spec = tm["spec"] if tm else None
+        self.text_dim = int(tm["dim"]) if tm else None
+        self.dim = int(manifest["model"]["dim"])
+        self._faiss: dict[str, object] = {}
+        self._info: dict[str, dict] = {}
+        self.generation = -1
+        self.rebuilt: list[str] = []
+
+    # -- FAISS loading / deriving ------------------------------------------------------
+    def _load(self, rebuild: bool = True) -> None:
+        V = vectors_module()
+        gen = self.store.generation
+        kinds = ["image"] + (["caption"] if self.text_model_spec else [])
+        stale = []
+        for kind in kinds:
+            p = os.path.join(self.path, FAISS_FILES[kind])
+            info = dict((self.manifest.get("faiss") or {}).get(kind) or {})
+            try:
+                index, fgen = V.load(p)
+            except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
+                index, fgen = None, None
+            if index is None or fgen != gen:
+                stale.append(kind)
+                continue
+            self._faiss[kind] = index
+            self._info[kind] = info
+        if stale:
+            if not rebuild:
+                raise IndexCorrupt(f"{self.path}: FAISS files {', '.join(stale)} are stale or missing")
+            self._rederive(stale)
+        self.generation = gen if not stale else self.generation
+
+    def _rederive(self, kinds: list[str]) -> None:
+        """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock."""
+        lock = WriteLock(self.path)
+        have_lock = False
+        try:
+            have_lock = lock.try_acquire()
+        except OSError:  # a read-only index folder: derive in memory only
+            have_lock = False
+        try:
+            gen = self.store.generation
+            opts = self.manifest.get("options") or {}
+            for kind in kinds:
+                dim = self.dim if kind == "image" else self.text_dim
+                index, info = derive_faiss(self.store, self.path, kind, dim, opts.get("index_type") or "auto",
+                                           opts.get("max_memory"), save=have_lock)
+                self._faiss[kind], self._info[kind] = index, info
+                gen = info["generation"]
+                self.rebuilt.append(kind)
+            self.generation = gen
+            if have_lock:
+                try:
+                    m = read_manifest(self.path)
+                    m.setdefault("faiss", {}).update({k: self._info[k] for k in kinds})
+                    m["generation"] = gen
+                    write_manifest(self.path, m)
+                    self.manifest = m
+                except (KgclipError, OSError):
+                    pass
+        finally:
+            if have_lock:
+                lock.release()
+
+    def is_stale(self) -> bool:
+        return self.store.generation != self.generation
+
+    def refresh(self) -> bool:
+        """Reload the FAISS files if the store moved on (a long-lived searcher during an update)."""
+        if not self.is_stale():
+            return False
+        self.manifest = read_manifest(self.path)
+        self._faiss, self._info = {}, {}
+        self._load()
+        return True
+
+    # -- queries -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.store.count("items")
+
+    def search(self, queries, k: int = 10, kind: str = "image"):
+        """Top-k (scores float32 [n,k], ids int64 [n,k]); -1 ids pad missing results.
+
+        ``kind="caption"`` searches caption vectors and returns ITEM ids (best caption per item).
+        """
+        from retrieval.errors import QueryError
+
+        if kind not in ("image", "caption"):
+            raise UsageError(f"search kind must be 'image' or 'caption', not {kind!r}")
+        if kind == "caption" and not self.text_model_spec:
+            raise UsageError(f"{self.path} has no caption index (it was built without a text model)")
+        q = np.asarray(queries, np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        dim = self.dim if kind == "image" else self.text_dim
+        if q.ndim != 2 or q.shape[1] != dim:
+            raise QueryError(f"query vectors must have {dim} columns for the {kind} index (got shape {q.shape})")
+        k = int(k)
+        if k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        V = vectors_module()
+        index = self._faiss[kind]
+        info = self._info.get(kind, {})
+        params = info.get("params") or {}
+        if kind == "image":
+            rerank = (lambda ids: self.get_vectors(ids)) if info.get("rerank") else None
+            s, i = V.search(index, q, k, params, rerank_fn=rerank)
+            return np.asarray(s, np.float32), np.asarray(i, np.int64)
+        fetch = min(max(k * 8, k + 16), max(int(index.ntotal), 1))
+        s, i = V.search(index, q, fetch, params)
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        for r in range(len(q)):
+            seen: set[int] = set()
+            c = 0
+            for sc, ii in zip(s[r], i[r]):
+                if ii < 0 or ii in seen:
+                    continue
+                seen.add(int(ii))
+                out_s[r, c], out_i[r, c] = sc, ii
+                c += 1
+                if c == k:
+                    break
+        out_s[out_i < 0] = -np.inf
+        return out_s, out_i
+
+    def get(self, ids) -> list[dict | None]:
+        return self.store.get_items([int(i) for i in np.asarray(ids, np.int64).ravel()])
+
+    def get_vectors(self, ids, kind: str = "image") -> np.ndarray:
+        ids = [int(i) for i in np.asarray(ids, np.int64).ravel()]
+        if kind == "image":
+            return self.store.get_vectors(ids, self.dim)
+        # caption: the mean of each item's caption vectors (normalised), zeros when it has none
+        out = np.zeros((len(ids), self.text_dim or 0), np.float32)
+        for r, it in enumerate(self.store.get_items(ids)):
+            if not it:
+                continue
+            cap_ids = []
+            for p in [it["path"], *it["aliases"]]:
+                cap_ids += (self.store.get_path(p) or {}).get("cap_ids", [])
+            if cap_ids:
+                v = self.store.get_vectors(cap_ids, self.text_dim, kind="caption").mean(axis=0)
+                out[r] = v / (np.linalg.norm(v) or 1.0)
+        return out
+
+    def iter_items(self) -> Iterator[tuple[int, dict]]:
+        return self.store.iter_items()
+
+    def close(self) -> None:
+        self._faiss = {}
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Index({self.path!r}, model={self.model_spec!r}, items={len(self)}, generation={self.generation})"
+
+
+def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -> Index:
+    """Open an index for reading; a different ``model`` is a :class:`ModelMismatch`.
+
+    Stale or missing FAISS files are derived again from the store (and saved when
+    no writer holds the index).
+    """
+    index_dir = os.path.abspath(os.fspath(index_dir))
+    m = read_manifest(index_dir)
+    if model is not None:
+        from retrieval.encoders import canonical_spec
+
+        want = canonical_spec(model)
+        have = m["model"]["spec"]
+        try:
+            have_c = canonical_spec(have)
+        except KgclipError:
+            have_c = have
+        if want != have_c:
+            raise ModelMismatch(f"{index_dir} was built with model {have}, not {model}: search it with its own "
+                                "model or rebuild the index")
+    store = Store(index_dir, readonly=True)
+    idx = Index(index_dir, m, store)
+    try:
+        idx._load(rebuild=rebuild)
+    except BaseException:
+        store.close()
+        raise
+    return idx
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"4G"``, ``"512M"``, ``"1.5GiB"`` or a byte count -> bytes (None stays None)."""
+    if text is None or isinstance(text, int):
+        return text
+    s = str(text).strip().upper().replace("IB", "").rstrip("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in mult:
+            return int(float(s[:-1]) * mult[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise UsageError(f"cannot read memory size {text!r}: use e.g. 512M, 4G or a number of bytes") from None

@@ -1,0 +1,98 @@
+"""``INDEX/index.json``: what an index is (format, models, dims, FAISS setup, counts, timings).
+
+Written atomically (temp file, fsync, rename) so a reader sees the old or the new
+manifest, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+from retrieval.errors import IndexCorrupt, IndexNotFound
+
+FORMAT = "kgclip-index"
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+METRIC = "inner_product"
+
+
+def manifest_path(index_dir: str) -> str:
+    return os.path.join(index_dir, MANIFEST)
+
+
+def new_manifest(model: dict, text_model: dict | None, sources: list[str], options: dict) -> dict:
+    from retrieval import __version__
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kgclip_version": __version__,
+        "model": model,  # {"spec", "fingerprint", "dim"}
+        "text_model": text_model,  # same keys, or None when captions are not embedded
+        "metric": METRIC,
+        "state": "building",
+        "created": now,
+        "updated": now,
+        "sources": sources,
+        "options": options,
+        "generation": 0,
+        "faiss": {},
+        "counts": {},
+        "failures": {},
+        "timings": {},
+    }
+
+
+def write_manifest(index_dir: str, manifest: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".index.json.", dir=index_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, ensure_ascii=False, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, manifest_path(index_dir))
+        dfd = os.open(index_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_manifest(index_dir: str) -> dict:
+    """Read and validate index.json: a clear error for a missing, malformed or newer-format file."""
+    p = manifest_path(index_dir)
+    if not os.path.isdir(index_dir):
+        raise IndexNotFound(f"{index_dir}: no such index (build one with `kgclip build SOURCE -i {index_dir}`)")
+    if not os.path.isfile(p):
+        raise IndexNotFound(f"{index_dir}: not a kgclip index (no {MANIFEST} inside)")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            m = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexCorrupt(f"{p}: malformed manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise IndexCorrupt(f"{p}: not a kgclip index manifest (format is not {FORMAT!r})")
+    v = m.get("format_version")
+    if not isinstance(v, int):
+        raise IndexCorrupt(f"{p}: manifest has no integer format_version")
+    if v > FORMAT_VERSION:
+        raise IndexCorrupt(
+            f"{p}: index format version {v} is newer than this kgclip supports ({FORMAT_VERSION}); upgrade kgclip"
+        )
+    if v < FORMAT_VERSION:
+        raise IndexCorrupt(f"{p}: unknown old index format version {v}; rebuild it with `kgclip build --restart`")
+    for key in ("model", "metric"):
+        if key not in m:
+            raise IndexCorrupt(f"{p}: manifest is missing {key!r}")
+    if not isinstance(m["model"], dict) or "spec" not in m["model"] or "dim" not in m["model"]:
+        raise IndexCorrupt(f"{p}: manifest 'model' must have 'spec' and 'dim'")
+    return m

@@ -1,0 +1,366 @@
+"""The build pipeline: scan -> decode (worker pool) -> encode (batched) -> write (one transaction per batch).
+
+Stage functions (:func:`plan_item`, :func:`encode_batch`, :func:`write_batch`)
+are plain functions over plain data, so the same units can run inside a
+distributed engine later. :func:`run` wires them together in one process:
+decoding runs ahead in worker processes while the main process encodes and
+writes, every stage is timed, and a batch is committed atomically, so an
+interrupted run continues from its last committed batch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .decode import Decoded, DecodePool
+from .sources import Item, Skip, iter_sources
+from .store import Store, Txn
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Raised by the test hook ``stop_after_batches`` (behaves like Ctrl-C)."""
+
+
+class NeedsVector(Exception):
+    """An entry planned as a duplicate turned out to hold new content (its twin was removed)."""
+
+    def __init__(self, index: int):
+        super().__init__(index)
+        self.index = index
+
+
+@dataclass
+class Timings:
+    scan: float = 0.0
+    decode_wait: float = 0.0  # main process waiting for decoded images (not overlapped)
+    decode_cpu: float = 0.0  # summed over workers
+    encode: float = 0.0
+    caption_encode: float = 0.0
+    write: float = 0.0
+    sweep: float = 0.0
+    faiss: float = 0.0
+    total: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class BuildReport:
+    """What a build or update did. ``to_dict()`` for JSON."""
+
+    index_dir: str
+    added: int = 0  # new items (encoded)
+    duplicates: int = 0  # new paths whose content was already indexed (kept as aliases)
+    changed: int = 0  # known paths re-read because size/mtime/captions changed
+    unchanged: int = 0
+    removed: int = 0  # paths whose files are gone
+    failed: int = 0  # skipped in this run
+    batches: int = 0
+    items: int = 0
+    paths: int = 0
+    captions: int = 0
+    failures_total: int = 0
+    failure_reasons: dict = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+    decode_restarts: int = 0
+    interrupted: bool = False
+    faiss: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["timings"] = self.timings.to_dict()
+        d["items_per_s"] = round(self.encoded_per_s, 2)
+        return d
+
+    @property
+    def encoded_per_s(self) -> float:
+        t = self.timings.total
+        return (self.added + self.duplicates + self.changed) / t if t > 0 else 0.0
+
+    def summary(self) -> str:
+        t = self.timings
+        lines = [
+            f"indexed {self.items} items ({self.paths} paths, {self.captions} captions) in {t.total:.1f} s: "
+            f"{self.added} new, {self.duplicates} duplicates, {self.changed} changed, {self.unchanged} unchanged, "
+            f"{self.removed} removed, {self.failed} skipped",
+            f"timings: scan {t.scan:.1f}s, decode wait {t.decode_wait:.1f}s (worker cpu {t.decode_cpu:.1f}s), "
+            f"encode {t.encode:.1f}s, captions {t.caption_encode:.1f}s, write {t.write:.1f}s, faiss {t.faiss:.1f}s",
+        ]
+        if self.failure_reasons:
+            top = sorted(self.failure_reasons.items(), key=lambda kv: -kv[1])[:8]
+            lines.append(f"{self.failures_total} files skipped in all: "
+                         + "; ".join(f"{n} x {r}" for r, n in top))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"BuildReport(items={self.items}, added={self.added}, duplicates={self.duplicates}, "
+                f"changed={self.changed}, removed={self.removed}, failed={self.failed})")
+
+
+@dataclass
+class Entry:
+    """One planned store change for a decoded item."""
+
+    op: str  # "new" | "alias" | "update" | "fail"
+    item: Item
+    decoded: Decoded | None = None
+    vector: np.ndarray | None = None
+    concepts: list | None = None
+    reembed_captions: bool = False
+    cap_vecs: np.ndarray | None = None
+    reason: str = ""
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason without its file-specific details, for summaries."""
+    return reason.split(" (")[0].split(":")[0]
+
+
+# -- scan ------------------------------------------------------------------------
+def is_current(store: Store, it: Item | Skip) -> bool:
+    """True when the store already reflects this item or skip (nothing to do)."""
+    if isinstance(it, Skip):
+        f = store.get_failure(it.key)
+        return f is not None and f["reason"] == it.reason
+    p = store.get_path(it.key)
+    if p is not None:
+        return (p["size"] == it.size and p["mtime_ns"] == it.mtime_ns and p.get("captions", []) == it.captions
+                and p.get("meta", {}) == it.meta)
+    f = store.get_failure(it.key)
+    return f is not None and f.get("size") == it.size and f.get("mtime_ns") == it.mtime_ns
+
+
+# -- stage functions -------------------------------------------------------------------
+def plan_item(store: Store, d: Decoded, batch_hashes: set[str]) -> Entry:
+    """Decide what a decoded item changes in the store (reads only)."""
+    if not d.ok:
+        return Entry("fail", d.item, d, reason=d.reason)
+    prev = store.get_path(d.item.key)
+    if prev is not None and prev["sha256"] == d.sha256:
+        return Entry("update", d.item, d, reembed_captions=prev.get("captions", []) != d.item.captions)
+    if d.sha256 in batch_hashes or store.has_hash(d.sha256):
+        return Entry("alias", d.item, d, reembed_captions=True)
+    batch_hashes.add(d.sha256)
+    return Entry("new", d.item, d, reembed_captions=True)
+
+
+def encode_batch(encoder, arrays: list[np.ndarray], with_concepts: bool = True):
+    """Stage: stacked model inputs -> (vectors, concepts or None)."""
+    out = encoder.encode_image_arrays(np.stack(arrays), with_concepts=with_concepts)
+    return out.vectors, out.concepts
+
+
+def encode_captions(text_encoder, entries: list[Entry]) -> None:
+    """Stage: embed the captions of entries that need it (all in one call)."""
+    todo = [e for e in entries if e.reembed_captions and e.item.captions and e.op != "fail"]
+    if text_encoder is None or not todo:
+        return
+    texts = [c for e in todo for c in e.item.captions]
+    vecs = text_encoder.encode_texts(texts)
+    at = 0
+    for e in todo:
+        n = len(e.item.captions)
+        e.cap_vecs = vecs[at : at + n]
+        at += n
+
+
+def write_batch(store: Store, entries: list[Entry], progress: dict | None = None) -> None:
+    """Stage: apply a batch in ONE transaction (raises NeedsVector when a planned twin vanished)."""
+
+    def fn(txn: Txn):
+        for n, e in enumerate(entries):
+            it = e.item
+            if e.op == "fail":
+                d = e.decoded
+                size = d.item.size if d is not None else -1
+                mtime = d.item.mtime_ns if d is not None else -1
+                txn.set_failure(it.key, e.reason, size, mtime)
+                continue
+            d = e.decoded
+            caps = it.captions if e.reembed_captions else None
+            if e.op == "update":
+                txn.update_path(it.key, size=it.size, mtime_ns=it.mtime_ns, captions=caps, cap_vecs=e.cap_vecs,
+                                meta=it.meta)
+                continue
+            if txn.get_path(it.key) is not None:
+                txn.remove_path(it.key)  # the path now holds other content
+            if e.vector is None and txn.hash_id(d.sha256) is None:
+                raise NeedsVector(n)
+            txn.add_path(it.key, sha256=d.sha256, size=it.size, mtime_ns=it.mtime_ns, width=d.width,
+                         height=d.height, vector=e.vector, concepts=e.concepts, captions=it.captions,
+                         cap_vecs=e.cap_vecs, meta=it.meta)
+        if progress:
+            txn.set_meta("progress", progress)
+
+    store.write(fn)
+
+
+# -- the loop --------------------------------------------------------------------------
+def run(
+    store: Store,
+    encoder,
+    text_encoder,
+    sources: list[str],
+    *,
+    root: str | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    timeout: float = 30.0,
+    max_pixels: int = 100_000_000,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    stop_after_batches: int | None = None,
+    report: BuildReport,
+) -> BuildReport:
+    """Bring the store in line with ``sources``; returns the report (FAISS is not touched here)."""
+    t_start = time.perf_counter()
+    tm = report.timings
+    say = log or (lambda s: print(s, file=sys.stderr))
+
+    # pass 1: what is there, and how much is to do (for the progress bar's ETA)
+    t0 = time.perf_counter()
+    seen: set[str] = set()
+    todo = 0
+    for it in iter_sources(sources, root=root):
+        seen.add(it.key)
+        if is_current(store, it):
+            report.unchanged += isinstance(it, Item) and store.get_path(it.key) is not None
+        else:
+            todo += 1
+    tm.scan += time.perf_counter() - t0
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=todo, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1, desc="indexing")
+        _say = say
+        say = lambda s: bar.write(s, file=sys.stderr)  # noqa: E731
+        del _say
+
+    skips: list[Skip] = []
+
+    def todo_items() -> Iterator[Item]:
+        for it in iter_sources(sources, root=root):
+            if is_current(store, it):
+                continue
+            if isinstance(it, Skip):
+                skips.append(it)
+                continue
+            yield it
+
+    transform = encoder.image_transform()
+    with_concepts = True
+    entries: list[Entry] = []
+    n_encode = 0
+    batch_hashes: set[str] = set()
+
+    def flush():
+        nonlocal entries, n_encode, batch_hashes
+        for s in skips:
+            entries.append(Entry("fail", Item(s.key, s.key), None, reason=s.reason))
+            say(f"skipping {s.key}: {s.reason}")
+            report.failed += 1
+            report.failure_reasons[reason_kind(s.reason)] = report.failure_reasons.get(reason_kind(s.reason), 0) + 1
+        skips.clear()
+        if not entries:
+            return
+        t = time.perf_counter()
+        new = [e for e in entries if e.op == "new"]
+        if new:
+            vecs, concepts = encode_batch(encoder, [e.decoded.array for e in new], with_concepts)
+            for j, e in enumerate(new):
+                e.vector = vecs[j]
+                e.concepts = concepts[j] if concepts else None
+        tm.encode += time.perf_counter() - t
+        t = time.perf_counter()
+        encode_captions(text_encoder, entries)
+        tm.caption_encode += time.perf_counter() - t
+        t = time.perf_counter()
+        while True:
+            try:
+                write_batch(store, entries, {"batches": report.batches + 1})
+                break
+            except NeedsVector as nv:  # rare: its twin was removed in this batch; encode it after all
+                e = entries[nv.index]
+                e.vector, c = encode_batch(encoder, [e.decoded.array], with_concepts)
+                e.vector, e.concepts = e.vector[0], (c[0] if c else None)
+        tm.write += time.perf_counter() - t
+        report.batches += 1
+        for e in entries:
+            if e.op == "new":
+                report.added += 1
+            elif e.op == "alias":
+                report.duplicates += 1
+            elif e.op == "update":
+                report.changed += 1
+        entries, n_encode, batch_hashes = [], 0, set()
+        if stop_after_batches is not None and report.batches >= stop_after_batches:
+            raise BuildInterrupted(f"stopped after {report.batches} batches (test hook)")
+
+    pool = DecodePool(transform, workers=workers, timeout=timeout, max_pixels=max_pixels,
+                      window=max(2 * batch_size, 8 * max(workers, 1)))
+    try:
+        results = pool.imap(todo_items())
+        while True:
+            t = time.perf_counter()
+            d = next(results, None)
+            tm.decode_wait += time.perf_counter() - t
+            if d is None:
+                break
+            tm.decode_cpu += d.seconds
+            e = plan_item(store, d, batch_hashes)
+            if e.op == "fail":
+                say(f"skipping {d.item.key}: {d.reason}")
+                report.failed += 1
+                k = reason_kind(d.reason)
+                report.failure_reasons[k] = report.failure_reasons.get(k, 0) + 1
+            if e.op != "new":
+                e.decoded.array = None if e.op != "alias" else e.decoded.array
+            entries.append(e)
+            n_encode += e.op == "new"
+            if bar is not None:
+                bar.update(1)
+            if n_encode >= batch_size or len(entries) >= 4 * batch_size:
+                flush()
+        flush()
+    finally:
+        report.decode_restarts += pool.restarts
+        pool.close()
+        if bar is not None:
+            bar.close()
+
+    # gone files: forget them (only after a complete scan)
+    t = time.perf_counter()
+    gone_paths = [k for k in store.path_keys() if k not in seen]
+    gone = gone_paths + [k for k in store.failure_keys() if k not in seen]
+    for i in range(0, len(gone), 1000):
+        chunk = gone[i : i + 1000]
+
+        def fn(txn: Txn, chunk=chunk):
+            for k in chunk:
+                txn.remove_path(k)
+                txn.clear_failure(k)
+
+        store.write(fn)
+    report.removed += len(gone_paths)
+    tm.sweep += time.perf_counter() - t
+    tm.total += time.perf_counter() - t_start
+    return report
+
+
+def iter_batches(it: Iterable, n: int):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

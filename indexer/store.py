@@ -1,0 +1,406 @@
+"""The LMDB store: the index's source of truth.
+
+Databases (all in ``INDEX/store.lmdb``):
+
+``meta``     settings and counters (JSON): model, dims, next ids, generation, sources, state
+``items``    item id (8-byte big-endian) -> {id, path, sha256, width, height, aliases, concepts}
+``paths``    path key -> {id, size, mtime_ns, sha256, captions, cap_ids, meta}
+``hashes``   sha256 hex -> item id (identical content is one item; its other paths are aliases)
+``vecs``     item id -> float32 image vector
+``capvecs``  caption id -> item id (8 bytes) + float32 caption vector
+``fails``    path key -> {reason, size, mtime_ns}
+
+Every change goes through :meth:`Store.write`, one LMDB transaction that bumps
+the ``generation`` counter; a batch of the build is one such transaction, so a
+crash leaves the store at the last committed batch. The map grows when full.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import struct
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
+
+DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
+STORE_DIR = "store.lmdb"
+LOCK_FILE = "write.lock"
+
+
+def ikey(i: int) -> bytes:
+    return struct.pack(">Q", int(i))
+
+
+def unikey(b: bytes) -> int:
+    return struct.unpack(">Q", bytes(b))[0]
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def loads(b: bytes | None) -> Any:
+    return None if b is None else json.loads(bytes(b).decode("utf-8"))
+
+
+class WriteLock:
+    """An exclusive, non-blocking writer lock (fcntl) on ``INDEX/write.lock`` holding the writer's pid.
+
+    The kernel drops the lock when the process dies, so a SIGKILLed build never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, index_dir: str):
+        self.path = os.path.join(index_dir, LOCK_FILE)
+        self.fd: int | None = None
+
+    def acquire(self) -> "WriteLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            try:
+                pid = os.pread(fd, 32, 0).decode().strip() or "?"
+            except OSError:
+                pid = "?"
+            os.close(fd)
+            raise IndexLocked(
+                f"index {os.path.dirname(self.path)} is locked by pid {pid} (another build or update is running)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def try_acquire(self) -> bool:
+        try:
+            self.acquire()
+            return True
+        except IndexLocked:
+            return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class Store:
+    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer)."""
+
+    def __init__(self, index_dir: str, readonly: bool = False, map_size: int | None = None, create: bool = False):
+        import lmdb
+
+        self.lmdb = lmdb
+        self.index_dir = index_dir
+        self.path = os.path.join(index_dir, STORE_DIR)
+        if not os.path.isdir(self.path):
+            if not create:
+                raise IndexNotFound(f"{index_dir}: not a kgclip index (no {STORE_DIR}/ inside)")
+            os.makedirs(self.path, exist_ok=True)
+        self.readonly = readonly
+        try:
+            self.env = lmdb.open(
+                self.path, max_dbs=len(DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
+                readonly=readonly, subdir=True, max_readers=256, metasync=True, sync=True,
+                create=not readonly,
+            )
+            self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
+        except lmdb.Error as e:
+            raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
+
+    def close(self) -> None:
+        if getattr(self, "env", None) is not None:
+            self.env.close()
+            self.env = None
+
+    # -- transactions ----------------------------------------------------------------
+    def read(self):
+        """A read transaction (adopts a map grown by a writer in another process)."""
+        try:
+            return self.env.begin()
+        except self.lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin()
+
+    def write(self, fn: Callable[["Txn"], Any], bump: bool = True) -> Any:
+        """Run ``fn(Txn)`` in one write transaction; retried on a grown map when full.
+
+        ``fn`` must read what it needs through the transaction (it may run twice).
+        """
+        while True:
+            try:
+                with self.env.begin(write=True) as t:
+                    txn = Txn(self, t)
+                    out = fn(txn)
+                    if bump:
+                        txn.set_meta("generation", txn.meta("generation", 0) + 1)
+                    return out
+            except self.lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    # -- read helpers -------------------------------------------------------------------
+    def meta(self, key: str, default=None):
+        with self.read() as t:
+            v = loads(t.get(key.encode(), db=self.db["meta"]))
+        return default if v is None else v
+
+    def all_meta(self) -> dict:
+        with self.read() as t:
+            return {bytes(k).decode(): loads(v) for k, v in t.cursor(db=self.db["meta"])}
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation", 0))
+
+    def count(self, db: str) -> int:
+        with self.read() as t:
+            return t.stat(self.db[db])["entries"]
+
+    def get_path(self, key: str) -> dict | None:
+        with self.read() as t:
+            return loads(t.get(key.encode(), db=self.db["paths"]))
+
+    def get_failure(self, key: str) -> dict | None:
+        with self.read() as t:
+            return loads(t.get(key.encode(), db=self.db["fails"]))
+
+    def has_hash(self, sha: str) -> bool:
+        with self.read() as t:
+            return t.get(sha.encode(), db=self.db["hashes"]) is not None
+
+    def get_items(self, ids) -> list[dict | None]:
+        out = []
+        with self.read() as t:
+            for i in ids:
+                i = int(i)
+                rec = loads(t.get(ikey(i), db=self.db["items"])) if i >= 0 else None
+                out.append(self._hydrate(t, rec) if rec else None)
+        return out
+
+    def _hydrate(self, t, rec: dict) -> dict:
+        prim = loads(t.get(rec["path"].encode(), db=self.db["paths"])) or {}
+        caps = list(prim.get("captions", []))
+        for a in rec.get("aliases", []):
+            for c in (loads(t.get(a.encode(), db=self.db["paths"])) or {}).get("captions", []):
+                if c not in caps:
+                    caps.append(c)
+        return {
+            "id": rec["id"], "path": rec["path"], "size": prim.get("size"), "mtime": prim.get("mtime_ns", 0) / 1e9,
+            "sha256": rec["sha256"], "width": rec.get("width"), "height": rec.get("height"), "captions": caps,
+            "concepts": rec.get("concepts", []), "aliases": list(rec.get("aliases", [])),
+            "meta": prim.get("meta", {}),
+        }
+
+    def get_vectors(self, ids, dim: int, kind: str = "image") -> np.ndarray:
+        out = np.zeros((len(ids), dim), np.float32)
+        db = self.db["vecs" if kind == "image" else "capvecs"]
+        with self.read() as t:
+            for r, i in enumerate(ids):
+                b = t.get(ikey(int(i)), db=db) if int(i) >= 0 else None
+                if b is not None:
+                    b = bytes(b)
+                    out[r] = np.frombuffer(b if kind == "image" else b[8:], np.float32)
+        return out
+
+    def iter_items(self) -> Iterator[tuple[int, dict]]:
+        """(id, record) in id order; a fresh read transaction per chunk so writers are not held up."""
+        last = None
+        while True:
+            chunk = []
+            with self.read() as t:
+                cur = t.cursor(db=self.db["items"])
+                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
+                while ok and len(chunk) < 1024:
+                    rec = loads(cur.value())
+                    chunk.append((unikey(cur.key()), self._hydrate(t, rec)))
+                    ok = cur.next()
+            if not chunk:
+                return
+            yield from chunk
+            last = chunk[-1][0]
+
+    def iter_vectors(self, kind: str = "image", batch: int = 8192, txn=None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Stream (ids, vectors, item_ids) in id order; item_ids is None for image vectors.
+
+        With ``txn`` (a read transaction) every batch comes from that one snapshot.
+        """
+        db = self.db["vecs" if kind == "image" else "capvecs"]
+        last = None
+        while True:
+            ids, vecs, owners = [], [], []
+            t = txn if txn is not None else self.read()
+            try:
+                cur = t.cursor(db=db)
+                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
+                while ok and len(ids) < batch:
+                    ids.append(unikey(cur.key()))
+                    b = bytes(cur.value())
+                    if kind == "image":
+                        vecs.append(np.frombuffer(b, np.float32))
+                    else:
+                        owners.append(unikey(b[:8]))
+                        vecs.append(np.frombuffer(b[8:], np.float32))
+                    ok = cur.next()
+            finally:
+                if txn is None:
+                    t.abort()
+            if not ids:
+                return
+            yield (np.asarray(ids, np.int64), np.stack(vecs),
+                   None if kind == "image" else np.asarray(owners, np.int64))
+            last = ids[-1]
+
+    def iter_paths(self) -> Iterator[tuple[str, dict]]:
+        with self.read() as t:
+            for k, v in t.cursor(db=self.db["paths"]):
+                yield bytes(k).decode(), loads(v)
+
+    def iter_failures(self) -> Iterator[tuple[str, dict]]:
+        with self.read() as t:
+            for k, v in t.cursor(db=self.db["fails"]):
+                yield bytes(k).decode(), loads(v)
+
+    def path_keys(self) -> list[str]:
+        with self.read() as t:
+            return [bytes(k).decode() for k in t.cursor(db=self.db["paths"]).iternext(values=False)]
+
+    def failure_keys(self) -> list[str]:
+        with self.read() as t:
+            return [bytes(k).decode() for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
+
+
+class Txn:
+    """Write operations inside one transaction (see :meth:`Store.write`)."""
+
+    def __init__(self, store: Store, t):
+        self.s, self.t, self.db = store, t, store.db
+
+    def meta(self, key: str, default=None):
+        v = loads(self.t.get(key.encode(), db=self.db["meta"]))
+        return default if v is None else v
+
+    def set_meta(self, key: str, value) -> None:
+        self.t.put(key.encode(), dumps(value), db=self.db["meta"])
+
+    def _next(self, counter: str) -> int:
+        n = int(self.meta(counter, 0))
+        self.set_meta(counter, n + 1)
+        return n
+
+    def get_path(self, key: str) -> dict | None:
+        return loads(self.t.get(key.encode(), db=self.db["paths"]))
+
+    def hash_id(self, sha: str) -> int | None:
+        b = self.t.get(sha.encode(), db=self.db["hashes"])
+        return None if b is None else unikey(b)
+
+    def _item(self, i: int) -> dict:
+        rec = loads(self.t.get(ikey(i), db=self.db["items"]))
+        if rec is None:
+            raise IndexCorrupt(f"{self.s.path}: item {i} is referenced but missing (run `kgclip verify --repair`)")
+        return rec
+
+    def _put_item(self, rec: dict) -> None:
+        self.t.put(ikey(rec["id"]), dumps(rec), db=self.db["items"])
+
+    def _add_captions(self, item_id: int, cap_vecs: np.ndarray | None) -> list[int]:
+        ids = []
+        if cap_vecs is None:
+            return ids
+        for v in cap_vecs:
+            c = self._next("next_cap_id")
+            self.t.put(ikey(c), ikey(item_id) + np.asarray(v, np.float32).tobytes(), db=self.db["capvecs"])
+            ids.append(c)
+        return ids
+
+    def _drop_captions(self, cap_ids) -> None:
+        for c in cap_ids or []:
+            self.t.delete(ikey(c), db=self.db["capvecs"])
+
+    def add_path(self, key: str, *, sha256: str, size: int, mtime_ns: int, width: int, height: int,
+                 vector: np.ndarray | None, concepts=None, captions=(), cap_vecs=None, meta=None) -> int:
+        """Add a new path: a new item, or an alias of the item with the same content. Returns the item id."""
+        i = self.hash_id(sha256)
+        if i is None:
+            if vector is None:
+                raise ValueError(f"{key}: new content needs a vector")
+            i = self._next("next_id")
+            self._put_item({"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
+                            "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]})
+            self.t.put(ikey(i), np.asarray(vector, np.float32).tobytes(), db=self.db["vecs"])
+            self.t.put(sha256.encode(), ikey(i), db=self.db["hashes"])
+        else:
+            rec = self._item(i)
+            if key != rec["path"] and key not in rec["aliases"]:
+                rec["aliases"].append(key)
+                self._put_item(rec)
+        prec = {"id": i, "size": size, "mtime_ns": mtime_ns, "sha256": sha256, "captions": list(captions),
+                "cap_ids": self._add_captions(i, cap_vecs), "meta": meta or {}}
+        self.t.put(key.encode(), dumps(prec), db=self.db["paths"])
+        self.t.delete(key.encode(), db=self.db["fails"])
+        return i
+
+    def update_path(self, key: str, *, size: int, mtime_ns: int, captions=None, cap_vecs=None, meta=None) -> None:
+        """Same content, new stat (and maybe new captions/metadata): the item and its id are kept."""
+        prec = self.get_path(key)
+        prec.update(size=size, mtime_ns=mtime_ns)
+        if captions is not None:
+            self._drop_captions(prec.get("cap_ids"))
+            prec["captions"] = list(captions)
+            prec["cap_ids"] = self._add_captions(prec["id"], cap_vecs)
+        if meta is not None:
+            prec["meta"] = meta
+        self.t.put(key.encode(), dumps(prec), db=self.db["paths"])
+        self.t.delete(key.encode(), db=self.db["fails"])
+
+    def remove_path(self, key: str) -> None:
+        """Forget a path; its item goes too when no other path holds the same content."""
+        prec = self.get_path(key)
+        if prec is None:
+            return
+        self._drop_captions(prec.get("cap_ids"))
+        self.t.delete(key.encode(), db=self.db["paths"])
+        i = prec["id"]
+        rec = loads(self.t.get(ikey(i), db=self.db["items"]))
+        if rec is None:
+            return
+        if rec["path"] == key:
+            if rec["aliases"]:
+                rec["path"] = rec["aliases"].pop(0)
+                self._put_item(rec)
+            else:
+                self.t.delete(ikey(i), db=self.db["items"])
+                self.t.delete(ikey(i), db=self.db["vecs"])
+                self.t.delete(rec["sha256"].encode(), db=self.db["hashes"])
+        elif key in rec["aliases"]:
+            rec["aliases"].remove(key)
+            self._put_item(rec)
+
+    def set_failure(self, key: str, reason: str, size: int = -1, mtime_ns: int = -1) -> None:
+        self.remove_path(key)
+        self.t.put(key.encode(), dumps({"reason": reason, "size": size, "mtime_ns": mtime_ns}), db=self.db["fails"])
+
+    def clear_failure(self, key: str) -> None:
+        self.t.delete(key.encode(), db=self.db["fails"])

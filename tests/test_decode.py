@@ -1,0 +1,121 @@
+"""Robust decode: every image kind to RGB model input, hostile files to reasons, a bounded time per file."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from indexer.decode import DecodePool, decode_item, to_rgb
+from indexer.sources import Item, Skip, iter_folder
+from tests.corpus import make_hostile_corpus, png_bytes
+from tests.fakes import SmallPreprocess
+
+
+class SizeTransform:
+    """Records the decoded RGB image's size and mean (picklable)."""
+
+    def __call__(self, img):
+        assert img.mode == "RGB"
+        a = np.asarray(img, np.float32)
+        return np.array([img.size[0], img.size[1], a.mean()], np.float32)
+
+
+class SleepyTransform:
+    """Hangs on images of one width: stands in for a decoder stuck on a hostile file."""
+
+    def __init__(self, hang_width: int):
+        self.hang_width = hang_width
+
+    def __call__(self, img):
+        if img.size[0] == self.hang_width:
+            time.sleep(3600)
+        return SmallPreprocess()(img)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    valid, invalid = make_hostile_corpus(d, bomb_pixels=4_000_000)
+    return d, valid, invalid
+
+
+def test_hostile_corpus_valid_decode_and_invalid_reported(corpus):
+    d, valid, invalid = corpus
+    seen_ok, seen_bad = set(), {}
+    for it in iter_folder(str(d)):
+        rel = it.key[len(str(d)) + 1 :]
+        if isinstance(it, Skip):
+            seen_bad[rel] = it.reason
+            continue
+        r = decode_item(it, SmallPreprocess(), max_pixels=4_000_000)
+        if r.ok:
+            assert r.array.shape == (3, 8, 8) and r.array.dtype == np.float32 and np.isfinite(r.array).all()
+            assert len(r.sha256) == 64 and r.width >= 1 and r.height >= 1
+            seen_ok.add(rel)
+        else:
+            seen_bad[rel] = r.reason
+    assert seen_ok == set(valid)
+    assert set(seen_bad) == set(invalid)
+    for name, fragment in invalid.items():
+        assert fragment in seen_bad[name], (name, seen_bad[name])
+
+
+def test_exif_orientation_and_sizes(corpus):
+    d, _, _ = corpus
+    r = decode_item(Item(str(d / "exif_rotated.jpg"), str(d / "exif_rotated.jpg")), SizeTransform())
+    assert (r.width, r.height) == (20, 60)
+    assert tuple(r.array[:2]) == (20, 60)  # the model sees the upright image
+    thin = decode_item(Item(str(d / "thin.png"), str(d / "thin.png")), SizeTransform())
+    assert (thin.width, thin.height) == (4000, 1)
+    assert thin.array[0] == 4000 and thin.array[1] == 500  # padded to an 8:1 aspect before the transform
+
+
+def test_modes_become_rgb_with_white_behind_transparency():
+    from PIL import Image
+
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+    sixteen = Image.fromarray(np.full((2, 2), 65535, np.uint16))
+    assert to_rgb(sixteen).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("CMYK", (2, 2), (0, 0, 0, 0))).mode == "RGB"
+    assert to_rgb(Image.new("1", (2, 2), 1)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_large_jpeg_decodes_in_draft_mode(tmp_path):
+    from PIL import Image
+
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(p, quality=80)
+    r = decode_item(Item(str(p), str(p)), SizeTransform())
+    assert (r.width, r.height) == (4000, 3000)  # reported at full resolution
+    assert r.array[0] == 1000 and r.array[1] == 750  # decoded at 1/4 scale (>= 448 px kept)
+
+
+def test_file_growing_or_vanishing_is_handled(tmp_path):
+    p = tmp_path / "gone.png"
+    r = decode_item(Item(str(p), str(p)), SmallPreprocess())
+    assert not r.ok and "vanished" in r.reason
+    p.write_bytes(png_bytes(1))
+    r = decode_item(Item(str(p), str(p), size=10), SmallPreprocess())
+    assert r.ok and r.size == len(png_bytes(1))  # the size as read, not as scanned
+
+
+def test_pool_preserves_order_and_times_out_a_hanging_file(tmp_path):
+    from PIL import Image
+
+    items = []
+    for w in (10, 11, 99, 12, 13):
+        p = tmp_path / f"{w}.png"
+        Image.new("RGB", (w, 10), (w, w, w)).save(p)
+        items.append(Item(str(p), str(p)))
+    with DecodePool(SleepyTransform(99), workers=1, timeout=3.0) as pool:
+        t0 = time.monotonic()
+        out = list(pool.imap(items))
+        elapsed = time.monotonic() - t0
+    assert [o.item.key for o in out] == [i.key for i in items]
+    assert [o.ok for o in out] == [True, True, False, True, True]
+    assert "timed out" in out[2].reason
+    assert pool.restarts == 1
+    assert elapsed < 60  # bounded: not the transform's hour

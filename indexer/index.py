@@ -224,7 +224,8 @@ def build_index(
         minfo = _model_info(encoder)
         tinfo = _model_info(text_encoder) if text_encoder is not None else None
         store = Store(index_dir, create=True, map_size=map_size)
-        old_m, old_t = store.meta("model"), store.meta("text_model", "unset")
+        stored = store.all_meta()
+        old_m, old_t = stored.get("model"), stored.get("text_model", "unset")
         if old_m is not None and not _same_model(old_m, minfo):
             raise ModelMismatch(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
@@ -333,7 +334,7 @@ def update_index(index_dir: str, **kwargs) -> BuildReport:
         sources = store.meta("sources") or m.get("sources") or []
         options = store.meta("options") or m.get("options") or {}
         model = (store.meta("model") or m["model"])["spec"]
-        tm = store.meta("text_model", "unset")
+        tm = store.all_meta().get("text_model", "unset")
         text = (tm if tm != "unset" else m.get("text_model")) or None
     finally:
         store.close()

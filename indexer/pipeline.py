@@ -22,8 +22,8 @@ from .sources import Item, Skip, iter_sources
 from .store import Store, Txn
 
 
-class BuildInterrupted(KeyboardInterrupt):
-    """Raised by the test hook ``stop_after_batches`` (behaves like Ctrl-C)."""
+class BuildInterrupted(Exception):
+    """Raised by the test hook ``stop_after_batches``: the run stops as after Ctrl-C or a crash."""
 
 
 class NeedsVector(Exception):

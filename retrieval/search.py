@@ -335,8 +335,11 @@ class Searcher:
         targets: dict[str, tuple[float, list[str]]] = {}
         if text is not None and mode != "none" and w["concept"] > 0:
             ct = getattr(self.expander(), "concept_targets", None)
-            if ct is not None and self.concept_table():
-                targets = dict(ct(plan))
+            table = self.concept_table() if ct is not None else None
+            if table:
+                t = time.perf_counter()
+                targets = dict(ct(plan, within=table.keys()))
+                timings["ground"] = _ms(t)
 
         # 3. search, fuse, filter, hydrate: fetch more candidates until k hits pass (or all were seen)
         fetch = max(self.options.min_fetch, k * self.options.fetch_factor)
@@ -435,7 +438,7 @@ class Searcher:
         for i, (b, wnid, p) in bonus.items():
             if i in scores:
                 scores[i] += cw * b
-                why.setdefault(i, {})["concept"] = (wnid, p, b, targets[wnid][1])
+                why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
 
     def _hydrate(self, ranked, k, filt: list[Filter], min_score) -> list[Hit]:
@@ -466,7 +469,7 @@ class Searcher:
         per_exp = None
         if text is not None and plan.mode == "mix" and exps and hits:
             try:
-                mrows, _mw, _ = self.expander().query_vectors(text, self.encoder, mode="multi")
+                mrows, _mw, _ = self.expander().query_vectors(text, self.encoder, mode="multi", plan=plan)
                 hv = np.asarray(self.index.get_vectors(np.asarray([h.id for h in hits], np.int64)), np.float32)
                 per_exp = hv @ np.asarray(mrows, np.float32).T
             except Exception as e:  # explanation is best effort; the hits stand
@@ -476,7 +479,7 @@ class Searcher:
             info = why.get(h.id, {})
             if "vector" in info:
                 row, s = info["vector"]
-                what = _row_label(row, exps, text, image)
+                what = _row_label(row, exps, text, image, plan.mode)
                 lines.append(f"vector: cos {s:.3f} with {what}")
             if per_exp is not None:
                 j = int(np.argmax(per_exp[n]))
@@ -540,19 +543,10 @@ class Searcher:
 
 
 def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
-    """Load the KG and build the Expander the retrieval.kg package provides."""
+    """Load the KG (None = shipped WordNet) and build its Expander (linker and policy defaults)."""
     from . import kg as kgmod
 
-    graph = kgmod.load_graph(kg_path)
-    linker = kgmod.Linker(graph, _sense_encoder(encoder, device))
-    return kgmod.Expander(graph, linker)
-
-
-def _sense_encoder(encoder, device):
-    """The BERT-family encoder for sense disambiguation: lite's own MiniLM, else sbert:minilm."""
-    from .encoders import get_encoder
-
-    return get_encoder("sbert:minilm", device=device)
+    return kgmod.Expander(kgmod.load_graph(kg_path))
 
 
 def _make_hit(i: int, score: float, item: dict, rank: int) -> Hit:
@@ -568,8 +562,10 @@ def _make_hit(i: int, score: float, item: dict, rank: int) -> Hit:
                metadata=meta, rank=rank)
 
 
-def _row_label(row: int, exps, text, image) -> str:
+def _row_label(row: int, exps, text, image, mode: str = "none") -> str:
     if row == 0 or not exps:
+        if mode == "mix" and exps:
+            return f"the query {text!r} mixed with its expansions"
         if text is not None and image is not None:
             return f"the query {text!r} + image {_image_name(image)}"
         return f"the query {text!r}" if text is not None else f"image {_image_name(image)}"

@@ -72,15 +72,23 @@ class NounNet:
                 self.index[f[0]] = ["n" + o for o in f[-n_syn:]]
         # tagged-sense frequency per synset (SemCor counts from index.sense): basic-level
         # concepts such as "dog" or "car" score high, technical ones such as "canine" low
+        # and per lemma and part of speech (1 noun, 2 verb, 3 adjective, 4 adverb, 5 satellite adjective)
         self.freq: dict[str, int] = {}
+        self.pos_freq: dict[str, dict[str, int]] = {}
         sense = root / "index.sense"
         if sense.is_file():
             with open(sense, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     f = line.split()
-                    if len(f) == 4 and f[0].split("%", 1)[1].startswith("1:"):
+                    if len(f) != 4:
+                        continue
+                    lemma, rest = f[0].split("%", 1)
+                    pos, n = rest[0], int(f[3])
+                    d = self.pos_freq.setdefault(lemma, {})
+                    d[pos] = d.get(pos, 0) + n
+                    if pos == "1":
                         sid = "n" + f[1]
-                        self.freq[sid] = self.freq.get(sid, 0) + int(f[3])
+                        self.freq[sid] = self.freq.get(sid, 0) + n
         self.exceptions: dict[str, str] = {}
         if exc.is_file():
             for line in exc.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -93,6 +101,17 @@ class NounNet:
         w = word.lower().strip().replace(" ", "_")
         base = self.morphy(w)
         return self.index.get(base, []) if base else []
+
+    def mostly_noun(self, word: str) -> bool:
+        """Whether a word is tagged as a noun at least as often as as a verb or adjective (SemCor)."""
+        w = word.lower().replace(" ", "_")
+        base = self.morphy(w)
+        if base is None:
+            return False
+        counts = self.pos_freq.get(w, {})
+        noun = self.pos_freq.get(base, {}).get("1", 0)
+        other = max(counts.get("2", 0), counts.get("3", 0) + counts.get("5", 0))
+        return noun >= other
 
     def morphy(self, w: str) -> str | None:
         """Base form of a noun: irregular plural, else the word itself unless a regular singular

@@ -134,7 +134,8 @@ class Expander:
 
     def _abstract(self, row: int) -> bool:
         g = self.graph
-        return g.depth is not None and 0 <= g.depth[row] < self.linker.config.min_depth
+        cfg = self.linker.config
+        return (g.depth is not None and 0 <= g.depth[row] < cfg.min_depth) or g.ids[row] in cfg.abstract_ids
 
     def _path(self, span: str, rel: str, rows: list[int]) -> list[str]:
         out = [span]

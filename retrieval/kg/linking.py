@@ -34,7 +34,7 @@ off out up down upon than then there here this that these those it its it's is a
 am do does did doing have has had having i me my we us our you your he him his she her they them their
 who whom whose which what when where why how all any both each few more most other some such no not only
 own same so too very can will just should would could may might must shall one two three four five six
-seven eight nine ten first second s t let lets get gets got also yet via per vs etc
+seven eight nine ten first second let lets get gets got also yet via per vs etc
 """.split())
 
 DETERMINERS = frozenset("a an the this that these those my your his her its our their some any no every each "
@@ -42,7 +42,21 @@ DETERMINERS = frozenset("a an the this that these those my your his her its our 
 
 # words that describe the query rather than its content
 SKIP_WORDS = frozenset("photo photos photograph photographs picture pictures image images pic pics snapshot "
-                       "shot closeup close-up view scene".split())
+                       "shot closeup close-up view scene thing things object objects stuff something".split())
+
+# very general WordNet senses deeper than min_depth that expansion would only blur
+ABSTRACT_IDS = frozenset({
+    "n00003553",  # whole, unit
+    "n00004258",  # living thing, animate thing
+    "n00021939",  # artifact
+    "n00019128",  # natural object
+    "n00020827",  # matter (substance)
+    "n00027807",  # shape, form
+    "n00033020",  # communication
+    "n00031921",  # relation
+    "n00024264",  # attribute
+    "n00023100",  # psychological feature
+})
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
 
@@ -72,8 +86,9 @@ class LinkerConfig:
     """Linking knobs; defaults checked on WordNet (tests/test_kg_linking.py)."""
 
     max_ngram: int = 5
-    min_depth: int = 4  # WordNet senses nearer the root are too abstract to link
-    prior_weight: float = 0.1  # weight of log sense prior against gloss cosine
+    min_depth: int = 3  # WordNet senses nearer the root are too abstract to link (entity, object, thing ...)
+    abstract_ids: frozenset = ABSTRACT_IDS  # and these few (whole, living thing ...) at depth 3-4
+    prior_weight: float = 0.07  # weight of log sense prior against gloss cosine
     temperature: float = 0.05  # softmax temperature turning scores into confidences
     max_senses: int = 8  # candidate senses scored per span (in WordNet's frequency order)
     skip_other_pos: bool = True  # leave single words used mostly as verbs/adjectives alone
@@ -157,11 +172,15 @@ class Linker:
         seen: dict[int, tuple[int, int, int]] = {}
         for key in keys:
             for rank, (row, count) in enumerate(g.senses(key)):
-                if g.depth is not None and 0 <= g.depth[row] < cfg.min_depth:
+                if g.depth is not None and 0 <= g.depth[row] < cfg.min_depth or g.ids[row] in cfg.abstract_ids:
                     continue
                 if row not in seen:
                     seen[row] = (row, count, rank)
         return sorted(seen.values(), key=lambda s: (s[2], -s[1], s[0]))[: cfg.max_senses]
+
+    def _proper(self, row: int) -> bool:
+        names = self.graph.names[row]
+        return bool(names) and all(nm[:1].isupper() for nm in names)
 
     def _other_pos_dominates(self, word: str, senses, prev: str | None) -> bool:
         """True for words used mostly as adjectives ("white"), or as verbs ("running") unless a
@@ -207,6 +226,9 @@ class Linker:
                 continue
             L, senses = found
             start, end = toks[i][1], toks[i + L - 1][2]
+            if text[start:end].islower():  # "crane" is the bird or the machine before the writer Crane
+                common = [sn for sn in senses if not self._proper(sn[0])]
+                senses = common or senses
             out.append((text[start:end], start, end, senses))
             i += L
         return out

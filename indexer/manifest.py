@@ -48,8 +48,16 @@ def new_manifest(model: dict, text_model: dict | None, sources: list[str], optio
 
 
 def write_manifest(index_dir: str, manifest: dict) -> None:
+    """Atomic replace of index.json (callers hold the write lock; temp files of a killed write are removed)."""
+    for n in os.listdir(index_dir):
+        if n.startswith(".index.json."):
+            try:
+                os.unlink(os.path.join(index_dir, n))
+            except OSError:
+                pass
     fd, tmp = tempfile.mkstemp(prefix=".index.json.", dir=index_dir)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600: other users could not read the index
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, ensure_ascii=False, indent=2, sort_keys=False)
             fh.write("\n")

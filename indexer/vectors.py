@@ -653,6 +653,23 @@ def _fsync_dir(d: str) -> None:
         os.close(fd)
 
 
+def _remove_stale_temps(d: str, base: str) -> None:
+    """Delete temp files a killed earlier save of ``base`` left behind (they can be as big as the index).
+
+    Callers hold the index's write lock, so no other save of ``base`` is in flight.
+    """
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(f".{base}.") and n.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(d, n))
+            except OSError:
+                pass
+
+
 def _write_index(index, path: str) -> None:
     _faiss().write_index(index, path)
 
@@ -670,17 +687,20 @@ def save_atomic(index, path, generation: int, meta: dict | None = None) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     base = os.path.basename(path)
+    _remove_stale_temps(d, base)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=d)
     os.close(fd)
     side_tmp = None
     try:
         _write_index(index, tmp)
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: other users could not read the index
             os.fsync(f.fileno())
         crc, size = _crc_file(tmp)
         info = {"format": SIDECAR_FORMAT, "generation": int(generation), "ntotal": int(index.ntotal),
                 "dim": int(index.d), "size": size, "crc32": crc, "meta": meta or {}}
         fd, side_tmp = tempfile.mkstemp(prefix=f".{base}.json.", suffix=".tmp", dir=d)
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f, indent=1, default=_json_default)
             f.flush()

@@ -92,10 +92,21 @@ def iter_sources(sources: Iterable[str], root: str | None = None) -> Iterator[It
     seen: set[str] = set()
     for src in sources:
         for it in iter_source(str(src), root=root):
+            if not _is_utf8(it.key):  # a name in another encoding: the store keys, logs and output are UTF-8
+                it = Skip(it.key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                          "file name is not valid UTF-8 (rename the file to index it)")
             if it.key in seen:
                 continue
             seen.add(it.key)
             yield it
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def iter_source(source: str, root: str | None = None) -> Iterator[Item | Skip]:

@@ -390,6 +390,8 @@ def read_bytes(item: Item, limit: int | None = None) -> tuple[bytes, int, int]:
         st = os.fstat(fh.fileno())
         if statmod.S_ISDIR(st.st_mode):
             raise IsADirectoryError("is a folder")
+        if limit is not None and st.st_size > limit:  # refuse before reading, not after (memory)
+            raise ValueError(f"file larger than {limit} bytes")
         data = fh.read() if limit is None else fh.read(limit + 1)
     return data, len(data), st.st_mtime_ns
 

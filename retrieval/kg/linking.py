@@ -208,8 +208,6 @@ class Linker:
                 if L == 1 and (words[0] in cfg.stop_words or words[0] in cfg.skip_words
                                or len(words[0]) < 2 or words[0].isdigit()):
                     continue
-                if L > 1 and (words[0] in cfg.stop_words or words[-1] in cfg.stop_words):
-                    continue
                 keys = self._keys(words)
                 if not keys:
                     continue

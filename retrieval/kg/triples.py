@@ -68,6 +68,7 @@ class _Builder:
         self.gloss: dict[int, str] = {}
         self.edges: dict[str, tuple[list[int], list[int]]] = {}
         self.n_labels = 0
+        self.primary: set[int] = set()  # entities with a label (not only aliases)
 
     def ent(self, eid: str) -> int:
         r = self.row.get(eid)
@@ -94,7 +95,10 @@ class _Builder:
         text = " ".join(text.split())
         if not text:
             return
-        lst = self.labels.setdefault(self.ent(eid), [])
+        row = self.ent(eid)
+        lst = self.labels.setdefault(row, [])
+        if first:
+            self.primary.add(row)
         if text in lst:
             if first:
                 lst.remove(text)
@@ -272,7 +276,8 @@ def import_triples(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
         _read_labels(lp, b, _Bad(lp, skip_bad_lines, report))
     if not b.ids:
         raise KGError(f"{src}: no triples found")
-    names = [b.labels.get(i) or [local_name(eid)] for i, eid in enumerate(b.ids)]
+    names = [b.labels.get(i, []) if i in b.primary
+             else list(dict.fromkeys([local_name(eid), *b.labels.get(i, [])])) for i, eid in enumerate(b.ids)]
     glosses = [b.gloss.get(i, "") for i in range(len(b.ids))]
     relations = {r: (np.array(h, np.int64), np.array(t, np.int64)) for r, (h, t) in b.edges.items()}
     write_graph(out, name=name or src.stem, ids=b.ids, names=names, glosses=glosses, relations=relations,

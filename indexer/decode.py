@@ -194,7 +194,9 @@ class DecodePool:
         self.max_pixels = int(max_pixels)
         self.max_bytes = int(max_bytes)
         self.window = int(window or max(8, self.workers * 8))
-        self.start_method = start_method or os.environ.get("KGCLIP_MP_START", "spawn")
+        # fork (as torch's DataLoader does) starts workers in milliseconds; spawn re-imports torch per worker
+        default = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        self.start_method = start_method or os.environ.get("KGCLIP_MP_START", default)
         self.restarts = 0
         self._pool = None
 

@@ -222,7 +222,6 @@ def build_index(
         if not resume:
             _wipe(index_dir)
         minfo = _model_info(encoder)
-        tinfo = _model_info(text_encoder) if text_encoder is not None else None
         store = Store(index_dir, create=True, map_size=map_size)
         stored = store.all_meta()
         old_m, old_t = stored.get("model"), stored.get("text_model", "unset")
@@ -231,6 +230,7 @@ def build_index(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
                 f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
             )
+        tinfo = _model_info(text_encoder) if text_encoder is not None else None  # loads it (dim)
         if old_m is not None and old_t != "unset" and not _same_model(old_t, tinfo):
             was = old_t["spec"] if old_t else "no text model"
             now = tinfo["spec"] if tinfo else "no text model"

@@ -69,6 +69,8 @@ class BuildReport:
     failure_reasons: dict = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
     decode_restarts: int = 0
+    workers: int = 0
+    batch_size: int = 0
     interrupted: bool = False
     faiss: dict = field(default_factory=dict)
 
@@ -221,6 +223,7 @@ def run(
     """Bring the store in line with ``sources``; returns the report (FAISS is not touched here)."""
     t_start = time.perf_counter()
     tm = report.timings
+    report.workers, report.batch_size = workers, batch_size
     say = log or (lambda s: print(s, file=sys.stderr))
 
     # pass 1: what is there, and how much is to do (for the progress bar's ETA)

@@ -367,7 +367,8 @@ def test_cli_build_info_verify_update(tmp_path, monkeypatch):
     assert res.exit_code == 0 and res.stdout.startswith("ok: 8 items")
     res = runner.invoke(main, ["-q", "update", "--workers", "0"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(main, ["build", str(src), "-i", idx, "--model", "fake:v2", "--workers", "0"])
+    res = runner.invoke(main, ["build", str(src), "-i", idx, "--model", "fake:v2", "--workers", "0",
+                               "--no-captions"])
     assert res.exit_code == 1 and "built with model fake:v1" in res.stderr and "Traceback" not in res.stderr
     res = runner.invoke(main, ["info", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and "no such index" in res.stderr

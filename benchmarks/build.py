@@ -1,0 +1,212 @@
+"""Build-side speed and memory: pipeline throughput next to the raw encode rate, and peak RSS vs item count.
+
+    python -m benchmarks.build                                   # full run, writes benchmarks/results/build.json
+    python -m benchmarks.build --n-images 100 --vit-images 48 --rss-n 500,2000   # quick smoke run
+
+What it measures (side by side in one run, so the ratios hold on a busy machine):
+
+1. Throughput on ``../shared/datasets/flickr8k-1k`` for ``lite`` and a random-init
+   open_clip ``ViT-B-32``: the raw encode rate (model forward only, on arrays
+   decoded beforehand, same batch size) and the end-to-end ``build_index`` rate
+   (scan + decode in worker processes + encode + LMDB writes + FAISS), with the
+   model already loaded. Target: build rate >= 80% of the raw encode rate, i.e.
+   decoding and writing are hidden behind encoding.
+2. Peak memory of a build over N synthetic images (distinct noise PNGs) for each
+   N in ``--rss-n``: a child process builds with the ``fake:v1`` encoder (so the
+   pipeline, not a model, is measured); its RSS and that of its whole process
+   tree (decode workers included) are sampled every 50 ms. Bounded = flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k-1k"
+RESULTS = REPO / "benchmarks" / "results" / "build.json"
+
+
+def _flickr_list(n: int, tmp: Path) -> Path:
+    files = sorted((FLICKR / "images").glob("*.jpg"))[:n]
+    lst = tmp / f"flickr-{n}.txt"
+    lst.write_text("".join(f"{f}\n" for f in files))
+    return lst
+
+
+def raw_encode_rate(encoder, paths: list[Path], batch_size: int, reps: int = 1) -> float:
+    """Images per second of encode_image_arrays alone, on arrays decoded beforehand."""
+    from indexer.decode import decode_item
+    from indexer.sources import Item
+
+    tf = encoder.image_transform()
+    arrays = [decode_item(Item(str(p), str(p)), tf).array for p in paths]
+    encoder.encode_image_arrays(np.stack(arrays[:batch_size]))  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for i in range(0, len(arrays), batch_size):
+            encoder.encode_image_arrays(np.stack(arrays[i : i + batch_size]), with_concepts=True)
+    return reps * len(arrays) / (time.perf_counter() - t0)
+
+
+def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: str, tmp: Path) -> dict:
+    from indexer import build_index
+    from retrieval.encoders import get_encoder
+
+    enc = get_encoder(spec, device=device, batch_size=batch_size)
+    t0 = time.perf_counter()
+    enc.load()
+    _ = enc.fingerprint
+    load_s = time.perf_counter() - t0
+    lst = _flickr_list(n, tmp)
+    paths = [Path(p) for p in lst.read_text().split()]
+    raw = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
+    idx = tmp / f"idx-{spec.replace(':', '_').replace('/', '_')}"
+    t0 = time.perf_counter()
+    rep = build_index([str(lst)], str(idx), model=spec, text_model=None, batch_size=batch_size, workers=workers,
+                      device=device, progress=False, quiet=True, resume=False)
+    wall = time.perf_counter() - t0
+    rate = rep.added / wall
+    raw_after = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
+    raw_mean = (raw + raw_after) / 2  # before and after the build: drift on a shared machine shows here
+    shutil.rmtree(idx, ignore_errors=True)
+    return {
+        "model": spec, "images": rep.added, "batch_size": batch_size, "workers": rep.to_dict().get("workers"),
+        "model_load_s": round(load_s, 2),
+        "raw_encode_per_s": round(raw_mean, 2), "raw_encode_before_after": [round(raw, 2), round(raw_after, 2)],
+        "build_per_s": round(rate, 2), "build_wall_s": round(wall, 2),
+        "ratio_build_to_raw": round(rate / raw_mean, 3), "timings": rep.timings.to_dict(),
+    }
+
+
+def make_synthetic(d: Path, n: int) -> None:
+    from PIL import Image
+
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = d / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(sub / f"{i:07d}.png",
+                                                                                 compress_level=1)
+
+
+def _child_build(src: str, idx: str, workers: int, batch_size: int) -> None:
+    import tests.fakes  # noqa: F401  registers fake:v1
+    from indexer import build_index
+
+    rep = build_index([src], idx, model="fake:v1", text_model=None, workers=workers, batch_size=batch_size,
+                      progress=False, quiet=True, resume=False)
+    print(json.dumps({"items": rep.items, "timings": rep.timings.to_dict()}))
+
+
+def peak_rss(n: int, tmp: Path, workers: int, batch_size: int) -> dict:
+    import psutil
+
+    src = tmp / f"synthetic-{n}"
+    t0 = time.perf_counter()
+    make_synthetic(src, n)
+    gen_s = time.perf_counter() - t0
+    idx = tmp / f"rss-idx-{n}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), KGCLIP_PLUGINS="tests.fakes")
+    p = subprocess.Popen([sys.executable, "-m", "benchmarks.build", "--child-build", str(src), str(idx),
+                          str(workers), str(batch_size)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = psutil.Process(p.pid)
+    peak_main = peak_tree = 0
+    samples = []
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak_main, peak_tree
+        t = time.perf_counter()
+        while not done.is_set():
+            try:
+                main = proc.memory_info().rss
+                tree = main + sum(c.memory_info().rss for c in proc.children(recursive=True))
+            except psutil.Error:
+                break
+            peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
+            samples.append((round(time.perf_counter() - t, 2), round(main / 2**20, 1)))
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = p.communicate()
+    done.set()
+    th.join()
+    res = json.loads(out.strip().splitlines()[-1])
+    shutil.rmtree(src, ignore_errors=True)
+    disk = sum(f.stat().st_size for f in idx.rglob("*") if f.is_file())
+    shutil.rmtree(idx, ignore_errors=True)
+    step = max(1, len(samples) // 20)
+    return {"n": n, "items": res["items"], "peak_rss_main_mib": round(peak_main / 2**20, 1),
+            "peak_rss_tree_mib": round(peak_tree / 2**20, 1), "build_s": res["timings"]["total"],
+            "index_disk_mib": round(disk / 2**20, 1), "generate_s": round(gen_s, 1),
+            "rss_main_trace_mib": samples[::step]}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-images", type=int, default=1000, help="flickr8k-1k images for the lite build")
+    ap.add_argument("--vit-images", type=int, default=None, help="images for the ViT-B-32 build (default: n-images)")
+    ap.add_argument("--models", default="lite,open_clip:ViT-B-32")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: CPUs - 1)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--rss-n", default="2000,10000,100000", help="comma-separated synthetic build sizes")
+    ap.add_argument("--rss-workers", type=int, default=1)
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--child-build", nargs=4, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child_build:
+        src, idx, w, b = a.child_build
+        _child_build(src, idx, int(w), int(b))
+        return
+    os.environ.setdefault("KGCLIP_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    out = {
+        "command": "python -m benchmarks.build " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "cuda": torch.cuda.is_available()},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "throughput": [], "memory": [],
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="kgclip-bench-build-"))
+    try:
+        if not a.skip_throughput:
+            for spec in [m for m in a.models.split(",") if m]:
+                n = a.n_images if spec == "lite" or a.vit_images is None else a.vit_images
+                r = throughput(spec, n, a.batch_size, a.workers, a.device, tmp)
+                print(f"{spec}: raw encode {r['raw_encode_per_s']}/s, build {r['build_per_s']}/s "
+                      f"({r['ratio_build_to_raw']:.0%} of raw) over {r['images']} images", file=sys.stderr)
+                out["throughput"].append(r)
+        for n in [int(x) for x in a.rss_n.split(",") if x]:
+            r = peak_rss(n, tmp, a.rss_workers, a.batch_size)
+            print(f"rss: {n} images -> peak main {r['peak_rss_main_mib']} MiB, tree {r['peak_rss_tree_mib']} MiB, "
+                  f"build {r['build_s']} s", file=sys.stderr)
+            out["memory"].append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import struct
+import threading
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -105,6 +106,10 @@ class WriteLock:
         self.release()
 
 
+_OPEN: dict[str, dict] = {}  # realpath of store.lmdb -> the environment shared by this process's Stores
+_OPEN_LOCK = threading.Lock()
+
+
 class Store:
     """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer)."""
 
@@ -119,19 +124,44 @@ class Store:
                 raise IndexNotFound(f"{index_dir}: not a kgclip index (no {STORE_DIR}/ inside)")
             os.makedirs(self.path, exist_ok=True)
         self.readonly = readonly
-        try:
-            self.env = lmdb.open(
-                self.path, max_dbs=len(DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
-                readonly=readonly, subdir=True, max_readers=256, metasync=True, sync=True,
-                create=not readonly,
-            )
-            self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
-        except lmdb.Error as e:
-            raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
+        # LMDB forbids opening one environment twice in a process (py-lmdb refuses; closing one copy
+        # would drop the other's locks), so Stores on the same folder share one environment, opened
+        # writable whenever the folder allows it so that a reader and a writer can coexist.
+        self._key = os.path.realpath(self.path)
+        with _OPEN_LOCK:
+            shared = _OPEN.get(self._key)
+            if shared is not None:
+                if not readonly and not shared["writable"]:
+                    raise IndexLocked(f"{self.path} is open read-only in this process; close its readers first")
+                shared["refs"] += 1
+                self.env, self.db = shared["env"], shared["db"]
+                return
+            writable = not readonly or os.access(self.path, os.W_OK)
+            try:
+                self.env = lmdb.open(
+                    self.path, max_dbs=len(DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
+                    readonly=not writable, subdir=True, max_readers=256, metasync=True, sync=True,
+                    create=not readonly,
+                )
+                self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
+            except lmdb.Error as e:
+                if getattr(self, "env", None) is not None:
+                    self.env.close()
+                    self.env = None
+                raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
+            _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": writable}
 
     def close(self) -> None:
         if getattr(self, "env", None) is not None:
-            self.env.close()
+            with _OPEN_LOCK:
+                shared = _OPEN.get(self._key)
+                if shared is not None and shared["env"] is self.env:
+                    shared["refs"] -= 1
+                    if shared["refs"] <= 0:
+                        del _OPEN[self._key]
+                        self.env.close()
+                else:
+                    self.env.close()
             self.env = None
 
     # -- transactions ----------------------------------------------------------------

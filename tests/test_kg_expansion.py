@@ -118,7 +118,15 @@ def test_concept_targets_reach_hyponym_closure(wn):
     assert "n04037443" not in t  # racer (a car) is no animal
     only = ex.concept_targets("an animal", within={TABBY, "n04037443"})
     assert set(only) == {TABBY}
-    score, why = match_concepts(t, [("n04037443", 0.5), (TABBY, 0.8)])
+    score, why = match_concepts(t, [("n04037443", 0.5), (TABBY, 0.8)], agg="max")
     assert score == pytest.approx(w * 0.8) and why.startswith("animal -> hyponym ->") and "(p=0.80)" in why
     assert match_concepts(t, [("n04037443", 0.9)]) == (0.0, None)
     assert expander(wn).concept_targets("of the") == {}
+
+
+def test_match_concepts_sums_probability_inside_the_closure(wn):
+    t = expander(wn).concept_targets("a cat")
+    concepts = [("n02123159", 0.4), ("n02124075", 0.25), (TABBY, 0.25), ("n04037443", 0.1)]
+    s_sum, why = match_concepts(t, concepts)
+    s_max, _ = match_concepts(t, concepts, agg="max")
+    assert s_max < s_sum <= 1.0 and "tiger cat (p=0.40)" in why

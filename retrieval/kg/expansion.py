@@ -286,18 +286,23 @@ class Expander:
         return out
 
 
-def match_concepts(targets: dict[str, tuple[float, list[str]]],
-                   concepts: Iterable[tuple[str, float]]) -> tuple[float, str | None]:
-    """Best (weight x probability, explanation) of an image's concepts against concept targets."""
-    best, why = 0.0, None
+def match_concepts(targets: dict[str, tuple[float, list[str]]], concepts: Iterable[tuple[str, float]],
+                   agg: str = "sum") -> tuple[float, str | None]:
+    """Score an image's concepts against concept targets: (score, explanation of the best concept).
+
+    ``sum``: sum of weight x probability over the image's concepts in the target set (capped at 1),
+    i.e. the image's probability mass inside the query's hyponym closure; ``max``: the best one.
+    """
+    total, best, why = 0.0, 0.0, None
     for cid, prob in concepts:
         t = targets.get(cid)
         if t is None:
             continue
         s = t[0] * float(prob)
+        total += s
         if s > best:
             best, why = s, f"{format_path(t[1])} (p={float(prob):.2f})"
-    return best, why
+    return (min(total, 1.0) if agg == "sum" else best), why
 
 
 def format_path(path: list[str]) -> str:

@@ -101,20 +101,21 @@ def run_demo(
     workdir = Path(workdir)
     photos, index_dir = workdir / "photos", workdir / "index"
     images = demo_images(photos)
-    echo(f"kgclip demo: {len(images)} photos (scikit-image, scikit-learn) in {photos}")
-    echo(f"building a `{model}` index in {index_dir} (offline: nothing is downloaded) ...")
+    echo(f"kgclip demo: {len(images)} photos (scikit-image, scikit-learn) in {_show(photos)}")
+    echo(f"building a `{model}` index in {_show(index_dir)} (offline: nothing is downloaded) ...")
     t0 = time.perf_counter()
     report = build_index([str(photos)], str(index_dir), model=model, text_model=None, device=device,
-                         progress=progress)
-    rep = report.to_dict() if hasattr(report, "to_dict") else {}
+                         progress=progress, quiet=True)
     build_s = time.perf_counter() - t0
-    counts = _counts(rep)
-    echo(f"indexed {counts} in {build_s:.1f} s\n")
+    fresh = getattr(report, "added", 0)
+    reused = getattr(report, "unchanged", 0)
+    what = f"{fresh} new" + (f", {reused} unchanged (reused from an earlier run)" if reused else "")
+    echo(f"indexed {getattr(report, 'items', len(images))} photos ({what}) in {build_s:.1f} s\n")
 
     ran: dict = {"index": str(index_dir), "queries": {}}
     with Searcher(str(index_dir), expand="auto", device=device) as s:
         for q in QUERIES:
-            echo(f"$ kgclip search {index_dir} {q!r} -k 3")
+            echo(f"$ kgclip search {_show(index_dir)} {q!r} -k 3")
             res = s.search(q, k=3, expand="none")
             ran["queries"][q] = [Path(h.path).name for h in res]
             echo(render_table([res]) + "\n")
@@ -125,26 +126,27 @@ def run_demo(
             return ran
         echo(f"Knowledge-graph expansion: {EXPAND_QUERY!r} names no pictured thing, but WordNet knows")
         echo("that cats and horses are animals. Without and with expansion:\n")
-        echo(f"$ kgclip search {index_dir} {EXPAND_QUERY!r} -k 3 --expand none")
+        echo(f"$ kgclip search {_show(index_dir)} {EXPAND_QUERY!r} -k 3 --expand none")
         plain = s.search(EXPAND_QUERY, k=3, expand="none")
         echo(render_table([plain]) + "\n")
-        echo(f"$ kgclip search {index_dir} {EXPAND_QUERY!r} -k 3 --expand {mode}")
+        echo(f"$ kgclip search {_show(index_dir)} {EXPAND_QUERY!r} -k 3 --expand {mode}")
         expanded = s.search(EXPAND_QUERY, k=3, expand=mode)
         echo(render_table([expanded]) + "\n")
         ran["expand"] = {"none": [Path(h.path).name for h in plain], mode: [Path(h.path).name for h in expanded]}
 
         echo(f"Why? --explain shows the linked entity, the expansions and what each hit matched:\n")
-        echo(f"$ kgclip search {index_dir} {EXPLAIN_QUERY!r} -k 2 --explain")
+        echo(f"$ kgclip search {_show(index_dir)} {EXPLAIN_QUERY!r} -k 2 --explain")
         res = s.search(EXPLAIN_QUERY, k=2, explain=True)
         echo(render_table([res], explain=True) + "\n")
         ran["explain"] = [Path(h.path).name for h in res]
-    echo(f"Try your own: kgclip search {index_dir} \"a clock on the wall\" --explain")
+    echo(f"Try your own: kgclip search {_show(index_dir)} \"a clock on the wall\" --explain")
     return ran
 
 
-def _counts(rep: dict) -> str:
-    c = rep.get("counts") if isinstance(rep.get("counts"), dict) else rep
-    if not isinstance(c, dict):
-        return "the photos"
-    parts = [f"{v} {k}" for k, v in c.items() if isinstance(v, int) and v]
-    return ", ".join(parts) or "the photos (nothing new)"
+def _show(path: Path) -> str:
+    """A path as the user would type it: relative when under the current folder."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel

@@ -192,6 +192,8 @@ class Searcher:
         """The KG Expander (loaded once); None when the KG is unavailable and not required."""
         if self._expander is None and self._expander_error is None:
             try:
+                if getattr(self.encoder, "family", "") == "lite":
+                    self.encoder.load()  # its MiniLM tower doubles as the linker's sense encoder
                 self._expander = make_expander(self.kg_path, self.encoder, self.device)
             except KgclipError as e:
                 self._expander_error = str(e)
@@ -297,6 +299,9 @@ class Searcher:
         t0 = time.perf_counter()
         k = _validate_k(k)
         text = _clean_text(text)
+        refresh = getattr(self.index, "refresh_if_updated", None)
+        if refresh is not None and refresh():  # an update finished since: serve its generation
+            self._concepts, self._caption_table, self._n = None, None, len(self.index)
         if text is None and image is None:
             raise QueryError("no query: give a text query, an image (--image PATH), or both")
         filt = parse_filters(filters)
@@ -543,10 +548,18 @@ class Searcher:
 
 
 def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
-    """Load the KG (None = shipped WordNet) and build its Expander (linker and policy defaults)."""
+    """Load the KG (None = shipped WordNet) and build its Expander (linker and policy defaults).
+
+    The linker's sense encoder is sbert:minilm; when the index model already holds a loaded
+    MiniLM (lite's text tower), that instance is shared instead of loading the model twice.
+    """
     from . import kg as kgmod
 
-    return kgmod.Expander(kgmod.load_graph(kg_path))
+    sense: object = "sbert:minilm"
+    tower = getattr(encoder, "text", None)
+    if getattr(tower, "spec", None) == "sbert:minilm" and hasattr(tower, "encode_queries"):
+        sense = tower
+    return kgmod.Expander(kgmod.load_graph(kg_path), sense_encoder=sense)
 
 
 def _make_hit(i: int, score: float, item: dict, rank: int) -> Hit:

@@ -426,6 +426,25 @@ class Index:
     def is_stale(self) -> bool:
         return self.store.generation != self.generation
 
+    def refresh_if_updated(self) -> bool:
+        """Adopt a newer generation once its writer has finished (the FAISS files on disk cover it).
+
+        Cheap enough before every query (one LMDB read while nothing changed). While an update is
+        still running, the current snapshot keeps serving: no per-query re-derive.
+        """
+        gen = self.store.generation
+        if gen == self.generation:
+            return False
+        kinds = ["image"] + (["caption"] if self.text_model_spec else [])
+        if any(_faiss_generation(self.path, k) != gen for k in kinds):
+            return False
+        try:
+            if read_manifest(self.path).get("generation") != gen:
+                return False  # the writer has not written its manifest yet
+        except KgclipError:
+            return False
+        return self.refresh()
+
     def refresh(self) -> bool:
         """Reload the FAISS files if the store moved on (a long-lived searcher during an update)."""
         if not self.is_stale():

@@ -425,14 +425,19 @@ class Searcher:
     def _ground(self, vec, q0, targets, cw, fetch, why):
         """Add the concept bonus; items found only through concepts get their exact cosine."""
         table = self.concept_table()
-        bonus: dict[int, tuple[float, str, float]] = {}
+        # an image's probability mass inside the targets (weight x p summed over its concepts, capped at 1;
+        # as retrieval.kg.match_concepts), explained by its best concept
+        mass: dict[int, float] = {}
+        best: dict[int, tuple[float, str, float]] = {}
         for wnid, (weight, path) in targets.items():
             for item_id, p in table.get(wnid, ()):
                 b = float(weight) * p
-                if item_id not in bonus or b > bonus[item_id][0]:
-                    bonus[item_id] = (b, wnid, p)
-        if not bonus:
+                mass[item_id] = mass.get(item_id, 0.0) + b
+                if item_id not in best or b > best[item_id][0]:
+                    best[item_id] = (b, wnid, p)
+        if not mass:
             return vec
+        bonus = {i: (min(m, 1.0), best[i][1], best[i][2]) for i, m in mass.items()}
         scores = dict(vec)
         extra = [i for i, _ in sorted(bonus.items(), key=lambda kv: -kv[1][0]) if i not in scores][:fetch]
         if extra:

@@ -110,9 +110,9 @@ class FakeExpander:
         exps = [Expansion(f"c_{c}", c, "hyponym", w, ["warm colour", "hyponym", c]) for c, w in self.WARM] if linked else []
         return QueryPlan(text=text, linked=linked, expansions=exps)
 
-    def query_vectors(self, text, encoder, mode="mix"):
+    def query_vectors(self, text, encoder, mode="mix", plan=None, query_vector=None):
         self.calls += 1
-        plan = self.plan(text)
+        plan = plan or self.plan(text)
         rows = [encoder.encode_queries([text])[0]] + [word_vector(e.name) for e in plan.expansions]
         ws = [1.0] + [e.weight for e in plan.expansions]
         rows, ws = np.asarray(rows, np.float32), np.asarray(ws, np.float32)
@@ -121,8 +121,8 @@ class FakeExpander:
             return (v / np.linalg.norm(v))[None], np.ones(1, np.float32), plan
         return rows, ws, plan
 
-    def concept_targets(self, plan):
-        return {e.entity_id: (e.weight, e.path) for e in plan.expansions}
+    def concept_targets(self, plan, within=None):
+        return {e.entity_id: (e.weight, e.path) for e in plan.expansions if within is None or e.entity_id in within}
 
 
 def test_text_query_ranks_the_matching_colour_first(index):

@@ -352,13 +352,16 @@ def _index_arg(index):
               help="Seconds one file may take to decode (default 30).")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Refuse manifest/list paths that resolve outside this folder.")
+@click.option("--base", type=click.Path(file_okay=False), default=None,
+              help="Folder that relative manifest paths start from (default: the manifest's folder, "
+                   "then its images/ subfolder).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an existing index (--restart deletes it first).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: print the build report as JSON on stdout.")
 @handle_errors
 def build(sources, index, model, text_model, captions, batch_size, workers, device, index_type, max_memory,
-          max_pixels, timeout, root, resume, fmt):
+          max_pixels, timeout, root, base, resume, fmt):
     """Index images from SOURCE... (folders, file lists, CSV/JSONL/Parquet manifests, .tar shards).
 
     Re-running continues an interrupted build and picks up new, changed and
@@ -378,6 +381,7 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
         workers=workers, device=device, index_type=index_type, max_memory=parse_size(max_memory),
         resume=resume, progress=not quiet, quiet=quiet and fmt == "text",
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_per_file=timeout or DEFAULT_TIMEOUT, root=root,
+        base=base,
     )
     if fmt == "json":
         echo_json(report.to_dict())

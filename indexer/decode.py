@@ -162,7 +162,10 @@ _W: dict[str, Any] = {}
 
 
 def _init_worker(transform, max_pixels, max_bytes):
+    import signal
     import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
     from PIL import Image
 

@@ -182,6 +182,7 @@ def build_index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     timeout_per_file: float = DEFAULT_TIMEOUT,
     root: str | None = None,
+    base: str | None = None,
     stop_after_batches: int | None = None,
     log: Callable[[str], None] | None = None,
     map_size: int | None = None,
@@ -237,7 +238,8 @@ def build_index(
             raise ModelMismatch(f"{index_dir} was built with text model {was}; you asked for {now}: "
                                 "use --restart or another index folder")
         options = {"batch_size": batch_size, "index_type": index_type, "max_memory": max_memory,
-                   "max_pixels": max_pixels, "timeout_per_file": timeout_per_file, "root": root}
+                   "max_pixels": max_pixels, "timeout_per_file": timeout_per_file, "root": root,
+                   "base": os.path.abspath(base) if base else None}
 
         def init(txn):
             txn.set_meta("format_version", 1)
@@ -258,12 +260,16 @@ def build_index(
             write_manifest(index_dir, manifest)
 
         report = BuildReport(index_dir)
-        pipeline.run(
-            store, encoder, text_encoder, sources, root=root, batch_size=batch_size,
-            workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
-            max_pixels=max_pixels, progress=progress and not quiet, log=say, stop_after_batches=stop_after_batches,
-            report=report,
-        )
+        try:
+            pipeline.run(
+                store, encoder, text_encoder, sources, root=root, base=base, batch_size=batch_size,
+                workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
+                max_pixels=max_pixels, progress=progress and not quiet, log=say,
+                stop_after_batches=stop_after_batches, report=report,
+            )
+        except KeyboardInterrupt:
+            say(f"interrupted after {report.batches} committed batches: run the same command again to continue")
+            raise
         t = time.perf_counter()
         faiss_info = {}
         gen = store.generation
@@ -338,7 +344,7 @@ def update_index(index_dir: str, **kwargs) -> BuildReport:
         text = (tm if tm != "unset" else m.get("text_model")) or None
     finally:
         store.close()
-    for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root"):
+    for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root", "base"):
         if k in options and options[k] is not None and kwargs.get(k) is None:
             kwargs[k] = options[k]
     kwargs.pop("model", None)

@@ -211,6 +211,7 @@ def run(
     sources: list[str],
     *,
     root: str | None = None,
+    base: str | None = None,
     batch_size: int = 32,
     workers: int = 0,
     timeout: float = 30.0,
@@ -230,7 +231,7 @@ def run(
     t0 = time.perf_counter()
     seen: set[str] = set()
     todo = 0
-    for it in iter_sources(sources, root=root):
+    for it in iter_sources(sources, root=root, base=base):
         seen.add(it.key)
         if is_current(store, it):
             report.unchanged += isinstance(it, Item) and store.get_path(it.key) is not None
@@ -250,7 +251,8 @@ def run(
     skips: list[Skip] = []
 
     def todo_items() -> Iterator[Item]:
-        for it in iter_sources(sources, root=root):
+        for it in iter_sources(sources, root=root, base=base):
+            seen.add(it.key)  # a file that appeared since pass 1 is kept, not swept
             if is_current(store, it):
                 continue
             if isinstance(it, Skip):

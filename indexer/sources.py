@@ -87,11 +87,11 @@ def source_kind(source: str) -> str:
     return "list"
 
 
-def iter_sources(sources: Iterable[str], root: str | None = None) -> Iterator[Item | Skip]:
+def iter_sources(sources: Iterable[str], root: str | None = None, base: str | None = None) -> Iterator[Item | Skip]:
     """Items of every source in order; a key named twice is yielded once."""
     seen: set[str] = set()
     for src in sources:
-        for it in iter_source(str(src), root=root):
+        for it in iter_source(str(src), root=root, base=base):
             if not _is_utf8(it.key):  # a name in another encoding: the store keys, logs and output are UTF-8
                 it = Skip(it.key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
                           "file name is not valid UTF-8 (rename the file to index it)")
@@ -109,14 +109,15 @@ def _is_utf8(name: str) -> bool:
         return False
 
 
-def iter_source(source: str, root: str | None = None) -> Iterator[Item | Skip]:
+def iter_source(source: str, root: str | None = None, base: str | None = None) -> Iterator[Item | Skip]:
+    """One source's items; ``base`` replaces the manifest's folder for relative manifest paths."""
     kind = source_kind(source)
     if kind == "folder":
         yield from iter_folder(source)
     elif kind == "image":
         yield _file_item(os.path.abspath(source))
     elif kind == "manifest":
-        yield from iter_manifest(source, root=root)
+        yield from iter_manifest(source, root=root, base=base)
     elif kind == "webdataset":
         yield from iter_webdataset(source)
     else:
@@ -287,13 +288,16 @@ def _jsonable(v):
 def iter_manifest(
     manifest: str,
     root: str | None = None,
+    base: str | None = None,
     path_column: str | None = None,
     caption_columns: list[str] | None = None,
 ) -> Iterator[Item | Skip]:
     """Rows of a CSV/JSONL/Parquet manifest, merged per path (captions collected), in first-seen order."""
     ext = Path(manifest).suffix.lower()
     rows = {".csv": _rows_csv, ".parquet": _rows_parquet}.get(ext, _rows_jsonl)(manifest)
-    base = os.path.dirname(os.path.abspath(manifest))
+    mdir = os.path.dirname(os.path.abspath(manifest))
+    base = os.path.abspath(base) if base else mdir
+    images_dir = os.path.join(mdir, "images")
     merged: dict[str, Item | Skip] = {}
     pcol = path_column
     ccols = caption_columns
@@ -312,6 +316,10 @@ def iter_manifest(
             yield Skip(f"{manifest}:{lineno}", f"empty {pcol!r} value")
             continue
         path, bad = _resolve(base, str(raw), root)
+        if not os.path.isabs(str(raw).strip()) and not os.path.lexists(path) and os.path.isdir(images_dir):
+            alt, alt_bad = _resolve(images_dir, str(raw), root)  # the common DATASET/images/ layout
+            if os.path.lexists(alt):
+                path, bad = alt, alt_bad
         caps = [c for col in ccols for c in _as_captions(row.get(col))]
         if path in merged:
             it = merged[path]

@@ -372,3 +372,53 @@ def test_cli_build_info_verify_update(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "built with model fake:v1" in res.stderr and "Traceback" not in res.stderr
     res = runner.invoke(main, ["info", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and "no such index" in res.stderr
+
+
+def test_ctrl_c_mid_build_then_resume(tmp_path):
+    import signal
+
+    src = _colours(tmp_path / "imgs", n_noise=30)
+    code = (
+        "import sys, time; import tests.fakes as f; from indexer import build_index\n"
+        "orig = f.FakeEncoder.encode_image_arrays\n"
+        "def slow(self, *a, **k):\n    time.sleep(0.15); return orig(self, *a, **k)\n"
+        "f.FakeEncoder.encode_image_arrays = slow\n"
+        "build_index([sys.argv[1]], sys.argv[2], model='fake:v1', text_model=None, workers=1, batch_size=2, "
+        "quiet=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    p = subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "idx")], env=env,
+                         stderr=subprocess.PIPE, text=True)
+    from indexer.store import Store
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            s = Store(str(tmp_path / "idx"), readonly=True)
+            n = s.count("items")
+            s.close()
+        except Exception:  # noqa: BLE001 - not created yet
+            n = 0
+        if n >= 6:
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "interrupted after" in err and "run the same command again" in err
+    r = build_index([src], tmp_path / "idx", **FAKE, batch_size=2)
+    assert r.unchanged >= 6 and r.items == 38
+    assert verify_index(tmp_path / "idx")["ok"]
+
+
+def test_lite_build_stores_wordnet_concepts(tmp_path, photos_dir, lite_encoder):
+    import re
+
+    r = build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
+                    device="cpu", log=lambda s: None)
+    assert r.items == 9
+    with open_index(tmp_path / "idx") as ix:
+        items = {os.path.basename(it["path"]): it for _, it in ix.iter_items()}
+        for it in items.values():
+            assert it["concepts"] and all(re.fullmatch(r"n\d{8}", c) and 0 < p <= 1 for c, p in it["concepts"])
+        ids = ix.search(lite_encoder.encode_queries(["a photo of a cat"]), k=1)[1]
+        assert ix.get(ids[0])[0]["path"].endswith("chelsea.jpg")

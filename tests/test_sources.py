@@ -150,3 +150,18 @@ def test_webdataset_shard_groups_members(tmp_path):
     data, size, _ = read_bytes(items[0])
     assert data == jpeg_bytes(1) and size == len(data)
     assert isinstance(out[-1], Skip) and "no image" in out[-1].reason
+
+
+def test_manifest_images_subfolder_and_base(tmp_path):
+    """The Flickr layout: DATASET/captions.csv names files that live in DATASET/images/."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(jpeg_bytes(1))
+    p = tmp_path / "captions.csv"
+    p.write_text("image,caption\na.jpg,a thing\n")
+    (it,) = list(iter_source(str(p)))
+    assert it.key == str(tmp_path / "images" / "a.jpg") and it.captions == ["a thing"]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(jpeg_bytes(2))
+    (it,) = list(iter_source(str(p), base=str(other)))
+    assert it.key == str(other / "a.jpg")

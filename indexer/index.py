@@ -237,6 +237,9 @@ def build_index(
             now = tinfo["spec"] if tinfo else "no text model"
             raise ModelMismatch(f"{index_dir} was built with text model {was}; you asked for {now}: "
                                 "use --restart or another index folder")
+        if resume and stored.get("sources"):
+            # building into an existing index adds sources; the index keeps mirroring all of them
+            sources = list(stored["sources"]) + [x for x in sources if x not in stored["sources"]]
         options = {"batch_size": batch_size, "index_type": index_type, "max_memory": max_memory,
                    "max_pixels": max_pixels, "timeout_per_file": timeout_per_file, "root": root,
                    "base": os.path.abspath(base) if base else None}

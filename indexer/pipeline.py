@@ -119,6 +119,13 @@ class Entry:
     reason: str = ""
 
 
+def show_path(key: str) -> str:
+    """A path on one line: control characters (a newline in a file name) are escaped."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return repr(key)[1:-1]
+    return key
+
+
 def reason_kind(reason: str) -> str:
     """A failure reason without its file-specific details, for summaries."""
     return reason.split(" (")[0].split(":")[0]
@@ -270,7 +277,7 @@ def run(
         nonlocal entries, n_encode, batch_hashes
         for s in skips:
             entries.append(Entry("fail", Item(s.key, s.key), None, reason=s.reason))
-            say(f"skipping {s.key}: {s.reason}")
+            say(f"skipping {show_path(s.key)}: {s.reason}")
             report.failed += 1
             report.failure_reasons[reason_kind(s.reason)] = report.failure_reasons.get(reason_kind(s.reason), 0) + 1
         skips.clear()
@@ -322,7 +329,7 @@ def run(
             tm.decode_cpu += d.seconds
             e = plan_item(store, d, batch_hashes)
             if e.op == "fail":
-                say(f"skipping {d.item.key}: {d.reason}")
+                say(f"skipping {show_path(d.item.key)}: {d.reason}")
                 report.failed += 1
                 k = reason_kind(d.reason)
                 report.failure_reasons[k] = report.failure_reasons.get(k, 0) + 1

@@ -422,3 +422,16 @@ def test_lite_build_stores_wordnet_concepts(tmp_path, photos_dir, lite_encoder):
             assert it["concepts"] and all(re.fullmatch(r"n\d{8}", c) and 0 < p <= 1 for c, p in it["concepts"])
         ids = ix.search(lite_encoder.encode_queries(["a photo of a cat"]), k=1)[1]
         assert ix.get(ids[0])[0]["path"].endswith("chelsea.jpg")
+
+
+def test_building_into_an_index_adds_sources(tmp_path):
+    a = _colours(tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "x.png").write_bytes(png_bytes(5, 16, 16))
+    build_index([a], tmp_path / "idx", **FAKE)
+    r = build_index([b], tmp_path / "idx", **FAKE)
+    assert (r.items, r.added, r.removed) == (9, 1, 0)
+    assert read_manifest(tmp_path / "idx")["sources"] == [str(a), str(b)]
+    r = build_index([b], tmp_path / "idx", **FAKE, resume=False)  # --restart: only what is named now
+    assert r.items == 1

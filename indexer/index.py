@@ -28,6 +28,7 @@ from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
 TRAIN_SAMPLE = 50_000
 TUNE_QUERIES = 500
+MAX_K = 1 << 20  # most results one Index.search call returns per query
 SEED = 0
 
 
@@ -487,6 +488,8 @@ class Index:
         k = int(k)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if k > MAX_K:  # FAISS allocates [n, k] results up front: a huge k would exhaust memory
+            raise QueryError(f"k={k} is more results than one search can return (at most {MAX_K})")
         V = vectors_module()
         index = self._faiss[kind]
         info = self._info.get(kind, {})

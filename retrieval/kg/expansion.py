@@ -92,6 +92,7 @@ class Expander:
         self.linker = linker or Linker(graph, sense_encoder)
         self.policy = policy or ExpansionPolicy()
         self._tables: dict[tuple[str, str], EntityEmbeddings] = {}
+        self._rank_arr: list[float] | None = None
         self._closures: OrderedDict[int, list[tuple[str, int, list[str]]]] = OrderedDict()
 
     # -- walking ---------------------------------------------------------------
@@ -106,8 +107,13 @@ class Expander:
                 groups.append((g.inverse_of[r], (g.inverse_of[r],)))
         return groups
 
-    def _walk(self, start: int, relations: tuple[str, ...], depth: int) -> list[tuple[int, int, list[int]]]:
-        """(row, level, path rows) reachable within ``depth`` steps, breadth first, deterministic."""
+    def _walk(self, start: int, relations: tuple[str, ...], depth: int,
+              limit: int | None = None) -> list[tuple[int, int, list[int]]]:
+        """(row, level, path rows) reachable within ``depth`` steps, breadth first, deterministic.
+
+        With ``limit``, stops after the first level that brings the (non-abstract) count to ``limit``:
+        deeper levels rank after shallower ones, so they could not make the cut.
+        """
         g = self.graph
         seen = {start}
         frontier = [(start, [start])]
@@ -120,17 +126,22 @@ class Expander:
                         if j not in seen:
                             seen.add(j)
                             nxt.append((j, path + [j]))
-                            out.append((j, level, path + [j]))
+                            if not self._abstract(j):
+                                out.append((j, level, path + [j]))
             frontier = nxt
-            if not frontier:
+            if not frontier or (limit is not None and len(out) >= limit):
                 break
         return out
 
-    def _rank_key(self, row: int):
-        """Most useful first: frequent in text (tag count) and general (large hyponym subtree)."""
-        g = self.graph
-        size = int(g.size[row]) if g.size is not None else 0
-        return (-round(np.log1p(int(g.counts[row])) + np.log1p(size), 6), g.ids[row])
+    @property
+    def _rank(self) -> np.ndarray:
+        """Per-entity usefulness: frequent in text (tag count) and general (large hyponym subtree)."""
+        if self._rank_arr is None:
+            g = self.graph
+            size = g.size if g.size is not None else np.zeros(len(g), np.int32)
+            self._rank_arr = np.round(np.log1p(g.counts.astype(np.float64)) + np.log1p(size.astype(np.float64)),
+                                      6).tolist()
+        return self._rank_arr
 
     def _abstract(self, row: int) -> bool:
         g = self.graph
@@ -177,8 +188,8 @@ class Expander:
                 if base <= 0:
                     continue
                 depth = p.hyponym_depth if group == "hyponym" else p.hypernym_depth if group == "hypernym" else 1
-                found = [(r, lvl, path) for r, lvl, path in self._walk(lk.row, rels, depth) if not self._abstract(r)]
-                found.sort(key=lambda x: (x[1], self._rank_key(x[0])))
+                found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)
+                found.sort(key=lambda x: (x[1], -self._rank[x[0]], self.graph.ids[x[0]]))
                 label = "hyponym" if group == "hyponym" else group
                 for r, lvl, path in found[: p.max_per_relation]:
                     offer(r, label, base * p.decay ** (lvl - 1), self._path(lk.span, label, path))

@@ -17,9 +17,17 @@ from .types import Results
 FORMATS = ("table", "json", "jsonl", "paths")
 
 
+def _safe(s: str) -> str:
+    """Control characters (newlines, terminal escapes) in file names or queries, shown escaped."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in s)
+
+
 def _short(path: str | None, width: int = 60) -> str:
     if not path:
         return "-"
+    path = _safe(path)
     try:
         rel = os.path.relpath(path)
         if not rel.startswith(".." + os.sep) and len(rel) < len(path):
@@ -32,7 +40,7 @@ def _short(path: str | None, width: int = 60) -> str:
 def _clip(s: str | None, width: int) -> str:
     if not s:
         return ""
-    s = " ".join(s.split())
+    s = _safe(" ".join(s.split()))
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
@@ -85,7 +93,7 @@ def render_table(results: Sequence[Results], explain: bool = False, show_query: 
         if n:
             out.append("")
         if show_query:
-            out.append(f"query: {res.query}")
+            out.append(f"query: {_safe(str(res.query))}")
         if explain:
             out += plan_lines(res)
         if not res.hits:

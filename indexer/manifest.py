@@ -103,4 +103,19 @@ def read_manifest(index_dir: str) -> dict:
             raise IndexCorrupt(f"{p}: manifest is missing {key!r}")
     if not isinstance(m["model"], dict) or "spec" not in m["model"] or "dim" not in m["model"]:
         raise IndexCorrupt(f"{p}: manifest 'model' must have 'spec' and 'dim'")
+    for key in ("model", "text_model"):  # the types the readers rely on: a clear error, not a crash later
+        mm = m.get(key)
+        if mm is None and key == "text_model":
+            continue
+        if not isinstance(mm, dict) or not isinstance(mm.get("spec"), str) or not isinstance(mm.get("dim"), int) \
+                or isinstance(mm.get("dim"), bool) or mm["dim"] <= 0:
+            raise IndexCorrupt(f"{p}: manifest {key!r} must be an object with a string 'spec' and a positive "
+                               f"integer 'dim' (got {json.dumps(mm)[:80]})")
+    for key, kind in (("faiss", dict), ("options", dict), ("counts", dict), ("failures", dict),
+                      ("timings", dict), ("sources", list)):
+        if m.get(key) is not None and not isinstance(m[key], kind):
+            raise IndexCorrupt(f"{p}: manifest {key!r} must be a JSON {'object' if kind is dict else 'list'}")
+    for kind, info in (m.get("faiss") or {}).items():
+        if not isinstance(info, dict):
+            raise IndexCorrupt(f"{p}: manifest faiss.{kind} must be a JSON object")
     return m

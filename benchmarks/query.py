@@ -168,6 +168,7 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
 def _searcher_vec(s, q1, k):
     """The Searcher path for a precomputed vector: candidates (fetch) -> fuse -> hydrate."""
     w = s._weights(None)
+    s.index.refresh_if_updated()  # the per-query generation check _search does
     fetch = max(s.options.min_fetch, k * s.options.fetch_factor)
     ranked, _ = s._candidates(None, None, q1, np.ones(1, np.float32), {}, "none", w, fetch)
     return s._hydrate(ranked, k, [], None)

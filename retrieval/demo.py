@@ -3,7 +3,7 @@
 It writes a handful of real, redistributable photos (scikit-image's bundled
 images, plus scikit-learn's two sample photos when it is installed) as JPEG
 files, builds a ``lite`` index over them (nothing is downloaded), and runs a
-few searches: plain text queries, knowledge-graph expansion ("an animal"
+few searches: plain text queries, knowledge-graph expansion ("a mammal"
 finds the cat and the horse through WordNet hyponyms) and one explanation.
 Running it again reuses the index (unchanged files are skipped).
 """
@@ -35,9 +35,9 @@ SKIMAGE_PHOTOS = [
 ]
 SKLEARN_PHOTOS = [("temple", "china.jpg", "a Chinese temple"), ("flower", "flower.jpg", "a flower")]
 
-QUERIES = ["a cat", "a cup of coffee", "a motorbike", "outer space"]
-EXPAND_QUERY = "an animal"
-EXPLAIN_QUERY = "an animal"
+QUERIES = ["a cat", "a cup of coffee", "a motorbike", "a building"]
+EXPAND_QUERY = "a mammal"
+EXPLAIN_QUERY = "a mammal"
 
 
 def demo_images(folder: str | os.PathLike) -> list[tuple[Path, str]]:
@@ -124,8 +124,9 @@ def run_demo(
         if mode == "none":
             echo("(the knowledge graph is not available here: skipping the expansion part)")
             return ran
-        echo(f"Knowledge-graph expansion: {EXPAND_QUERY!r} names no pictured thing, but WordNet knows")
-        echo("that cats and horses are animals. Without and with expansion:\n")
+        echo(f"Knowledge-graph expansion: no photo is labelled {EXPAND_QUERY!r}, but WordNet knows that")
+        echo("cats and horses are mammals, and the lite model tagged each photo with ImageNet classes.")
+        echo(f"Without expansion, then with it (the default, --expand auto = {mode}):\n")
         echo(f"$ kgclip search {_show(index_dir)} {EXPAND_QUERY!r} -k 3 --expand none")
         plain = s.search(EXPAND_QUERY, k=3, expand="none")
         echo(render_table([plain]) + "\n")

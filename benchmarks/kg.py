@@ -150,7 +150,8 @@ def bench_expand(qs: list[str], model: str) -> dict:
             "plan_only": summary(plan_t), "entity_vector_lookup": summary(lookup),
             "concept_targets": summary(ground),
             "note": "overhead = Expander.query_vectors given the plain query vector: link (sense vector "
-                    "cached) + graph walk + entity-vector lookup + mixing; the plain encode is shown for scale"}
+                    "cached) + graph walk + entity-vector lookup + mixing; "
+                    "the plain encode is shown for scale"}
 
 
 def main(argv=None) -> int:

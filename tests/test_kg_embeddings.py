@@ -42,7 +42,8 @@ def test_vectors_are_prompts_of_names(wn, tmp_path):
     np.testing.assert_allclose(v, enc.encode_texts(["a photo of a dog.", "a photo of a puppy."]), rtol=1e-6)
     assert t.prompt(wn.row(DOG)) == "a photo of a dog."
     g = EntityEmbeddings(wn, enc, template="{names}: {gloss}", root=tmp_path)
-    assert g.prompt(wn.row(DOG)).startswith("dog, domestic dog, Canis familiaris: a member of the genus Canis")
+    assert g.prompt(wn.row(DOG)).startswith(
+        "dog, domestic dog, Canis familiaris: a member of the genus Canis")
 
 
 def test_lazy_cache_persists_across_instances(wn, tmp_path):

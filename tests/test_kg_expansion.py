@@ -31,7 +31,8 @@ def test_plan_is_deterministic_and_explained(wn):
     puppy = next(e for e in a["expansions"] if e["entity_id"] == PUPPY)
     assert puppy["relation"] == "hyponym" and puppy["path"] == ["dog", "hyponym", "puppy"]
     lines = explain(expander(wn).plan("a dog"))
-    assert lines[0].startswith("linked 'dog' -> n02084071 dog") and any("dog -> hyponym -> puppy" in x for x in lines)
+    assert lines[0].startswith("linked 'dog' -> n02084071 dog")
+    assert any("dog -> hyponym -> puppy" in x for x in lines)
 
 
 def test_relation_weights_order_and_decay(wn):
@@ -130,3 +131,24 @@ def test_match_concepts_sums_probability_inside_the_closure(wn):
     s_sum, why = match_concepts(t, concepts)
     s_max, _ = match_concepts(t, concepts, agg="max")
     assert s_max < s_sum <= 1.0 and "tiger cat (p=0.40)" in why
+
+
+def test_sense_vector_is_shared_when_the_index_model_is_the_sense_model(wn):
+    enc = get_encoder("fake:v1")
+    calls = []
+
+    class Spy:
+        spec, fingerprint, dim = enc.spec, enc.fingerprint, enc.dim
+
+        def encode_queries(self, texts):
+            calls.append(list(texts))
+            return enc.encode_queries(texts)
+
+        def encode_texts(self, texts):
+            return enc.encode_texts(texts)
+
+    spy = Spy()
+    ex = Expander(wn, sense_encoder=spy)
+    _v, _w, plan = ex.query_vectors("money in the bank", spy, mode="mix")
+    assert calls == [["money in the bank"]]  # encoded once, used for senses and search
+    assert any(lk["span"] == "bank" for lk in plan.linked)

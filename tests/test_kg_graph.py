@@ -92,7 +92,8 @@ def test_loaded_once_per_process():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(), reason="Debian wordnet-base not installed")
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(),
+                    reason="Debian wordnet-base not installed")
 def test_build_reproduces_shipped_graph(tmp_path):
     from retrieval.kg.build_wordnet import build
 

@@ -120,7 +120,8 @@ def test_ntriples_round_trip_and_errors(tmp_path):
     g = load_graph(tmp_path / "kg")
     assert r.relations == {"isA": 1}
     assert g.entity("http://ex.org/rex").names == ["Rex"]
-    assert g.entity("http://ex.org/dog").names == ["dog", "hound"] and g.entity("http://ex.org/dog").gloss == "a canine"
+    dog = g.entity("http://ex.org/dog")
+    assert dog.names == ["dog", "hound"] and dog.gloss == "a canine"
     (tmp_path / "bad.nt").write_text(NT + "<http://ex.org/a> <http://ex.org/b> .\n")
     with pytest.raises(KGError, match=r"bad.nt:6: not an N-Triples statement"):
         import_triples(tmp_path / "bad.nt", tmp_path / "kg3")

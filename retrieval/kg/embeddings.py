@@ -61,7 +61,8 @@ class EntityEmbeddings:
 
     # -- disk ------------------------------------------------------------------
     def _meta(self) -> dict:
-        return {"graph": self.graph.fingerprint, "graph_name": self.graph.name, "encoder": self.encoder.fingerprint,
+        return {"graph": self.graph.fingerprint, "graph_name": self.graph.name,
+                "encoder": self.encoder.fingerprint,
                 "spec": self.encoder.spec, "template": self.template}
 
     def _invalidate_stale(self) -> None:

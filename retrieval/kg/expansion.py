@@ -87,9 +87,9 @@ class Expander:
     """Plans and query vectors for one graph; keeps its linker and entity-embedding tables warm."""
 
     def __init__(self, graph: Graph, linker: Linker | None = None, policy: ExpansionPolicy | None = None,
-                 sense_encoder: Any = "sbert:minilm"):
+                 sense_encoder: Any = "sbert:minilm", device: str | None = "cpu"):
         self.graph = graph
-        self.linker = linker or Linker(graph, sense_encoder)
+        self.linker = linker or Linker(graph, sense_encoder, device=device)
         self.policy = policy or ExpansionPolicy()
         self._tables: dict[tuple[str, str], EntityEmbeddings] = {}
         self._rank_arr: list[float] | None = None
@@ -139,8 +139,8 @@ class Expander:
         if self._rank_arr is None:
             g = self.graph
             size = g.size if g.size is not None else np.zeros(len(g), np.int32)
-            self._rank_arr = np.round(np.log1p(g.counts.astype(np.float64)) + np.log1p(size.astype(np.float64)),
-                                      6).tolist()
+            score = np.log1p(g.counts.astype(np.float64)) + np.log1p(size.astype(np.float64))
+            self._rank_arr = np.round(score, 6).tolist()
         return self._rank_arr
 
     def _abstract(self, row: int) -> bool:
@@ -175,7 +175,8 @@ class Expander:
                 return
             e = best.get(row)
             if e is None or w > e.weight:
-                best[row] = Expansion(self.graph.ids[row], self.graph.display_name(row), rel, round(w, 6), path)
+                g = self.graph
+                best[row] = Expansion(g.ids[row], g.display_name(row), rel, round(w, 6), path)
 
         groups = self._groups()
         for lk in links:
@@ -187,7 +188,7 @@ class Expander:
                 base = p.weight_of(group) * conf
                 if base <= 0:
                     continue
-                depth = p.hyponym_depth if group == "hyponym" else p.hypernym_depth if group == "hypernym" else 1
+                depth = {"hyponym": p.hyponym_depth, "hypernym": p.hypernym_depth}.get(group, 1)
                 found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)
                 found.sort(key=lambda x: (x[1], -self._rank[x[0]], self.graph.ids[x[0]]))
                 label = "hyponym" if group == "hyponym" else group
@@ -214,9 +215,12 @@ class Expander:
         ``multi``: the query and one row per expansion; weights for the caller's fusion.
         ``none`` or nothing linked: the plain query alone.
         """
-        plan = plan or self.plan(text, mode=mode)
         q = query_vector if query_vector is not None else encoder.encode_queries([text])[0]
         q = np.asarray(q, np.float32).reshape(1, -1)
+        if plan is None:
+            # lite's text tower is the sense encoder (MiniLM): reuse the vector instead of encoding twice
+            shared = q[0] if mode != "none" and self._same_space(encoder) else None
+            plan = self.plan(text, mode=mode, query_vector=shared)
         if mode == "none" or not plan.expansions:
             return q, np.ones(1, np.float32), plan
         rows = [self.graph.row(e.entity_id) for e in plan.expansions]
@@ -231,6 +235,17 @@ class Expander:
         mixed = (weights[:, None] * vecs).sum(axis=0, keepdims=True)
         mixed /= max(float(np.linalg.norm(mixed)), 1e-12)
         return mixed.astype(np.float32), np.ones(1, np.float32), plan
+
+    def _same_space(self, encoder) -> bool:
+        sense = self.linker._encoder
+        if sense is None:
+            return False
+        if encoder is sense or getattr(encoder, "text", None) is sense:
+            return True
+        try:
+            return encoder.fingerprint == sense.fingerprint
+        except Exception:  # an encoder without a fingerprint: do not guess
+            return False
 
     # -- lite grounding --------------------------------------------------------
     def _closure(self, row: int) -> list[tuple[str, int, list[str]]]:

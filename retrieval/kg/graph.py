@@ -94,7 +94,8 @@ class Graph:
     @property
     def relations(self) -> list[str]:
         """Stored relations and their inverses (``hyponym``, ``part_holonym``, ``~rel`` ...)."""
-        return list(self.stored_relations) + [v for v in self._inverse_names() if v not in self.stored_relations]
+        stored = self.stored_relations
+        return list(stored) + [v for v in self._inverse_names() if v not in stored]
 
     def _inverse_names(self) -> list[str]:
         return [self.inverse_of[r] for r in self.stored_relations]

@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
-import math
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -122,6 +122,7 @@ class Linker:
         self._encoder = None if isinstance(sense_encoder, (str, type(None))) else sense_encoder
         self._gloss = None
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     # -- encoders --------------------------------------------------------------
     @property
@@ -136,18 +137,25 @@ class Linker:
         if self._gloss is None:
             from .embeddings import EntityEmbeddings
 
-            self._gloss = EntityEmbeddings(self.graph, self.sense_encoder, template=self.config.gloss_template)
+            self._gloss = EntityEmbeddings(self.graph, self.sense_encoder,
+                                           template=self.config.gloss_template)
         return self._gloss
 
-    def query_vector(self, text: str) -> np.ndarray:
-        v = self._qcache.get(text)
-        if v is None:
-            v = self.sense_encoder.encode_queries([text])[0]
-            self._qcache[text] = v
-            if len(self._qcache) > self.config.query_cache:
-                self._qcache.popitem(last=False)
+    def query_vector(self, text: str, given: np.ndarray | None = None) -> np.ndarray:
+        """The sense encoder's vector of ``text`` (cached); ``given`` is remembered as that vector."""
+        with self._lock:
+            v = self._qcache.get(text) if given is None else None
+            if v is not None:
+                self._qcache.move_to_end(text)
+                return v
+        if given is not None:
+            v = np.asarray(given, np.float32)
         else:
-            self._qcache.move_to_end(text)
+            v = self.sense_encoder.encode_queries([text])[0]
+        with self._lock:
+            self._qcache[text] = v
+            while len(self._qcache) > self.config.query_cache:
+                self._qcache.popitem(last=False)
         return v
 
     # -- candidates ------------------------------------------------------------
@@ -172,7 +180,8 @@ class Linker:
         seen: dict[int, tuple[int, int, int]] = {}
         for key in keys:
             for rank, (row, count) in enumerate(g.senses(key)):
-                if g.depth is not None and 0 <= g.depth[row] < cfg.min_depth or g.ids[row] in cfg.abstract_ids:
+                too_deep = g.depth is not None and 0 <= g.depth[row] < cfg.min_depth
+                if too_deep or g.ids[row] in cfg.abstract_ids:
                     continue
                 if row not in seen:
                     seen[row] = (row, count, rank)
@@ -243,7 +252,7 @@ class Linker:
         need_sim = any(len(s) > 1 for _, _, _, s in cands) and self.sense_encoder is not None
         q = None
         if need_sim:
-            q = query_vector if query_vector is not None else self.query_vector(text)
+            q = self.query_vector(text, given=query_vector)
         links = []
         for span, start, end, senses in cands:
             rows = [r for r, _, _ in senses]
@@ -260,8 +269,8 @@ class Linker:
             order = sorted(range(len(rows)), key=lambda k: (-scores[k], k))
             best = order[0]
             r = rows[best]
-            alts = [{"entity_id": g.ids[rows[k]], "name": g.display_name(rows[k]), "gloss": g.glosses[rows[k]],
-                     "score": round(float(conf[k]), 4)} for k in order[1:4]]
+            alts = [{"entity_id": g.ids[rows[k]], "name": g.display_name(rows[k]),
+                     "gloss": g.glosses[rows[k]], "score": round(float(conf[k]), 4)} for k in order[1:4]]
             links.append(Link(span, start, end, g.ids[r], g.display_name(r), g.glosses[r],
                               round(float(conf[best]), 4), alts, r))
         return links

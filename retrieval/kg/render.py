@@ -16,7 +16,8 @@ def links_table(links: list[dict[str, Any]]) -> str:
     if not links:
         return "nothing linked"
     rows = [("span", "entity", "name", "score", "gloss")]
-    rows += [(lk["span"], lk["entity_id"], lk["name"], f"{lk['score']:.2f}", _short(lk["gloss"], 60)) for lk in links]
+    rows += [(lk["span"], lk["entity_id"], lk["name"], f"{lk['score']:.2f}", _short(lk["gloss"], 60))
+             for lk in links]
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]}" for r in rows)
 

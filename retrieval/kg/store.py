@@ -12,7 +12,8 @@ A graph is a directory holding three files:
 ``graph.npz``
     numpy arrays: one CSR pair (``R.indptr``, ``R.indices``) per stored
     relation, the lemma index (``lemmas.indptr/rows/counts``: entity rows per
-    lemma key in sense order with tag counts) and optional per-entity arrays (``counts``, ``depth``, ``lexfile``,
+    lemma key in sense order with tag counts) and optional per-entity arrays
+    (``counts``, ``depth``, ``lexfile``,
     ``size``). Inverse relations are derived when the graph loads.
 
 Files are written byte-for-byte deterministically (gzip and zip timestamps are
@@ -185,7 +186,8 @@ def read_meta(path: str | os.PathLike) -> dict:
     if not mf.is_file():
         if not p.exists():
             raise KGError(f"{p}: no such knowledge graph (expected a directory made by `kgclip kg import`)")
-        raise KGError(f"{p}: not a kgclip knowledge graph ({META_FILE} missing; convert triples with `kgclip kg import`)")
+        raise KGError(f"{p}: not a kgclip knowledge graph ({META_FILE} missing; "
+                      "convert triples with `kgclip kg import`)")
     try:
         md = json.loads(mf.read_text())
     except (OSError, ValueError) as e:

@@ -175,8 +175,8 @@ def _rdflib():
     try:
         import rdflib
     except ImportError:
-        raise KGError("reading N-Triples/Turtle needs rdflib: pip install 'kgclip[rdf]' (or pip install rdflib)") \
-            from None
+        raise KGError("reading N-Triples/Turtle needs rdflib: "
+                      "pip install 'kgclip[rdf]' (or pip install rdflib)") from None
     return rdflib
 
 

@@ -149,6 +149,15 @@ class Store:
                     self.env.close()
                     self.env = None
                 raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
+            # a truncated data file (a partial copy, a full disk) would crash the process with SIGBUS
+            # on the first read of a missing page: refuse it with a clear error instead
+            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+            have = os.path.getsize(os.path.join(self.path, "data.mdb"))
+            if have < need:
+                self.env.close()
+                self.env = None
+                raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
+                                   "or rebuild the index with `kgclip build --restart`")
             _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": writable}
 
     def close(self) -> None:

@@ -341,7 +341,8 @@ def _index_arg(index):
 @click.option("--text-model", default="sbert:minilm", show_default=True, help="Text model for captions.")
 @click.option("--captions/--no-captions", default=True, show_default=True,
               help="Embed captions from manifests/shards into a caption index.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per encoder batch (one LMDB transaction each).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (default: CPUs - 1; 0 = none).")
 @click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto",

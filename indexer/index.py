@@ -126,7 +126,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
                 yield (ids if owners is None else owners), vecs
 
         index = V.build_vectors_index(choice, dim, sample, batches(), use_gpu=use_gpu)
-        params, recall = dict(getattr(choice, "params", {}) or {}), 1.0
+        params, recall = {}, 1.0  # search parameters (tuned below); flat has none
         if n and choice.kind != "flat":
             rng = np.random.default_rng(SEED + 1)
             queries = sample[rng.choice(len(sample), size=min(TUNE_QUERIES, len(sample)), replace=False)]
@@ -140,6 +140,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
             params, recall = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
     info = {
         "file": FAISS_FILES[kind], "kind": choice.kind, "factory": choice.factory, "params": params,
+        "choice": dict(getattr(choice, "params", {}) or {}),
         "rerank": bool(getattr(choice, "rerank", False)), "recall_at_10": round(float(recall), 4),
         "generation": gen, "n": int(n), "dim": int(dim),
     }
@@ -223,7 +224,9 @@ def build_index(
     try:
         if not resume:
             _wipe(index_dir)
+        t_load = time.perf_counter()
         minfo = _model_info(encoder)
+        t_load = time.perf_counter() - t_load
         store = Store(index_dir, create=True, map_size=map_size)
         stored = store.all_meta()
         old_m, old_t = stored.get("model"), stored.get("text_model", "unset")
@@ -232,7 +235,9 @@ def build_index(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
                 f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
             )
+        t = time.perf_counter()
         tinfo = _model_info(text_encoder) if text_encoder is not None else None  # loads it (dim)
+        t_load += time.perf_counter() - t
         if old_m is not None and old_t != "unset" and not _same_model(old_t, tinfo):
             was = old_t["spec"] if old_t else "no text model"
             now = tinfo["spec"] if tinfo else "no text model"
@@ -264,6 +269,7 @@ def build_index(
             write_manifest(index_dir, manifest)
 
         report = BuildReport(index_dir)
+        report.timings.model_load = t_load
         try:
             pipeline.run(
                 store, encoder, text_encoder, sources, root=root, base=base, batch_size=batch_size,

@@ -36,6 +36,7 @@ class NeedsVector(Exception):
 
 @dataclass
 class Timings:
+    model_load: float = 0.0
     scan: float = 0.0
     decode_wait: float = 0.0  # main process waiting for decoded images (not overlapped)
     decode_cpu: float = 0.0  # summed over workers
@@ -91,7 +92,7 @@ class BuildReport:
             f"indexed {self.items} items ({self.paths} paths, {self.captions} captions) in {t.total:.1f} s: "
             f"{self.added} new, {self.duplicates} duplicates, {self.changed} changed, {self.unchanged} unchanged, "
             f"{self.removed} removed, {self.failed} skipped",
-            f"timings: scan {t.scan:.1f}s, decode wait {t.decode_wait:.1f}s (worker cpu {t.decode_cpu:.1f}s), "
+            f"timings: model load {t.model_load:.1f}s, scan {t.scan:.1f}s, decode wait {t.decode_wait:.1f}s (worker cpu {t.decode_cpu:.1f}s), "
             f"encode {t.encode:.1f}s, captions {t.caption_encode:.1f}s, write {t.write:.1f}s, faiss {t.faiss:.1f}s",
         ]
         if self.failure_reasons:

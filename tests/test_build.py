@@ -435,3 +435,22 @@ def test_building_into_an_index_adds_sources(tmp_path):
     assert read_manifest(tmp_path / "idx")["sources"] == [str(a), str(b)]
     r = build_index([b], tmp_path / "idx", **FAKE, resume=False)  # --restart: only what is named now
     assert r.items == 1
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf", "ivfpq"])
+def test_index_type_through_build_and_reopen(tmp_path, index_type):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(400):
+        (src / f"{i:04d}.png").write_bytes(png_bytes(i, 12, 12))
+    build_index([src], tmp_path / "idx", **FAKE, batch_size=64, index_type=index_type)
+    m = read_manifest(tmp_path / "idx")["faiss"]["image"]
+    assert m["n"] == 400 and 0 <= m["recall_at_10"] <= 1 and m["factory"]
+    with open_index(tmp_path / "idx") as ix:
+        ids = np.array([i for i, _ in ix.iter_items()][:50])
+        got = ix.search(ix.get_vectors(ids), 10)[1]
+        assert np.mean([i in row for i, row in zip(ids, got)]) >= 0.9
+        assert ix.rebuilt == []
+    os.unlink(tmp_path / "idx" / "image.faiss")
+    with open_index(tmp_path / "idx") as ix:  # derived again with the same choice
+        assert ix.rebuilt == ["image"] and ix._info["image"]["kind"] == m["kind"]

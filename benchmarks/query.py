@@ -115,7 +115,7 @@ def warm_latency(index_dir: str, queries: list[str], expand: str, repeats: int =
     from retrieval.search import Searcher
 
     t0 = time.perf_counter()
-    s = Searcher(index_dir, expand=expand, device="cpu")
+    s = Searcher(index_dir, expand=expand, device="cpu", query_cache=0)  # every query is encoded
     s.warm()
     s.search(queries[0], k=10)  # the first query pays for lazy tables (concept table, KG linker)
     warm_s = time.perf_counter() - t0
@@ -141,7 +141,7 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
     """Searcher search+hydrate (no encode, no expansion) vs raw FAISS search, same index, same k."""
     from retrieval.search import Searcher
 
-    s = Searcher(index_dir, expand="none", device="cpu")
+    s = Searcher(index_dir, expand="none", device="cpu", query_cache=0)
     idx = s.index
     faiss_index, params = faiss_handle(idx)
     rng = np.random.default_rng(1)

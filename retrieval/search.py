@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -98,7 +99,8 @@ class Searcher:
     KG path (None = shipped WordNet); ``hybrid`` the default caption fusion;
     ``model`` (optional) the model spec the caller expects: a different one
     than the index's raises :class:`ModelMismatch`; ``expander`` an already
-    built KG Expander to reuse.
+    built KG Expander to reuse; ``query_cache`` how many distinct query texts'
+    vectors to keep (LRU; 0 turns the cache off, e.g. for latency measurements).
     """
 
     def __init__(
@@ -112,11 +114,14 @@ class Searcher:
         options: SearchOptions | None = None,
         check_fingerprint: bool = True,
         expander: Any = None,
+        query_cache: int = 256,
     ):
         if expand not in EXPAND_MODES:
             raise UsageError(f"unknown --expand {expand!r}: use one of {', '.join(EXPAND_MODES)}")
         if hybrid not in HYBRID_MODES:
             raise UsageError(f"unknown --hybrid {hybrid!r}: use one of {', '.join(HYBRID_MODES)}")
+        self.query_cache = int(query_cache)  # distinct query texts whose vectors are kept (0 = off)
+        self._qcache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._owned = not _is_index(index)  # close() closes only an index this Searcher opened
         self.index = open_any_index(index)
         try:
@@ -254,30 +259,57 @@ class Searcher:
         strings or :class:`Filter` objects (all must hold). ``min_score``: drop hits
         whose final score is lower (cosine, or the fused score with hybrid).
         """
-        return self._search(text, image, k, weights, filters, min_score, explain, hybrid, expand, None)
+        return self._search(text, image, k, weights, filters, min_score, explain, hybrid, expand)
 
     def search_many(self, texts: Iterable[str], k: int = 10, **kw) -> list[Results]:
-        """Several text queries on the warm path; the plain query vectors are encoded as one batch."""
+        """Several text queries on the warm path: their vectors are encoded as one batch first."""
         texts = [_clean_text(t) for t in texts]
         k = _validate_k(k)
         if not texts:
             return []
-        mode = self.resolve_expand(kw.get("expand"))
-        pre = None
-        if mode == "none":
-            t0 = time.perf_counter()
-            pre = self.encoder.encode_queries(texts)
-            per = (time.perf_counter() - t0) * 1000 / len(texts)
+        t0 = time.perf_counter()
+        hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
+        self.prime(texts, captions=hyb != "none")
+        per = round((time.perf_counter() - t0) * 1000 / len(texts), 3)
         out = []
-        for i, t in enumerate(texts):
-            r = self._search(
-                t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
-                kw.get("explain", False), kw.get("hybrid"), kw.get("expand"), None if pre is None else pre[i : i + 1],
-            )
-            if pre is not None:
-                r.timings_ms["encode"] = round(per, 3)
+        for t in texts:
+            r = self._search(t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
+                             kw.get("explain", False), kw.get("hybrid"), kw.get("expand"))
+            r.timings_ms["encode_batch_share"] = per
             out.append(r)
         return out
+
+    # -- query-vector cache: a warm process encodes each distinct query once -------------------
+    def prime(self, texts: Sequence[str], captions: bool = False) -> None:
+        """Encode ``texts`` in one batch per model into the query cache (no-op when it is disabled)."""
+        if self.query_cache <= 0:
+            return
+        jobs = [("image", self.encoder)] + ([("caption", self.text_encoder)] if captions else [])
+        for kind, enc in jobs:
+            todo = list(dict.fromkeys(t for t in texts if (kind, t) not in self._qcache))
+            for i in range(0, len(todo), self.query_cache):
+                chunk = todo[i : i + self.query_cache]
+                for t, v in zip(chunk, enc.encode_queries(chunk)):
+                    self._remember((kind, t), np.asarray(v, np.float32)[None])
+
+    def _query_vector(self, text: str, kind: str = "image") -> np.ndarray:
+        """[1, d] query vector from the index model (``image`` side) or the caption model, cached."""
+        key = (kind, text)
+        v = self._qcache.get(key)
+        if v is not None:
+            self._qcache.move_to_end(key)
+            return v
+        enc = self.encoder if kind == "image" else self.text_encoder
+        v = np.asarray(enc.encode_queries([text]), np.float32)
+        self._remember(key, v)
+        return v
+
+    def _remember(self, key, v) -> None:
+        if self.query_cache <= 0:
+            return
+        self._qcache[key] = v
+        while len(self._qcache) > self.query_cache:
+            self._qcache.popitem(last=False)
 
     def _weights(self, weights) -> dict[str, float]:
         o = self.options
@@ -294,7 +326,7 @@ class Searcher:
                 raise UsageError(f"{name} weight must be between 0 and 1, not {w[name]}")
         return w
 
-    def _search(self, text, image, k, weights, filters, min_score, explain, hybrid, expand, pre_vec) -> Results:
+    def _search(self, text, image, k, weights, filters, min_score, explain, hybrid, expand) -> Results:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         k = _validate_k(k)
@@ -316,13 +348,14 @@ class Searcher:
         t = time.perf_counter()
         if text is not None:
             if mode != "none":
-                rows, row_w, plan = self.expander().query_vectors(text, self.encoder, mode=mode)
+                qv = self._query_vector(text)[0]
+                rows, row_w, plan = self.expander().query_vectors(text, self.encoder, mode=mode, query_vector=qv)
                 rows = np.asarray(rows, np.float32)
                 row_w = np.asarray(row_w, np.float32)
                 plan.mode = mode
                 timings["expand"] = _ms(t)
             else:
-                rows = pre_vec if pre_vec is not None else self.encoder.encode_queries([text])
+                rows = self._query_vector(text)
                 row_w = np.ones(1, np.float32)
                 timings["encode"] = _ms(t)
         if image is not None:
@@ -406,7 +439,7 @@ class Searcher:
             vec = self._ground(vec, rows[0], targets, w["concept"], fetch, why)
 
         if hyb != "none":
-            cq = self.text_encoder.encode_queries([text])
+            cq = self._query_vector(text, "caption")
             cap = self._vector_lists(cq, fetch, kind="caption")[0]
             for r, (i, s) in enumerate(cap, 1):
                 why.setdefault(i, {})["caption"] = (r, s)

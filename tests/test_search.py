@@ -303,3 +303,19 @@ def test_render_formats(index):
     assert one["hits"][0]["path"] == "/img/red.png"
     table = render(rs, "table")
     assert "query: red" in table and "/img/red.png" in table and "a red square" in table
+
+
+def test_query_cache_encodes_each_text_once(index, monkeypatch):
+    s = Searcher(index, expand="none", hybrid="sum")
+    calls = []
+    real = s.encoder.encode_queries
+    monkeypatch.setattr(s.encoder, "encode_queries", lambda texts: calls.append(list(texts)) or real(texts))
+    s.search_many(["red", "blue", "red"], k=1)
+    s.search("blue", k=1)
+    assert calls == [["red", "blue"], ["red", "blue"]]  # one batch per model (image side, caption side)
+    off = Searcher(index, expand="none", hybrid="none", query_cache=0)
+    monkeypatch.setattr(off.encoder, "encode_queries", lambda texts: calls.append(list(texts)) or real(texts))
+    calls.clear()
+    off.search("red", k=1)
+    off.search("red", k=1)
+    assert calls == [["red"], ["red"]]

@@ -95,6 +95,7 @@ def run_demo(
     """Build (or reuse) the demo index and print a tour. Returns what it ran, for tests."""
     from indexer import build_index
 
+    from .errors import ModelMismatch
     from .explain import render_table
     from .search import Searcher
 
@@ -104,8 +105,13 @@ def run_demo(
     echo(f"kgclip demo: {len(images)} photos (scikit-image, scikit-learn) in {_show(photos)}")
     echo(f"building a `{model}` index in {_show(index_dir)} (offline: nothing is downloaded) ...")
     t0 = time.perf_counter()
-    report = build_index([str(photos)], str(index_dir), model=model, text_model=None, device=device,
-                         progress=progress, quiet=True)
+    try:
+        report = build_index([str(photos)], str(index_dir), model=model, text_model=None, device=device,
+                             progress=progress, quiet=True)
+    except ModelMismatch:  # the demo's own index, from another model version: start it again
+        echo("(the demo index was built with another model version: rebuilding it)")
+        report = build_index([str(photos)], str(index_dir), model=model, text_model=None, device=device,
+                             progress=progress, quiet=True, resume=False)
     build_s = time.perf_counter() - t0
     fresh = getattr(report, "added", 0)
     reused = getattr(report, "unchanged", 0)

@@ -225,18 +225,29 @@ def build_index(
         if not resume:
             _wipe(index_dir)
         t_load = time.perf_counter()
-        minfo = _model_info(encoder)
-        t_load = time.perf_counter() - t_load
         store = Store(index_dir, create=True, map_size=map_size)
         stored = store.all_meta()
         old_m, old_t = stored.get("model"), stored.get("text_model", "unset")
+        # a known model is not loaded just to learn its dim: loading waits until something needs encoding
+        minfo = dict(old_m) if old_m and old_m.get("fingerprint") == encoder.fingerprint else _model_info(encoder)
+        t_load = time.perf_counter() - t_load
+        if old_m is not None and not _same_model(old_m, minfo) and old_m.get("spec") == minfo["spec"]:
+            raise ModelMismatch(
+                f"{index_dir} was built with {old_m.get('fingerprint')}, but {minfo['spec']} is now "
+                f"{minfo['fingerprint']} (its weights or configuration changed): rebuild with --restart"
+            )
         if old_m is not None and not _same_model(old_m, minfo):
             raise ModelMismatch(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
                 f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
             )
         t = time.perf_counter()
-        tinfo = _model_info(text_encoder) if text_encoder is not None else None  # loads it (dim)
+        if text_encoder is None:
+            tinfo = None
+        elif isinstance(old_t, dict) and old_t.get("fingerprint") == text_encoder.fingerprint:
+            tinfo = dict(old_t)
+        else:
+            tinfo = _model_info(text_encoder)  # loads it (dim)
         t_load += time.perf_counter() - t
         if old_m is not None and old_t != "unset" and not _same_model(old_t, tinfo):
             was = old_t["spec"] if old_t else "no text model"

@@ -268,7 +268,13 @@ def run(
                 continue
             yield it
 
-    transform = encoder.image_transform()
+    if todo:
+        t = time.perf_counter()
+        encoder.load()
+        transform = encoder.image_transform()
+        tm.model_load += time.perf_counter() - t
+    else:
+        transform = None  # nothing to decode: the model is never loaded
     with_concepts = True
     entries: list[Entry] = []
     n_encode = 0
@@ -320,7 +326,7 @@ def run(
     pool = DecodePool(transform, workers=workers, timeout=timeout, max_pixels=max_pixels,
                       window=max(2 * batch_size, 8 * max(workers, 1)))
     try:
-        results = pool.imap(todo_items())
+        results = pool.imap(todo_items()) if todo else iter(())  # files appearing now wait for the next update
         while True:
             t = time.perf_counter()
             d = next(results, None)

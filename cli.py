@@ -169,7 +169,9 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         stdin = sys.stdin
         if stdin is None or stdin.isatty():
             raise UsageError("no QUERY given: pass one, use --image PATH, or pipe queries on stdin (one per line)")
-        queries = [line.strip() for line in stdin if line.strip()]
+        raw = getattr(stdin, "buffer", None)  # bytes: a non-UTF-8 line must not end the batch (or the locale)
+        lines = (b.decode("utf-8", "replace") for b in raw) if raw is not None else stdin
+        queries = [line.strip() for line in lines if line.strip()]
         if not queries:
             raise QueryError("no queries on stdin (expected one query per line)")
 

@@ -61,13 +61,23 @@ def event(kind: str, **kw) -> None:
         fh.flush()
 
 
+def ids_digest(ids) -> str:
+    return hashlib.sha1(",".join(map(str, sorted(int(i) for i in ids))).encode()).hexdigest()
+
+
 def item_digest(store) -> tuple[int, str]:
-    """(item count, sha1 of the sorted item ids) of the store's current snapshot."""
+    """(item count, digest of the sorted item ids) of the store's current snapshot."""
+    return store_digests(store)[:2]
+
+
+def store_digests(store) -> tuple[int, str, str]:
+    """(item count, digest of the item ids, digest of the caption vectors' owner ids) in ONE snapshot."""
     from indexer.store import unikey
 
     with store.read() as t:
-        ids = sorted(unikey(k) for k in t.cursor(db=store.db["items"]).iternext(values=False))
-    return len(ids), hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()
+        ids = [unikey(k) for k in t.cursor(db=store.db["items"]).iternext(values=False)]
+        owners = [unikey(bytes(v)[:8]) for _, v in t.cursor(db=store.db["capvecs"])]
+    return len(ids), ids_digest(ids), ids_digest(owners)
 
 
 def _install() -> None:
@@ -79,8 +89,8 @@ def _install() -> None:
     def write(self, fn, bump=True):
         out = orig_write(self, fn, bump)
         if _EVENTS:
-            n, dig = item_digest(self)
-            event("commit", generation=self.generation, items=n, digest=dig)
+            n, dig, cap = store_digests(self)
+            event("commit", generation=self.generation, items=n, digest=dig, captions=cap)
         if _COMMIT_DELAY:
             time.sleep(_COMMIT_DELAY)
         return out

@@ -226,8 +226,11 @@ class Searcher:
         """Inverted index WordNet id -> [(item id, probability)], built once from the store."""
         if self._concepts is None:
             table: dict[str, list[tuple[int, float]]] = {}
-            for item_id, item in self.index.iter_items():
-                for wnid, p in (item or {}).get("concepts") or []:
+            for n, (item_id, item) in enumerate(self.index.iter_items()):
+                concepts = (item or {}).get("concepts") or []
+                if n == 0 and not concepts:
+                    break  # the model stores no concepts (only lite does): skip the scan
+                for wnid, p in concepts:
                     table.setdefault(wnid, []).append((int(item_id), float(p)))
             self._concepts = table
         return self._concepts

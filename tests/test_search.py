@@ -84,7 +84,8 @@ def colour_items():
         items.append({
             "id": n + 1, "path": f"/img/{c}.png", "width": 100 * (n + 1), "height": 50, "size": 1000 + n,
             "mtime": 1.0, "sha256": f"h{n}", "captions": [f"a {c} square", f"something {c}"],
-            "concepts": [[f"c_{c}", 0.9]], "aliases": [], "meta": {"shade": "dark" if c in ("black", "blue") else "light"},
+            "concepts": [[f"c_{c}", 0.9]], "aliases": [],
+            "meta": {"shade": "dark" if c in ("black", "blue") else "light"},
         })
         vecs.append(word_vector(c) + 0.01 * word_vector(c + "x"))
     vecs = np.asarray(vecs, np.float32)
@@ -106,8 +107,11 @@ class FakeExpander:
         self.calls = 0
 
     def plan(self, text):
-        linked = [{"span": "warm", "name": "warm colour", "entity_id": "c_warm", "score": 0.9}] if "warm" in text else []
-        exps = [Expansion(f"c_{c}", c, "hyponym", w, ["warm colour", "hyponym", c]) for c, w in self.WARM] if linked else []
+        linked = []
+        if "warm" in text:
+            linked = [{"span": "warm", "name": "warm colour", "entity_id": "c_warm", "score": 0.9}]
+        exps = [Expansion(f"c_{c}", c, "hyponym", w, ["warm colour", "hyponym", c]) for c, w in self.WARM]
+        exps = exps if linked else []
         return QueryPlan(text=text, linked=linked, expansions=exps)
 
     def query_vectors(self, text, encoder, mode="mix", plan=None, query_vector=None):

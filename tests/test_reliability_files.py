@@ -25,9 +25,9 @@ def hostile(tmp_path, monkeypatch):
     calls = {"n": 0}
     orig = pipeline.iter_sources
 
-    def iter_sources(sources, root=None):
+    def iter_sources(sources, **kw):
         calls["n"] += 1
-        for it in orig(sources, root=root):
+        for it in orig(sources, **kw):
             if calls["n"] == 2 and it.key.endswith("/vanish.png"):  # pass 2 feeds the decoder
                 os.unlink(it.key)
             if calls["n"] == 2 and it.key.endswith("/grow.png"):
@@ -86,9 +86,16 @@ def test_hostile_tree_each_file_indexed_or_reported(hostile):
     assert verify_index(idx)["ok"]
 
 
-def _cli(args, timeout=120):
-    return subprocess.run(CLI + args, env=env_for(), cwd=str(REPO), capture_output=True, text=True,
-                          timeout=timeout)
+def _cli(args):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    os.environ["KGCLIP_PLUGINS"] = "tests.fakes"
+    r = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    res = r.invoke(main, args)
+    res.returncode = res.exit_code
+    return res
 
 
 def test_cli_exit_codes_and_one_line_per_skip(tmp_path):

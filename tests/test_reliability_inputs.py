@@ -191,6 +191,10 @@ def test_damaged_store_is_one_line_not_a_crash(corpus, tmp_path):
         d = tmp_path / name
         shutil.copytree(idx, d)
         damage(d / "store.lmdb" / "data.mdb")
+        if name != "truncated":
+            assert "store.lmdb" in one_line_error(search(d, "red"), 1)
+            continue
+        # a subprocess: if the guard regressed, SIGBUS would kill pytest itself
         p = subprocess.run(CLI + ["search", str(d), "red", "--expand", "none"], env=env_for(), cwd=str(REPO),
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 1 and p.stderr.count("\n") == 1 and "store.lmdb" in p.stderr, (name, p.stderr)
@@ -351,7 +355,7 @@ def test_lmdb_map_grows_under_a_reader_in_another_process(tmp_path):
     reader = subprocess.Popen([sys.executable, "-c", code, str(idx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=env_for(), cwd=str(REPO))
     n0, map0 = map(int, reader.stdout.readline().split())
-    for i in range(200):  # bigger images' vectors and records: the map must grow several times
+    for i in range(120):  # bigger images' vectors and records: the map must grow several times
         (tmp_path / "src" / "imgs" / f"more{i:03d}.png").write_bytes(encode(noise(900 + i, 12, 12), "PNG"))
     build_index(sources, idx, map_size=1 << 16, **dict(FAKE, text_model=None))
     reader.stdin.write("\n")
@@ -359,6 +363,6 @@ def test_lmdb_map_grows_under_a_reader_in_another_process(tmp_path):
     n1, map1 = map(int, reader.stdout.readline().split())
     n2 = int(reader.stdout.readline())
     assert reader.wait(timeout=60) == 0
-    assert (n1, n2) == (n0 + 200, n0 + 200)
+    assert (n1, n2) == (n0 + 120, n0 + 120)
     assert os.path.getsize(idx / "store.lmdb" / "data.mdb") > 1 << 16  # the writer grew its map past 64 KiB
     assert verify_index(idx)["ok"]

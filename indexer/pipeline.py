@@ -270,8 +270,7 @@ def run(
 
     if todo:
         t = time.perf_counter()
-        encoder.load()
-        transform = encoder.image_transform()
+        transform = encoder.image_transform()  # loads the model only when its transform needs it
         tm.model_load += time.perf_counter() - t
     else:
         transform = None  # nothing to decode: the model is never loaded
@@ -292,6 +291,11 @@ def run(
             return
         t = time.perf_counter()
         new = [e for e in entries if e.op == "new"]
+        if new and not getattr(encoder, "_loaded", True):
+            t = time.perf_counter()
+            encoder.load()  # first time something needs encoding
+            tm.model_load += time.perf_counter() - t
+        t = time.perf_counter()
         if new:
             vecs, concepts = encode_batch(encoder, [e.decoded.array for e in new], with_concepts)
             for j, e in enumerate(new):
@@ -308,6 +312,7 @@ def run(
                 break
             except NeedsVector as nv:  # rare: its twin was removed in this batch; encode it after all
                 e = entries[nv.index]
+                encoder.load()
                 e.vector, c = encode_batch(encoder, [e.decoded.array], with_concepts)
                 e.vector, e.concepts = e.vector[0], (c[0] if c else None)
         tm.write += time.perf_counter() - t

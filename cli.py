@@ -439,7 +439,8 @@ def info(index, fmt):
     ]
     for kind, f in sorted(d.get("faiss", {}).items()):
         fresh = "fresh" if f.get("fresh") else "stale: derived again on open"
-        rows.append((f"faiss {kind}", f"{f.get('factory')} {f.get('params') or ''} n={f.get('n')} "
+        params = " " + ", ".join(f"{k}={v}" for k, v in f["params"].items()) if f.get("params") else ""
+        rows.append((f"faiss {kind}", f"{f.get('factory')}{params} n={f.get('n')} "
                                       f"recall@10={f.get('recall_at_10')} ({fresh})"))
     reasons = (d.get("failures") or {}).get("by_reason") or {}
     if reasons:
@@ -479,6 +480,98 @@ def verify(index, repair, fmt):
                    f"generation {c.get('generation', 0)}")
     if not r["ok"] and not r["repaired"]:
         sys.exit(1)
+
+
+# -- kgclip bench ---------------------------------------------------------------------------------------------------
+
+_BENCH_FORMATS = click.Choice(["table", "json", "markdown"])
+
+
+def _bench_output(res: dict, fmt: str, out: str | None) -> None:
+    from benchmarks.report import format_result
+
+    if out:
+        from pathlib import Path
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=2) + "\n")
+        click.echo(f"wrote {out}", err=True)
+    click.echo(format_result(res, fmt))
+
+
+@main.group(context_settings={"auto_envvar_prefix": None})
+def bench():
+    """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), index speed."""
+
+
+@bench.command("recall")
+@click.argument("dataset")
+@click.option("--model", "models", default="lite", show_default=True,
+              help="Model spec(s), comma-separated; one index per model.")
+@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes, comma-separated.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
+              help="Reuse this index (built from DATASET's images) instead of building one.")
+@click.option("--index-type", default="auto", show_default=True, help="auto, flat, hnsw, ivf or ivfpq (new builds).")
+@click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
+@click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
+@click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@handle_errors
+def bench_recall(dataset, models, expand, index_dir, index_type, split, max_queries, device, fmt, out):
+    """Text->image and image->text R@1/5/10, mean/median rank over exact search and the ANN index.
+
+    DATASET: flickr8k-1k, or a captions file (CSV/JSONL manifest, COCO captions JSON, Flickr-style).
+    """
+    from benchmarks.recall import MODES, parse_list, run_recall
+
+    res = run_recall(dataset, parse_list(models, what="model"), parse_list(expand, MODES, "--expand"), split,
+                     index_dir, index_type, max_queries, device=device,
+                     progress=not click.get_current_context().find_root().params.get("quiet"))
+    _bench_output(res, fmt, out)
+
+
+@bench.command("category")
+@click.argument("sets", metavar="SET[,SET...]")
+@click.option("--model", default="lite", show_default=True)
+@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes, comma-separated.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
+              help="Reuse this index (built from the set's images; one set only).")
+@click.option("--per-class", type=int, default=100, show_default=True, help="Fashion-MNIST images per class.")
+@click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
+@click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@handle_errors
+def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
+    """mAP, nDCG@10, P@k/R@k of label queries with and without KG expansion.
+
+    SET: fashion-mnist, emoji (npm emoji-datasource-twitter) or flickr-nouns (hypernyms of caption nouns).
+    """
+    from benchmarks.category import SETS, run_category
+    from benchmarks.recall import MODES, parse_list
+
+    res = run_category(parse_list(sets, SETS, "set"), model, parse_list(expand, MODES, "--expand"), index_dir,
+                       per_class=per_class, device=device,
+                       progress=not click.get_current_context().find_root().params.get("quiet"))
+    _bench_output(res, fmt, out)
+
+
+@bench.command("speed", context_settings={"ignore_unknown_options": True})
+@click.option("--sizes", default="10k,100k", show_default=True, help="Synthetic index sizes (k/M suffixes).")
+@click.option("--index-types", default="auto", show_default=True, help="Comma-separated: auto, flat, hnsw, ivf, ivfpq.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@handle_errors
+def bench_speed(sizes, index_types, fmt, out):
+    """Build/query speed and recall@10 vs exact per index type on seeded synthetic vectors."""
+    from benchmarks.run_all import run_speed
+
+    res = run_speed(sizes, index_types)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(json.dumps(res, indent=2, default=str) + "\n")
+    click.echo(json.dumps(res, indent=2, default=str) if fmt == "json" else res.get("summary", ""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""Category / hypernym query benchmark: does KG expansion find "footwear" when the images are sneakers?
+
+For a category set (:mod:`benchmarks.datasets`: ``fashion-mnist``, ``emoji``,
+``flickr-nouns``) build (or reuse) an index of its images, then score every label
+query with the real :class:`retrieval.search.Searcher` over an exact (brute force)
+view of the index for each expansion mode, and report mAP, nDCG@10, P@k and R@k
+per query kind (``class``: the item's own label, ``hypernym``: a broader concept)
+and over all queries, plus the relative mAP change of each mode against ``none``.
+
+    python -m benchmarks.category --sets fashion-mnist,flickr-nouns   # -> benchmarks/results/category.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.recall import MODES, RESULTS, ExactIndex, _rows, ensure_index, parse_list, score_matrix
+
+SETS = ("fashion-mnist", "emoji", "flickr-nouns")
+
+
+def load_set(name: str, per_class: int = 100):
+    from benchmarks import datasets as D
+    from retrieval.errors import UsageError
+
+    if name == "fashion-mnist":
+        return D.fashion_mnist(per_class=per_class)
+    if name == "emoji":
+        return D.emoji()
+    if name == "flickr-nouns":
+        return D.flickr_hypernyms()
+    raise UsageError(f"unknown category set {name!r}: use one of {', '.join(SETS)}")
+
+
+def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False) -> dict:
+    """Metrics per expansion mode (``all`` and per query kind) for a loaded CategorySet."""
+    from benchmarks.metrics import category_metrics
+
+    out: dict = {}
+    kinds = sorted(set(cs.kind))
+    for mode in expands:
+        t = time.perf_counter()
+        s = score_matrix(searcher_exact, cs.queries, id_col, len(cs.items), mode)
+        m = {"all": category_metrics(s, cs.relevant)}
+        for kd in kinds:
+            q = [i for i, k in enumerate(cs.kind) if k == kd]
+            m[kd] = category_metrics(s[q], cs.relevant[q])
+        m["per_query_AP"] = {}
+        from benchmarks.metrics import average_precision
+
+        for q, ap in zip(cs.queries, average_precision(s, cs.relevant)):
+            m["per_query_AP"][q] = round(float(ap), 4)
+        m["seconds"] = round(time.perf_counter() - t, 1)
+        out[mode] = m
+        if progress:
+            print(f"  {cs.name} expand={mode}: mAP {m['all']['mAP']:.4f} nDCG@10 {m['all']['ndcg@10']:.4f}",
+                  file=sys.stderr)
+    base = out.get("none")
+    if base:
+        for mode, m in out.items():
+            m["mAP_rel_change_vs_none"] = {
+                kd: (m[kd]["mAP"] / base[kd]["mAP"] - 1.0) if base[kd]["mAP"] > 0 else None
+                for kd in ["all", *kinds]
+            }
+    return out
+
+
+def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", expands=MODES,
+                 index: str | None = None, index_type: str = "auto", per_class: int = 100,
+                 device: str = "cpu", check_fingerprint: bool = False, progress: bool = False,
+                 category_set=None) -> dict:
+    """The category benchmark as a JSON-able dict. ``category_set``: an already built CategorySet
+    (tests); ``index`` reuses an index (one set only)."""
+    from benchmarks.datasets import bench_cache
+    from retrieval.errors import UsageError
+    from retrieval.search import Searcher
+
+    sets = list(sets)
+    if index and len(sets) > 1:
+        raise UsageError("--index reuses one index: give a single category set with it")
+    out = {"benchmark": "category", "model": model, "ties": "pessimistic", "sets": {}}
+    for name in sets:
+        cs = category_set if category_set is not None else load_set(name, per_class)
+        t = time.perf_counter()
+        idir = ensure_index(cs.items, cs.name, model, bench_cache() / "indexes", index_type, index, device, progress)
+        build_s = time.perf_counter() - t
+        with Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint) as base:
+            id_col, missing = _rows(base.index, cs.items)
+            if missing:
+                raise UsageError(f"index {idir} lacks {len(missing)} of the set's images "
+                                 f"(e.g. {cs.items[missing[0]]}): build it from this set")
+            exp = base.expander(required=False) if any(m != "none" for m in expands) else None
+            if exp is None and any(m != "none" for m in expands):
+                base.expander(required=True)  # raises KGError with the reason
+            ex = Searcher(ExactIndex(base.index), expand="none", device=device, check_fingerprint=False,
+                          expander=exp)
+            ex.encoder = base.encoder
+            res = evaluate(cs, ex, id_col, expands, progress)
+        out["sets"][name] = {
+            "set": cs.name, "index": idir, "n_items": len(cs.items), "n_queries": len(cs.queries),
+            "queries": {k: [q for q, kk in zip(cs.queries, cs.kind) if kk == k] for k in sorted(set(cs.kind))},
+            "relevant_per_query": {q: int(r.sum()) for q, r in zip(cs.queries, cs.relevant)},
+            "fingerprint_index": base.index.model_fingerprint, "build_s": round(build_s, 1), "expand": res,
+        }
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="fashion-mnist,flickr-nouns")
+    ap.add_argument("--model", default="lite")
+    ap.add_argument("--expand", default="none,mix,multi")
+    ap.add_argument("--index", default=None)
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--out", default=str(RESULTS / "category.json"))
+    a = ap.parse_args(argv)
+    os.environ.setdefault("KGCLIP_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    res = run_category(parse_list(a.sets, SETS, "set"), a.model, parse_list(a.expand, MODES, "--expand"),
+                       a.index, per_class=a.per_class, progress=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

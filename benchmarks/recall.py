@@ -1,0 +1,252 @@
+"""Caption recall@k benchmark: text->image and image->text, exact search vs the built ANN index.
+
+For each model: build (or reuse, ``index=``) an index of the dataset's images, then
+for each expansion mode (``none`` / ``mix`` / ``multi``) score every caption query
+through the real :class:`retrieval.search.Searcher` twice:
+
+- **exact**: the Searcher over :class:`ExactIndex` (the same index, brute force over
+  every stored vector) with ``k = n``, giving the full [captions x images] score
+  matrix; R@1/5/10, mean and median rank in both directions come from it with
+  :func:`benchmarks.metrics.caption_retrieval_metrics` (CLIP_benchmark names:
+  ``image_retrieval_*`` = text->image, ``text_retrieval_*`` = image->text).
+- **ann**: the Searcher over the built FAISS index with ``k = 10`` -> text->image R@k
+  (``recall_from_ids``). Image->text over ANN (expand ``none`` only) searches an index
+  of the same kind built over the caption query vectors.
+
+Hybrid caption fusion is off: the index has no caption side (the captions are the queries).
+
+    python -m benchmarks.recall --split all --expand none,mix,multi   # -> benchmarks/results/recall.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("none", "mix", "multi")
+
+
+class ExactIndex:
+    """An opened Index whose ``search(kind="image")`` is brute force over every stored vector."""
+
+    def __init__(self, index):
+        self._index = index
+        self._items = {int(i): it for i, it in index.iter_items()}  # hydration without a store read per query
+        self.ids = np.asarray(sorted(self._items), np.int64)
+        self.vectors = np.asarray(index.get_vectors(self.ids, kind="image"), np.float32)
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def refresh_if_updated(self) -> bool:
+        return False
+
+    def get(self, ids) -> list[dict | None]:
+        return [self._items.get(int(i)) for i in np.asarray(ids, np.int64).ravel()]
+
+    def iter_items(self):
+        return iter(self._items.items())
+
+    def search(self, queries, k: int = 10, kind: str = "image"):
+        if kind != "image":
+            return self._index.search(queries, k, kind=kind)
+        q = np.atleast_2d(np.asarray(queries, np.float32))
+        s = q @ self.vectors.T
+        k = min(int(k), len(self.ids))
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, order, 1).astype(np.float32), self.ids[order]
+
+
+def parse_list(value, allowed=None, what="value") -> list[str]:
+    from retrieval.errors import UsageError
+
+    out = [v.strip() for v in (value if isinstance(value, (list, tuple)) else str(value).split(",")) if v.strip()]
+    if not out:
+        raise UsageError(f"empty {what} list")
+    if allowed is not None:
+        for v in out:
+            if v not in allowed:
+                raise UsageError(f"unknown {what} {v!r}: use one of {', '.join(allowed)}")
+    return out
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s)
+
+
+def ensure_index(images, name: str, model: str, cache: Path, index_type: str = "auto",
+                 index: str | None = None, device: str = "cpu", progress: bool = False) -> str:
+    """An index of ``images`` (paths) for ``model``: ``index`` if given (reused as is), else built
+    once into ``cache/<name>-<model>-<index_type>`` (resumed/reused when complete)."""
+    if index:
+        return str(index)
+    from indexer import build_index
+
+    cache.mkdir(parents=True, exist_ok=True)
+    d = cache / _slug(f"{name}-{model}-{index_type}")
+    man = cache / _slug(f"{name}-images.csv")
+    with open(man, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path"])
+        for p in images:
+            w.writerow([str(Path(p).resolve())])
+    mf = d / "index.json"
+    if not (mf.is_file() and json.loads(mf.read_text()).get("state") == "complete"):
+        build_index([str(man)], str(d), model=model, text_model=None, device=device,
+                    index_type=index_type, progress=progress)
+    return str(d)
+
+
+def _rows(index, images) -> tuple[dict[int, int], list[int]]:
+    """Store id -> dataset column, and dataset columns missing from the index."""
+    col = {str(Path(p).resolve()): c for c, p in enumerate(images)}
+    id_col: dict[int, int] = {}
+    for i, it in index.iter_items():
+        for p in [it.get("path"), *(it.get("aliases") or [])]:
+            c = col.get(str(Path(p).resolve())) if p else None
+            if c is not None:
+                id_col[int(i)] = c
+    missing = sorted(set(range(len(images))) - set(id_col.values()))
+    return id_col, missing
+
+
+def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand: str,
+                 log_every: int = 0) -> np.ndarray:
+    """[len(queries), n_cols] final Searcher scores over an :class:`ExactIndex` (-inf: not returned)."""
+    out = np.full((len(queries), n_cols), -np.inf, np.float32)
+    k = len(searcher.index)
+    t0 = time.perf_counter()
+    step = 100
+    for start in range(0, len(queries), step):  # search_many: the plain query vectors encode as one batch
+        for qi, res in enumerate(searcher.search_many(queries[start : start + step], k=k, expand=expand,
+                                                      hybrid="none"), start):
+            for h in res:
+                c = id_col.get(int(h.id))
+                if c is not None:
+                    out[qi, c] = h.score
+        done = min(start + step, len(queries))
+        if log_every and (done % log_every == 0 or done == len(queries)):
+            print(f"  {expand}: {done}/{len(queries)} queries ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    return out
+
+
+def ann_ids(searcher, queries, id_col: dict[int, int], expand: str, k: int = 10) -> np.ndarray:
+    ids = np.full((len(queries), k), -1, np.int64)
+    for qi, res in enumerate(searcher.search_many(queries, k=k, expand=expand, hybrid="none")):
+        for j, h in enumerate(res):
+            ids[qi, j] = id_col.get(int(h.id), -1)
+    return ids
+
+
+def i2t_ann(index_kind: str, caption_vecs: np.ndarray, image_vecs: np.ndarray, caption_image, ks=(1, 5, 10)):
+    """Image->text recall over an ANN index of ``index_kind`` built (and tuned) over caption vectors."""
+    from benchmarks.metrics import recall_from_ids
+    from indexer import vectors as V
+
+    n, dim = caption_vecs.shape
+    choice = V.choose_index(n, dim, index_type=index_kind)
+    ids = np.arange(n, dtype=np.int64)
+    train = caption_vecs if choice.kind in ("ivf", "ivfpq") else None
+    idx = V.build_vectors_index(choice, dim, train, [(ids, caption_vecs)], use_gpu=False)
+    rr = (lambda i: caption_vecs[np.clip(np.asarray(i), 0, None)]) if choice.rerank else None
+    gt = V.exact_search(image_vecs, [(ids, caption_vecs)], 10)
+    params, _ = V.tune(idx, choice, image_vecs, gt, k=10, rerank_fn=rr)
+    _, got = V.search(idx, image_vecs, 10, params, rerank_fn=rr)
+    caps: list[set[int]] = [set() for _ in range(len(image_vecs))]
+    for j, i in enumerate(caption_image):
+        caps[int(i)].add(j)
+    r = recall_from_ids(got, caps, ks)
+    return {f"text_retrieval_recall@{k}": v for k, v in r.items()}, choice.kind
+
+
+def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, split: str = "all",
+               index: str | None = None, index_type: str = "auto", max_queries: int | None = None,
+               device: str = "cpu", check_fingerprint: bool = False, progress: bool = False) -> dict:
+    """The recall benchmark as a JSON-able dict (see module docstring)."""
+    from benchmarks.datasets import bench_cache, flickr8k_1k, load_captions
+    from benchmarks.metrics import caption_retrieval_metrics, recall_from_ids
+    from retrieval.errors import UsageError
+    from retrieval.search import Searcher
+
+    ds = flickr8k_1k(split) if dataset == "flickr8k-1k" else load_captions(dataset).split(split)
+    models = list(models)
+    if index and len(models) > 1:
+        raise UsageError("--index reuses one index: give a single --model with it")
+    caps, cap_img = list(ds.captions), np.asarray(ds.caption_image)
+    if max_queries and max_queries < len(caps):
+        step = len(caps) / max_queries
+        sel = sorted({int(j * step) for j in range(max_queries)})
+        caps, cap_img = [caps[j] for j in sel], cap_img[sel]
+    out = {"benchmark": "recall", "dataset": ds.name, "split": split, "n_images": len(ds),
+           "n_captions": len(caps), "ties": "pessimistic", "runs": []}
+    for model in models:
+        t = time.perf_counter()
+        idir = ensure_index(ds.images, ds.name, model, bench_cache() / "indexes", index_type, index, device, progress)
+        build_s = time.perf_counter() - t
+        with Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint) as ann:
+            id_col, missing = _rows(ann.index, ds.images)
+            if missing:
+                raise UsageError(f"index {idir} lacks {len(missing)} of the dataset's images "
+                                 f"(e.g. {ds.images[missing[0]]}): build it from this dataset")
+            faiss_meta = (ann.index.manifest.get("faiss") or {}).get("image") or {}
+            exact_idx = ExactIndex(ann.index)
+            exact = Searcher(exact_idx, expand="none", device=device, check_fingerprint=False,
+                             expander=ann.expander(required=False) if any(m != "none" for m in expands) else None)
+            exact.encoder = ann.encoder
+            info = {"model": model, "index": idir, "index_kind": faiss_meta.get("kind"),
+                    "index_factory": faiss_meta.get("factory"), "index_tuned_recall@10": faiss_meta.get("recall_at_10"),
+                    "fingerprint_index": ann.index.model_fingerprint, "fingerprint_encoder": ann.encoder.fingerprint,
+                    "build_s": round(build_s, 1), "expand": {}}
+            for mode in expands:
+                t = time.perf_counter()
+                s = score_matrix(exact, caps, id_col, len(ds), mode, log_every=500 if progress else 0)
+                m = {"exact": caption_retrieval_metrics(s, cap_img)}
+                ids = ann_ids(ann, caps, id_col, mode)
+                m["ann"] = {f"image_retrieval_recall@{k}": v for k, v in recall_from_ids(ids, cap_img).items()}
+                if mode == "none":
+                    qv = np.asarray(ann.encoder.encode_queries(caps), np.float32)
+                    iv = exact_idx.vectors[np.argsort([id_col[int(i)] for i in exact_idx.ids])]
+                    r, kind = i2t_ann(faiss_meta.get("kind") or "flat", qv, iv, cap_img)
+                    m["ann"].update(r)
+                    m["ann"]["i2t_index_kind"] = kind
+                m["seconds"] = round(time.perf_counter() - t, 1)
+                info["expand"][mode] = m
+                print(f"{model} expand={mode}: " + json.dumps(
+                    {k: round(v, 4) for k, v in m["exact"].items() if "recall" in k}), file=sys.stderr)
+            out["runs"].append(info)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="flickr8k-1k")
+    ap.add_argument("--models", default="lite")
+    ap.add_argument("--expand", default="none,mix,multi")
+    ap.add_argument("--split", default="all")
+    ap.add_argument("--index", default=None)
+    ap.add_argument("--index-type", default="auto")
+    ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--out", default=str(RESULTS / "recall.json"))
+    a = ap.parse_args(argv)
+    os.environ.setdefault("KGCLIP_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    res = run_recall(a.dataset, parse_list(a.models), parse_list(a.expand, MODES, "--expand"), a.split,
+                     a.index, a.index_type, a.max_queries, progress=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

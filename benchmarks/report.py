@@ -1,0 +1,231 @@
+"""Tables (text / markdown) for benchmark results and the generated BENCHMARKS.md with PNG plots.
+
+    python -m benchmarks.report        # BENCHMARKS.md from benchmarks/results/*.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+KS = (1, 5, 10)
+
+
+def _f(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def table(header: list[str], rows: list[list], fmt: str = "table") -> str:
+    """A plain aligned text table or a GitHub markdown table."""
+    cells = [[_f(c) for c in r] for r in rows]
+    if fmt == "markdown":
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(out)
+    w = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * x for x in w]), *(line(r) for r in cells)])
+
+
+def recall_rows(res: dict) -> tuple[list[str], list[list]]:
+    """One row per model x expansion x (exact | ann): t2i and i2t R@1/5/10, mean/median rank."""
+    header = ["model", "expand", "search", *(f"t2i R@{k}" for k in KS), "t2i mean", "t2i med",
+              *(f"i2t R@{k}" for k in KS), "i2t mean", "i2t med"]
+    rows = []
+    for run in res.get("runs", []):
+        for mode, m in run["expand"].items():
+            for which in ("exact", "ann"):
+                d = m.get(which) or {}
+                label = which if which == "exact" else f"ann ({run.get('index_kind') or '?'})"
+                rows.append([run["model"], mode, label,
+                             *(d.get(f"image_retrieval_recall@{k}") for k in KS),
+                             d.get("image_retrieval_mean_rank"), d.get("image_retrieval_median_rank"),
+                             *(d.get(f"text_retrieval_recall@{k}") for k in KS),
+                             d.get("text_retrieval_mean_rank"), d.get("text_retrieval_median_rank")])
+    return header, rows
+
+
+def category_rows(res: dict) -> tuple[list[str], list[list]]:
+    header = ["set", "queries", "expand", "mAP", "mAP vs none", "nDCG@10", "P@10", "R@10",
+              "hypernym mAP", "hyp. vs none", "class mAP"]
+    rows = []
+    for name, s in res.get("sets", {}).items():
+        for mode, m in s["expand"].items():
+            rel = m.get("mAP_rel_change_vs_none") or {}
+            pct = lambda v: "-" if v is None else f"{100 * v:+.1f}%"  # noqa: E731
+            rows.append([name, s["n_queries"], mode, m["all"]["mAP"], pct(rel.get("all")), m["all"]["ndcg@10"],
+                         m["all"]["precision@10"], m["all"]["recall@10"],
+                         (m.get("hypernym") or {}).get("mAP"), pct(rel.get("hypernym")),
+                         (m.get("class") or {}).get("mAP")])
+    return header, rows
+
+
+def format_result(res: dict, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(res, indent=2)
+    kind = res.get("benchmark")
+    if kind == "recall":
+        h, r = recall_rows(res)
+        head = (f"{res['dataset']} ({res['split']}): {res['n_images']} images, {res['n_captions']} caption queries; "
+                "t2i = text->image (image_retrieval_*), i2t = image->text (text_retrieval_*)")
+        return head + "\n\n" + table(h, r, fmt)
+    if kind == "category":
+        h, r = category_rows(res)
+        return f"category queries, model {res['model']}\n\n" + table(h, r, fmt)
+    return json.dumps(res, indent=2)
+
+
+# -- BENCHMARKS.md ------------------------------------------------------------------------------------------------
+
+
+def _load(name: str):
+    p = RESULTS / name
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _plot_recall(res, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels, vals = [], []
+    for run in res["runs"]:
+        for mode, m in run["expand"].items():
+            for which in ("exact", "ann"):
+                d = m.get(which) or {}
+                labels.append(f"{run['model']}\n{mode}\n{which}")
+                vals.append([d.get(f"image_retrieval_recall@{k}") or 0 for k in KS])
+    width = 0.8 / len(KS)
+    for j, k in enumerate(KS):
+        ax.bar([i + j * width for i in range(len(labels))], [v[j] for v in vals], width, label=f"R@{k}")
+    ax.set_xticks([i + width for i in range(len(labels))], labels, fontsize=7)
+    ax.set_ylabel("text->image recall")
+    ax.set_title(f"{res['dataset']}: recall@k by KG expansion")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _plot_category(res, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sets = list(res["sets"])
+    modes = list(next(iter(res["sets"].values()))["expand"]) if sets else []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(1, len(modes))
+    for j, mode in enumerate(modes):
+        ax.bar([i + j * width for i in range(len(sets))],
+               [res["sets"][s]["expand"].get(mode, {}).get("all", {}).get("mAP", 0) for s in sets], width,
+               label=f"--expand {mode}")
+    ax.set_xticks([i + width for i in range(len(sets))], sets)
+    ax.set_ylabel("mAP")
+    ax.set_title("category / hypernym queries: mAP with and without KG expansion")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _plot_speed(speed, path: Path) -> bool:
+    """Recall@10 vs QPS per index type, from whatever speed results carry both."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    pts: dict[str, list[tuple[float, float]]] = {}
+
+    def walk(o, label=None):
+        if isinstance(o, dict):
+            q = o.get("qps") or o.get("qps_single") or o.get("qps_batch")
+            r = o.get("recall@10") or o.get("recall_at_10") or o.get("recall")
+            kind = o.get("kind") or o.get("index_type") or label
+            if isinstance(q, (int, float)) and isinstance(r, (int, float)) and kind:
+                pts.setdefault(str(kind), []).append((float(q), float(r)))
+            for k, v in o.items():
+                walk(v, k if isinstance(v, dict) and label is None else label)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v, label)
+
+    walk(speed)
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for kind, xs in sorted(pts.items()):
+        xs.sort()
+        ax.plot([q for q, _ in xs], [r for _, r in xs], "o-", label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per second")
+    ax.set_ylabel("recall@10 vs exact")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_benchmarks_md(out: Path = ROOT / "BENCHMARKS.md") -> Path:
+    parts = ["# kgclip benchmarks", "",
+             "Generated by `make bench` (`python -m benchmarks.run_all`) from `benchmarks/results/*.json`; "
+             "do not edit by hand. Quality numbers (recall, mAP) do not depend on machine load; timings do.", ""]
+    rec = _load("recall.json")
+    if rec:
+        h, r = recall_rows(rec)
+        parts += ["## Caption recall@k (exact search vs the built ANN index)", "",
+                  f"{rec['dataset']}, split `{rec['split']}`: {rec['n_images']} images, {rec['n_captions']} caption "
+                  "queries. t2i = text->image (`image_retrieval_recall@k`), i2t = image->text "
+                  "(`text_retrieval_recall@k`); ranks are 1-based with pessimistic ties. ANN i2t is measured "
+                  "for `--expand none` only.", "", table(h, r, "markdown"), ""]
+        if _plot_recall(rec, RESULTS / "recall.png"):
+            parts += ["![recall@k](benchmarks/results/recall.png)", ""]
+    cat = _load("category.json")
+    if cat:
+        h, r = category_rows(cat)
+        parts += ["## Category and hypernym queries (KG expansion)", "",
+                  f"Model `{cat['model']}`. Relevance from labels (Fashion-MNIST classes, emoji categories, "
+                  "flickr caption nouns mapped to WordNet hypernyms). Exact search over the whole set.", "",
+                  table(h, r, "markdown"), ""]
+        if _plot_category(cat, RESULTS / "category.png"):
+            parts += ["![category mAP](benchmarks/results/category.png)", ""]
+    for name in ("speed.json", "faiss_bench.json", "build.json", "search_quality.json", "query.json", "kg.json"):
+        d = _load(name)
+        if d is None:
+            continue
+        parts += [f"## {name[:-5]}", "", f"Raw results: `benchmarks/results/{name}`.", ""]
+        if name in ("speed.json", "faiss_bench.json") and _plot_speed(d, RESULTS / f"{name[:-5]}_recall_qps.png"):
+            parts += [f"![recall vs QPS](benchmarks/results/{name[:-5]}_recall_qps.png)", ""]
+    out.write_text("\n".join(parts).rstrip() + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    print(write_benchmarks_md(), file=sys.stderr)

@@ -37,12 +37,32 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """ConSE settings; chosen by measurement on flickr8k-1k (benchmarks/lite_tuning.py)."""
+    """ConSE settings; chosen by measurement on flickr8k-1k (benchmarks/lite_tuning.py).
 
+    Class descriptions are the ``prompts`` templates filled per ImageNet class with
+    ``{name}`` (first lemma), ``{names}`` (all lemmas), ``{definition}`` (WordNet gloss) and
+    ``{kinds}`` (up to ``kinds`` everyday hypernyms: WordNet ancestors whose SemCor
+    frequency is at least ``kind_min_freq`` and that lie at least ``kind_min_depth`` below
+    the root, e.g. Border collie -> "dog, animal"; the name itself where there are none) or
+    ``{a_kind_of}`` (", a kind of dog, animal", empty where there are none); the templates'
+    embeddings are averaged.
+    """
+
+    resize: str = "squash"  # image preprocessing: "squash" (whole frame) or "crop" (ImageNet centre crop)
     top_k: int = 20  # classes mixed per image
-    temperature: float = 1.0  # softmax temperature on the classifier logits
+    temperature: float = 3.0  # softmax temperature on the classifier logits (> 1 spreads weight)
     concepts: int = 5  # top classes reported per image
     prompts: tuple[str, ...] = ("a photo of a {name}. {definition}",)
+    kinds: int = 0
+    kind_min_freq: int = 1
+    kind_min_depth: int = 5
+    center: float = 0.0  # remove this share of the class-table mean from image vectors (hubness)
+    text_center: float = 0.0  # ... and from query vectors
+    # query-side ConSE: a query also embeds as the softmax(sim / text_temperature)-weighted mix of its
+    # text_top_k most similar class descriptions, blended in with weight text_mix (0 = off)
+    text_mix: float = 0.0
+    text_top_k: int = 10
+    text_temperature: float = 0.05
 
     def key(self) -> str:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
@@ -63,27 +83,108 @@ def imagenet_classes() -> list[tuple[str, list[str], str]]:
     return out
 
 
+def imagenet_ancestors() -> dict[str, list]:
+    """Per class: WordNet ancestors ``[id, lemmas, steps up, depth below root, SemCor frequency]``,
+    nearest first (shipped data file made by ``python -m benchmarks.wordnet imagenet-json``)."""
+    import json
+
+    path = Path(__file__).with_name("data") / "imagenet_wordnet.json"
+    return json.loads(path.read_text(encoding="utf-8"))["classes"]
+
+
+def class_kinds(config: "LiteConfig") -> list[list[str]]:
+    """Everyday hypernym names per class (see :class:`LiteConfig`)."""
+    anc = imagenet_ancestors()
+    out = []
+    for wnid, names, _d in imagenet_classes():
+        seen = {n.lower() for n in names}
+        kinds = []
+        for _sid, lemmas, _up, depth, freq in anc.get(wnid, []):
+            if len(kinds) >= config.kinds:
+                break
+            if freq >= config.kind_min_freq and depth >= config.kind_min_depth and lemmas[0].lower() not in seen:
+                kinds.append(lemmas[0])
+                seen.add(lemmas[0].lower())
+        out.append(kinds)
+    return out
+
+
 def class_prompts(config: LiteConfig) -> list[list[str]]:
     """Prompt texts per class (one list per class, one text per template)."""
     texts = []
-    for _wnid, names, definition in imagenet_classes():
-        name = names[0]
-        alts = ", ".join(names)
-        texts.append([t.format(name=name, names=alts, definition=definition) for t in config.prompts])
+    kinds = class_kinds(config) if config.kinds else [[] for _ in range(1000)]
+    for (_wnid, names, definition), kind in zip(imagenet_classes(), kinds):
+        fill = dict(name=names[0], names=", ".join(names), definition=definition,
+                    kinds=", ".join(kind) if kind else names[0],
+                    a_kind_of=f", a kind of {', '.join(kind)}" if kind else "")
+        texts.append([" ".join(t.format(**fill).split()) for t in config.prompts])
     return texts
 
 
-class ImagePreprocess:
-    """PIL RGB -> float32 CHW: resize shorter side to 256 (bicubic), centre crop 224,
-    normalise as the Lite0 weights expect: (x*255 - 127) / 128. Numpy only, picklable."""
+def conse_mix(logits: np.ndarray, table: np.ndarray, config: LiteConfig):
+    """ConSE: softmax(logits / T), keep the top-k classes, renormalise, mix their table rows.
 
-    def __init__(self, size: int = 224, crop_pct: float = 0.875):
+    Returns (L2-normalised vectors [n, d], top probabilities [n, k], top class indices [n, k]).
+    Pure numpy so the tuning benchmark scores exactly what the encoder computes.
+    """
+    z = np.asarray(logits, dtype=np.float64) / config.temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    k = min(config.top_k, p.shape[1])
+    idx = np.argpartition(-p, k - 1, axis=1)[:, :k] if k < p.shape[1] else np.tile(np.arange(k), (len(p), 1))
+    top = np.take_along_axis(p, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+    w = top / top.sum(axis=1, keepdims=True)
+    vec = np.einsum("nk,nkd->nd", w, table[idx].astype(np.float64))
+    if config.center:
+        vec = l2_normalize(vec) - config.center * table.mean(axis=0)
+    return l2_normalize(vec), top.astype(np.float32), idx
+
+
+def project_queries(q: np.ndarray, table: np.ndarray, config: LiteConfig) -> np.ndarray:
+    """Query-side counterparts of the image side: class-description mixing and centring."""
+    q = np.asarray(q, dtype=np.float32)
+    if config.text_mix and len(q):
+        sim = q @ table.T
+        k = min(config.text_top_k, table.shape[0])
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sim, idx, axis=1) / config.text_temperature
+        w = np.exp(s - s.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        mixed = l2_normalize(np.einsum("nk,nkd->nd", w, table[idx]))
+        q = l2_normalize((1 - config.text_mix) * q + config.text_mix * mixed)
+    if config.text_center:
+        q = l2_normalize(q - config.text_center * table.mean(axis=0))
+    return q
+
+
+class ImagePreprocess:
+    """PIL RGB -> float32 CHW, normalised as the Lite0 weights expect: (x*255 - 127) / 128.
+
+    ``mode="squash"`` resizes the whole image to 224x224 (bicubic), keeping everything in
+    the frame (better for retrieval of whole scenes, see benchmarks/lite_tuning.py);
+    ``mode="crop"`` is ImageNet's evaluation transform: shorter side to 256, centre crop 224.
+    Numpy only, picklable.
+    """
+
+    def __init__(self, size: int = 224, crop_pct: float = 0.875, mode: str = "crop"):
+        if mode not in ("crop", "squash"):
+            raise ValueError(f"unknown resize mode {mode!r}: use crop or squash")
         self.size = size
+        self.mode = mode
         self.resize = int(round(size / crop_pct))
 
     def __call__(self, img) -> np.ndarray:
         from PIL import Image
 
+        if self.mode == "squash":
+            if hasattr(img, "draft") and img.format == "JPEG":
+                img.draft("RGB", (self.size, self.size))
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+            x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
+            return np.ascontiguousarray(x.transpose(2, 0, 1))
         w, h = img.size
         scale = self.resize / min(w, h)
         nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
@@ -141,8 +242,6 @@ class LiteEncoder(Encoder):
         self.config = config or LiteConfig()
 
     def _load(self) -> None:
-        import torch
-
         from .sbert import SbertEncoder
 
         self.text = SbertEncoder("sbert:minilm", "minilm", device=self.device, batch_size=128)
@@ -152,7 +251,7 @@ class LiteEncoder(Encoder):
             self.cnn = self.cnn.half()
         self._dim = self.text.dim
         self.class_ids = [c[0] for c in imagenet_classes()]
-        self.class_table = torch.from_numpy(self._class_table()).to(self.device)
+        self.class_table = self._class_table()
 
     def _weights_hash(self) -> str:
         return weights_signature([lite0_weights_path(), shipped_minilm_path()], extra=self.config.key())
@@ -176,10 +275,10 @@ class LiteEncoder(Encoder):
 
     # -- images ----------------------------------------------------------------
     def image_transform(self):
-        return ImagePreprocess()
+        return ImagePreprocess(mode=self.config.resize)
 
-    def classify(self, batch: np.ndarray):
-        """Class probabilities (torch, [N, 1000]) for a preprocessed batch."""
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """ImageNet classifier logits (float32 numpy, [N, 1000]) for a preprocessed batch."""
         import torch
 
         self.load()
@@ -189,27 +288,22 @@ class LiteEncoder(Encoder):
                 x = x.half()
             else:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.cnn(x).float()
-            return torch.softmax(logits / self.config.temperature, dim=-1)
+            return self.cnn(x).float().cpu().numpy()
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
-        import torch
-
-        probs = self.classify(batch)
-        with torch.inference_mode():
-            k = min(self.config.top_k, probs.shape[1])
-            p, idx = probs.topk(k, dim=-1)
-            w = p / p.sum(dim=-1, keepdim=True)
-            vec = torch.einsum("nk,nkd->nd", w, self.class_table[idx])
-            vectors = l2_normalize(vec.cpu().numpy())
-            concepts = None
-            if with_concepts:
-                c = min(self.config.concepts, k)
-                pc, ic = p[:, :c].cpu().numpy(), idx[:, :c].cpu().numpy()
-                concepts = [
-                    [(self.class_ids[j], round(float(q), 4)) for q, j in zip(prow, irow)]
-                    for prow, irow in zip(pc, ic)
-                ]
+        logits = self.logits(batch)
+        vectors, _p, _idx = conse_mix(logits, self.class_table, self.config)
+        concepts = None
+        if with_concepts:
+            # reported as the classifier's own probabilities (temperature 1), whatever the mixing temperature
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            c = min(self.config.concepts, p.shape[1])
+            idx = np.argsort(-p, axis=1, kind="stable")[:, :c]
+            concepts = [
+                [(self.class_ids[j], round(float(prow[j]), 4)) for j in irow] for prow, irow in zip(p, idx)
+            ]
         return ImageBatch(vectors, concepts)
 
     # -- texts -----------------------------------------------------------------
@@ -218,4 +312,4 @@ class LiteEncoder(Encoder):
 
     def encode_texts(self, texts):
         self.load()
-        return self.text.encode_texts(texts)
+        return project_queries(self.text.encode_texts(texts), self.class_table, self.config)

@@ -1,0 +1,192 @@
+"""Measure each variant of the ``lite`` encoder (ConSE) zero-shot on flickr8k-1k.
+
+All 1000 images and 5000 captions; text->image and image->text recall. The
+classifier logits of the images are computed once through the encoder's own
+path (``image_transform`` + ``logits``) and cached in the bench cache, as are the
+caption embeddings and each variant's class table, so a variant costs seconds.
+Nothing is fitted on flickr captions or images: every variant is zero-shot.
+
+    python -m benchmarks.lite_tuning            # all variants -> benchmarks/results/lite_tuning.json
+    python -m benchmarks.lite_tuning --quick    # the baselines and the default only
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.datasets import CaptionDataset, bench_cache, flickr8k_1k
+from benchmarks.metrics import caption_retrieval_metrics
+from retrieval.encoders.base import l2_normalize, load_image, weights_signature
+from retrieval.encoders.lite import (
+    ImagePreprocess,
+    LiteConfig,
+    class_prompts,
+    conse_mix,
+    lite0_weights_path,
+    project_queries,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "lite_tuning.json"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def _cached(path: Path, compute):
+    if path.is_file():
+        return np.load(path)
+    arr = compute()
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+class Bench:
+    """Cached inputs for scoring lite variants on one captioned dataset."""
+
+    def __init__(self, ds: CaptionDataset, log=print):
+        from retrieval.encoders import get_encoder
+
+        self.ds = ds
+        self.log = log
+        self.enc = get_encoder("lite", device="cpu")
+        self.names = [p.name for p in ds.images]
+        self._ds_key = _key(ds.name, self.names, ds.captions)
+
+    def logits(self, resize: str = "crop") -> np.ndarray:
+        """Classifier logits of every image under one preprocessing mode (cached)."""
+
+        def compute():
+            enc = self.enc.load()
+            tf = ImagePreprocess(mode=resize)
+            out, t = [], time.perf_counter()
+            for i in range(0, len(self.ds.images), 32):
+                batch = np.stack([tf(load_image(p)) for p in self.ds.images[i : i + 32]])
+                out.append(enc.logits(batch))
+            self.log(f"encoded {len(self.ds.images)} images ({resize}) in {time.perf_counter() - t:.0f} s")
+            return np.concatenate(out)
+
+        # logits depend on the image tower and the preprocessing only, not on the ConSE settings
+        fp = weights_signature([lite0_weights_path()])
+        return _cached(bench_cache() / f"lite-logits-{self._ds_key}-{fp}-{resize}.npy", compute)
+
+    def captions(self) -> np.ndarray:
+        from retrieval.encoders import get_encoder
+
+        def compute():
+            return get_encoder("sbert:minilm", device="cpu", batch_size=128).encode_texts(self.ds.captions)
+
+        return _cached(bench_cache() / f"minilm-captions-{self._ds_key}.npy", compute)
+
+    def table(self, config: LiteConfig) -> np.ndarray:
+        from retrieval.encoders import get_encoder
+
+        prompts = class_prompts(config)
+
+        def compute():
+            text = get_encoder("sbert:minilm", device="cpu", batch_size=128)
+            flat = [t for per in prompts for t in per]
+            return l2_normalize(text.encode_texts(flat).reshape(1000, len(config.prompts), -1).mean(axis=1))
+
+        return _cached(bench_cache() / f"lite-table-{_key(prompts)}.npy", compute)
+
+    def score(self, config: LiteConfig, ks=(1, 5, 10), views: tuple[str, ...] = ()) -> dict:
+        """Metrics of one variant; ``views`` averages the logits of several preprocessing modes (TTA)."""
+        table = self.table(config)
+        views = views or (config.resize,)
+        logits = sum(self.logits(v) for v in views) / len(views)
+        img, _, _ = conse_mix(logits, table, config)
+        txt = project_queries(self.captions(), table, config)
+        return caption_retrieval_metrics(txt @ img.T, self.ds.caption_image, ks)
+
+
+# -- the variants -------------------------------------------------------------------------------
+
+NAMES = ("a photo of a {name}.",)
+NAMES_DEF = ("a photo of a {name}. {definition}",)
+ALL_NAMES_DEF = ("a photo of a {names}. {definition}",)
+KINDS = ("a photo of a {name}{a_kind_of}. {definition}",)
+
+
+def variants() -> list[tuple[str, LiteConfig, tuple[str, ...]]]:
+    """(name, config, extra preprocessing views averaged) in the order the changes were measured."""
+    base = LiteConfig(prompts=NAMES_DEF, top_k=20, temperature=1.0, resize="crop")
+    t3 = replace(base, temperature=3.0)
+    out = [
+        ("ConSE names only, top-20", replace(base, prompts=NAMES), ()),
+        ("ConSE names + definition, top-20 (baseline)", base, ()),
+        ("all lemma names + definition", replace(base, prompts=ALL_NAMES_DEF), ()),
+    ]
+    for k in (1, 2):
+        out.append((f"+ {k} everyday hypernym(s) in the description", replace(base, prompts=KINDS, kinds=k), ()))
+    for t in (0.5, 2.0, 3.0, 5.0):
+        out.append((f"temperature {t}", replace(base, temperature=t), ()))
+    for k in (5, 10, 50, 1000):
+        out.append((f"top-{k}", replace(base, top_k=k), ()))
+    for k in (10, 50):
+        out.append((f"temperature 3, top-{k}", replace(t3, top_k=k), ()))
+    out.append(("temperature 3 + 2 everyday hypernyms", replace(t3, prompts=KINDS, kinds=2), ()))
+    out.append(("centre image vectors (remove 0.5 x class-table mean)", replace(base, center=0.5), ()))
+    out.append(("centre images and queries (0.5)", replace(base, center=0.5, text_center=0.5), ()))
+    out.append(("query-side ConSE mix 0.3 (top-10 class texts)", replace(base, text_mix=0.3), ()))
+    out.append(("temperature 3", t3, ()))
+    out.append(("temperature 3, whole frame (squash resize)", replace(t3, resize="squash"), ()))
+    out.append(("temperature 3, TTA crop+squash (2 forwards, not adopted)", t3, ("crop", "squash")))
+    out.append(("default LiteConfig()", LiteConfig(), ()))
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| variant | T->I R@1 | R@5 | R@10 | I->T R@1 | R@5 | R@10 | T->I mean rank |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['variant']} | {m['image_retrieval_recall@1']:.3f} | {m['image_retrieval_recall@5']:.3f} | "
+            f"**{m['image_retrieval_recall@10']:.3f}** | {m['text_retrieval_recall@1']:.3f} | "
+            f"{m['text_retrieval_recall@5']:.3f} | {m['text_retrieval_recall@10']:.3f} | "
+            f"{m['image_retrieval_mean_rank']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="baselines and the default only")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    bench = Bench(flickr8k_1k(), log)
+    todo = variants()
+    if args.quick:
+        todo = todo[:2] + todo[-1:]
+    rows = []
+    for name, cfg, views in todo:
+        t = time.perf_counter()
+        m = bench.score(cfg, views=views)
+        rows.append({"variant": name, "config": {k: list(v) if isinstance(v, tuple) else v
+                                                   for k, v in asdict(cfg).items()},
+                     "views": list(views) or [cfg.resize], "metrics": m})
+        log(f"{name}: T->I R@10 {m['image_retrieval_recall@10']:.3f} ({time.perf_counter() - t:.1f} s)")
+    report = {
+        "dataset": "flickr8k-1k (all 1000 images, 5000 captions), zero-shot",
+        "model": bench.enc.fingerprint,
+        "variants": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

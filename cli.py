@@ -482,7 +482,7 @@ def verify(index, repair, fmt):
         sys.exit(1)
 
 
-# -- kgclip bench ---------------------------------------------------------------------------------------------------
+# -- kgclip bench --------------------------------------------------------------------------------
 
 _BENCH_FORMATS = click.Choice(["table", "json", "markdown"])
 
@@ -508,15 +508,16 @@ def bench():
 @click.argument("dataset")
 @click.option("--model", "models", default="lite", show_default=True,
               help="Model spec(s), comma-separated; one index per model.")
-@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes, comma-separated.")
+@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from DATASET's images) instead of building one.")
-@click.option("--index-type", default="auto", show_default=True, help="auto, flat, hnsw, ivf or ivfpq (new builds).")
+@click.option("--index-type", default="auto", show_default=True, help="auto|flat|hnsw|ivf|ivfpq (new builds).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
 @click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
 @click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON here.")
 @handle_errors
 def bench_recall(dataset, models, expand, index_dir, index_type, split, max_queries, device, fmt, out):
     """Text->image and image->text R@1/5/10, mean/median rank over exact search and the ANN index.
@@ -534,13 +535,14 @@ def bench_recall(dataset, models, expand, index_dir, index_type, split, max_quer
 @bench.command("category")
 @click.argument("sets", metavar="SET[,SET...]")
 @click.option("--model", default="lite", show_default=True)
-@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes, comma-separated.")
+@click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from the set's images; one set only).")
 @click.option("--per-class", type=int, default=100, show_default=True, help="Fashion-MNIST images per class.")
 @click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
 @click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON here.")
 @handle_errors
 def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
     """mAP, nDCG@10, P@k/R@k of label queries with and without KG expansion.
@@ -558,9 +560,10 @@ def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
 
 @bench.command("speed", context_settings={"ignore_unknown_options": True})
 @click.option("--sizes", default="10k,100k", show_default=True, help="Synthetic index sizes (k/M suffixes).")
-@click.option("--index-types", default="auto", show_default=True, help="Comma-separated: auto, flat, hnsw, ivf, ivfpq.")
+@click.option("--index-types", default="auto", show_default=True, help="Comma list of auto|flat|hnsw|ivf|ivfpq.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON here.")
 @handle_errors
 def bench_speed(sizes, index_types, fmt, out):
     """Build/query speed and recall@10 vs exact per index type on seeded synthetic vectors."""

@@ -72,6 +72,7 @@ IVF_MAX_NLIST = 65_536
 IVF_TRAIN_POINTS_PER_LIST = 50
 PQ_MIN_N = 1_000
 PQ_MAX_M = 64
+PQ_MIN_DSUB = 4
 PQ_NBITS = 8
 DEFAULT_MEMORY_FRACTION = 0.5
 SIDECAR_FORMAT = 1
@@ -145,8 +146,11 @@ def nlist_for(n: int) -> int:
 
 
 def pq_m_options(dim: int) -> list[int]:
-    """Sub-quantizer counts that divide dim, largest first, at most PQ_MAX_M."""
-    return [m for m in range(min(PQ_MAX_M, dim), 0, -1) if dim % m == 0]
+    """Sub-quantizer counts that divide dim, largest first: at most PQ_MAX_M and
+    at least PQ_MIN_DSUB dimensions per sub-quantizer (1-d k-means is slow and
+    useless)."""
+    top = max(1, min(PQ_MAX_M, dim // PQ_MIN_DSUB))
+    return [m for m in range(top, 0, -1) if dim % m == 0]
 
 
 def estimate_memory(kind: str, n: int, dim: int, *, nlist: int = 1, m: int = 0,
@@ -342,6 +346,10 @@ def new_index(choice: IndexChoice, dim: int):
     if choice.kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efConstruction = int(
             choice.params.get("ef_construction", HNSW_EF_CONSTRUCTION))
+    if choice.kind == "ivfpq":
+        # the factory turns on polysemous training (simulated annealing over the
+        # codes, minutes of CPU) that only Hamming-filtered search uses: off
+        faiss.downcast_index(index).do_polysemous_training = False
     return index
 
 

@@ -1,0 +1,123 @@
+"""Synthetic part of ``kgclip bench speed``: every index type on seeded clustered vectors.
+
+For each size (default 10k, 100k, 1M) and each index type (flat, hnsw, ivf,
+ivfpq; plus which one ``auto`` picks): build time (train + add), index size,
+RSS growth, tuned search parameter and its recall on indexed vectors, recall@10
+vs exact on held-out queries, single-query QPS and latency p50/p95, and batched
+QPS. A GPU section (flat / ivf / ivfpq searched through a GPU clone) runs when
+faiss sees a GPU.
+
+    python -m benchmarks.speed --sizes 10000,100000,1000000      # committed result, quiet machine
+    python -m benchmarks.speed --sizes 10000 --dim 128            # quick proof
+
+Library entry point: :func:`run_synthetic` (returns the JSON-able dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from indexer import synthetic as S
+from indexer import vectors as V
+
+from .faiss_bench import _index_bytes, _rss, single_query
+
+TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+
+
+def _one(x, ids, queries, gt, k, index_type, max_memory, gpu=False):
+    rr = lambda sel: x[np.searchsorted(ids, sel)]  # noqa: E731
+    rss0 = _rss()
+    t0 = time.perf_counter()
+    choice = V.choose_index(len(x), x.shape[1], max_memory, index_type)
+    train = None
+    if choice.kind in ("ivf", "ivfpq"):
+        train = x[V.sample_rows(len(x), int(choice.params.get("train_size", len(x))))]
+    index = V.build_vectors_index(choice, x.shape[1], train, S.batches(ids, x), use_gpu=gpu)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q_rows = V.sample_rows(len(x), 500, seed=1)
+    tq = x[q_rows]
+    use_rr = rr if choice.rerank else None
+    params, tune_rec = V.tune(index, choice, tq, S.exact_topk(tq, x, ids, k), k=k, rerank_fn=use_rr)
+    tune_s = time.perf_counter() - t0
+    searched = V.to_gpu(index) if gpu else index
+    stats, got = single_query(lambda q, kk: V.search(searched, q, kk, params, rerank_fn=use_rr), queries, k,
+                              min_seconds=1.0)
+    t0 = time.perf_counter()
+    V.search(searched, queries, k, params, rerank_fn=use_rr)
+    batch_qps = len(queries) / (time.perf_counter() - t0)
+    row = {"index_type": index_type, "kind": choice.kind, "factory": choice.factory, "params": params,
+           "rerank": choice.rerank, "build_s": round(build_s, 3), "tune_s": round(tune_s, 3),
+           "index_bytes": _index_bytes(index), "rss_growth_bytes": _rss() - rss0,
+           "tune_recall_at_10": round(float(tune_rec), 4),
+           "recall_at_10": round(V.recall_at_k(got, gt[1], k), 4), **stats,
+           "batch_qps": round(batch_qps, 1), "device": "gpu" if gpu else "cpu"}
+    del index, searched
+    gc.collect()
+    return row
+
+
+def run_synthetic(sizes=(10_000, 100_000, 1_000_000), dim=512, types=TYPES, queries=1000, k=10,
+                  max_memory="16G", seed=0, log=None) -> dict:
+    import faiss
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    out = {"benchmark": "speed_synthetic", "dim": dim, "k": k, "queries": queries, "seed": seed,
+           "max_memory": max_memory, "faiss": faiss.__version__, "threads": faiss.omp_get_max_threads(),
+           "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0],
+           "gpu": V.gpu_available(), "sizes": []}
+    budget = V.parse_memory(max_memory)
+    for n in sizes:
+        x = S.clustered(n, dim, seed=seed)
+        ids = np.arange(n, dtype=np.int64) * 3 + 1
+        q = S.queries_like(queries, dim, n, seed=seed)
+        gt = S.exact_topk(q, x, ids, k)
+        auto = V.choose_index(n, dim, budget)
+        entry = {"n": n, "auto": auto.kind, "auto_factory": auto.factory, "rows": [], "gpu_rows": []}
+        for t in types:
+            row = _one(x, ids, q, gt, k, t, budget)
+            row["is_auto"] = row["kind"] == auto.kind
+            entry["rows"].append(row)
+            log(f"n={n} {json.dumps(row)}")
+        if out["gpu"]:
+            for t in ("flat", "ivf", "ivfpq"):
+                try:
+                    row = _one(x, ids, q, gt, k, t, budget, gpu=True)
+                except Exception as exc:  # report what failed, keep going
+                    row = {"index_type": t, "error": f"{type(exc).__name__}: {exc}"}
+                entry["gpu_rows"].append(row)
+                log(f"n={n} gpu {json.dumps(row)}")
+        out["sizes"].append(entry)
+        del x, q, gt
+        gc.collect()
+    out["load_avg_end"] = os.getloadavg()[0]
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--max-memory", default="16G")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed_synthetic.json"))
+    a = ap.parse_args(argv)
+    res = run_synthetic([int(s) for s in a.sizes.split(",")], a.dim, a.types.split(","), a.queries,
+                        max_memory=a.max_memory)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,3 +50,13 @@ def test_kg_errors_are_one_line():
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "no such knowledge graph" in r.output
     r = run("kg", "expand", "a dog", "--mode", "sideways")
     assert r.exit_code == 2
+
+
+def test_kg_embed_precomputes_a_user_graph(tmp_path):
+    (tmp_path / "t.tsv").write_text("a\tr\tb\nb\tr\tc\n")
+    assert run("kg", "import", str(tmp_path / "t.tsv"), "-o", str(tmp_path / "kg")).exit_code == 0
+    r = run("--quiet", "kg", "embed", "--model", "fake:v1", "--kg", str(tmp_path / "kg"))
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("3 entity vectors computed, 3 cached in ")
+    r = run("--quiet", "kg", "embed", "--model", "fake:v1", "--kg", str(tmp_path / "kg"))
+    assert r.output.startswith("0 entity vectors computed, 3 cached")

@@ -567,26 +567,55 @@ def _grid_for(index, choice: IndexChoice, k: int) -> tuple[str, list[int]]:
     return "", []
 
 
+def _drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int):
+    """Remove each row's own id (a query that is an indexed vector finds itself
+    for free) and keep the first k."""
+    keep = ids != self_ids[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out_i = np.take_along_axis(ids, order, 1)
+    out_s = np.take_along_axis(scores, order, 1)
+    gone = ~np.take_along_axis(keep, order, 1)
+    out_i[gone] = -1
+    out_s[gone] = -np.inf
+    return out_s, out_i
+
+
 def tune(index, choice: IndexChoice, sample_queries: np.ndarray, ground_truth, k: int = 10,
-         target: float = 0.95, rerank_fn: Callable[[np.ndarray], np.ndarray] | None = None):
+         target: float = 0.95, rerank_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+         query_ids: np.ndarray | None = None):
     """Smallest search parameter reaching recall@k >= target; returns (params, recall).
 
     ``ground_truth`` is exact top-k: a ``(scores, ids)`` pair, an ids array or a
     callable ``exact_fn(queries, k) -> (scores, ids)``. If no parameter on the
     grid reaches the target, the most accurate one is returned with its recall.
     Recall is assumed monotone in the parameter (binary search over the grid).
+
+    ``query_ids``: the store ids of the sample queries when they are indexed
+    vectors. Each query's own id is then left out of both result lists
+    (leave-one-out, ground truth must then hold k+1 columns or come from a
+    callable), so recall measures neighbours, not the trivial self-match, and
+    carries over to queries that are not in the index.
     """
     q = _as_f32(sample_queries, index.d)
+    kq = k + 1 if query_ids is not None else k
     if callable(ground_truth):
-        ground_truth = ground_truth(q, k)
+        ground_truth = ground_truth(q, kq)
     if isinstance(ground_truth, tuple):
-        gt_s, gt_i = ground_truth
+        gt_s, gt_i = (np.asarray(a) for a in ground_truth)
     else:
-        gt_s, gt_i = None, np.asarray(ground_truth)
+        gt_i = np.asarray(ground_truth)
+        gt_s = np.zeros(gt_i.shape, np.float32)
+    if query_ids is not None:
+        self_ids = np.asarray(query_ids, dtype=np.int64).reshape(-1)
+        gt_s, gt_i = _drop_self(gt_i, gt_s.astype(np.float32), self_ids, k)
+    if not isinstance(ground_truth, tuple):
+        gt_s = None
     exact_scores = choice.kind in ("flat", "hnsw", "ivf") or rerank_fn is not None
 
     def measure(params):
-        s, i = search(index, q, k, params, rerank_fn=rerank_fn)
+        s, i = search(index, q, kq, params, rerank_fn=rerank_fn)
+        if query_ids is not None:
+            s, i = _drop_self(i, s, self_ids, k)
         return recall_at_k(i, gt_i, k, s if exact_scores else None, gt_s)
 
     name, grid = _grid_for(index, choice, k)
@@ -618,6 +647,18 @@ def tune(index, choice: IndexChoice, sample_queries: np.ndarray, ground_truth, k
         return {name: grid[lo], **extra}, rec(lo)
     log.warning("tuning reached recall@%d=%.3f < target %.2f", k, best[1], target)
     return best
+
+
+def ids_at_rows(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
+    """Store ids at the given row positions of a streamed ``(ids, vectors)`` walk."""
+    rows = np.asarray(rows)
+    out, start = [], 0
+    for ids, _vecs in batches:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        sel = rows[(rows >= start) & (rows < start + len(ids))] - start
+        out.append(ids[sel])
+        start += len(ids)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def sample_rows(n: int, size: int, seed: int = 0, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -813,9 +854,11 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
         q_rows = sample_rows(n, n_queries, seed=seed + 1, exclude=train_rows)
         queries = sample_fn(q_rows)
         nq = len(queries)
-        gt = exact_search(queries, batches_fn(), k)
+        q_ids = ids_at_rows(batches_fn(), q_rows)
+        gt = exact_search(queries, batches_fn(), k + 1)
         use_rerank = rerank_fn if choice.rerank else None
-        params, recall = tune(index, choice, queries, gt, k=k, target=target, rerank_fn=use_rerank)
+        params, recall = tune(index, choice, queries, gt, k=k, target=target, rerank_fn=use_rerank,
+                              query_ids=q_ids)
     info = {"choice": choice.to_dict(), "factory": choice.factory, "kind": choice.kind,
             "params": params, "recall_at_k": float(recall), "k": k, "target": target,
             "n_queries": nq, "rerank": choice.rerank}

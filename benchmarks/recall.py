@@ -71,7 +71,8 @@ class ExactIndex:
 def parse_list(value, allowed=None, what="value") -> list[str]:
     from retrieval.errors import UsageError
 
-    out = [v.strip() for v in (value if isinstance(value, (list, tuple)) else str(value).split(",")) if v.strip()]
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = [v.strip() for v in items if v.strip()]
     if not out:
         raise UsageError(f"empty {what} list")
     if allowed is not None:
@@ -137,7 +138,8 @@ def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand:
                     out[qi, c] = h.score
         done = min(start + step, len(queries))
         if log_every and (done % log_every == 0 or done == len(queries)):
-            print(f"  {expand}: {done}/{len(queries)} queries ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+            print(f"  {expand}: {done}/{len(queries)} queries ({time.perf_counter() - t0:.0f}s)",
+                  file=sys.stderr)
     return out
 
 
@@ -192,7 +194,8 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
            "n_captions": len(caps), "ties": "pessimistic", "runs": []}
     for model in models:
         t = time.perf_counter()
-        idir = ensure_index(ds.images, ds.name, model, bench_cache() / "indexes", index_type, index, device, progress)
+        idir = ensure_index(ds.images, ds.name, model, bench_cache() / "indexes", index_type, index, device,
+                            progress)
         build_s = time.perf_counter() - t
         with Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint) as ann:
             id_col, missing = _rows(ann.index, ds.images)
@@ -201,19 +204,22 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
                                  f"(e.g. {ds.images[missing[0]]}): build it from this dataset")
             faiss_meta = (ann.index.manifest.get("faiss") or {}).get("image") or {}
             exact_idx = ExactIndex(ann.index)
-            exact = Searcher(exact_idx, expand="none", device=device, check_fingerprint=False,
-                             expander=ann.expander(required=False) if any(m != "none" for m in expands) else None)
+            exp = ann.expander(required=False) if any(m != "none" for m in expands) else None
+            exact = Searcher(exact_idx, expand="none", device=device, check_fingerprint=False, expander=exp)
             exact.encoder = ann.encoder
             info = {"model": model, "index": idir, "index_kind": faiss_meta.get("kind"),
-                    "index_factory": faiss_meta.get("factory"), "index_tuned_recall@10": faiss_meta.get("recall_at_10"),
-                    "fingerprint_index": ann.index.model_fingerprint, "fingerprint_encoder": ann.encoder.fingerprint,
+                    "index_factory": faiss_meta.get("factory"),
+                    "index_tuned_recall@10": faiss_meta.get("recall_at_10"),
+                    "fingerprint_index": ann.index.model_fingerprint,
+                    "fingerprint_encoder": ann.encoder.fingerprint,
                     "build_s": round(build_s, 1), "expand": {}}
             for mode in expands:
                 t = time.perf_counter()
                 s = score_matrix(exact, caps, id_col, len(ds), mode, log_every=500 if progress else 0)
                 m = {"exact": caption_retrieval_metrics(s, cap_img)}
                 ids = ann_ids(ann, caps, id_col, mode)
-                m["ann"] = {f"image_retrieval_recall@{k}": v for k, v in recall_from_ids(ids, cap_img).items()}
+                r_ann = recall_from_ids(ids, cap_img)
+                m["ann"] = {f"image_retrieval_recall@{k}": v for k, v in r_ann.items()}
                 if mode == "none":
                     qv = np.asarray(ann.encoder.encode_queries(caps), np.float32)
                     iv = exact_idx.vectors[np.argsort([id_col[int(i)] for i in exact_idx.ids])]

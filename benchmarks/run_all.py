@@ -28,8 +28,8 @@ def _size(s: str) -> int:
 
 
 def run_speed(sizes="10k,100k", index_types="auto", out_dir: Path = RESULTS) -> dict:
-    """The vectors helper's ``benchmarks.speed`` when present; else ``benchmarks.faiss_bench`` (kgclip side only)
-    per size x index type. Returns {"runs": [...], "summary": text}."""
+    """The vectors helper's ``benchmarks.speed`` when present; else ``benchmarks.faiss_bench``
+    (kgclip side only) per size x index type. Returns {"runs": [...], "summary": text}."""
     try:
         from benchmarks import speed as sp  # noqa: F401  (owned by the vectors helper)
     except ImportError:

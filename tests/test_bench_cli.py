@@ -53,8 +53,8 @@ def _rank_of_green_for_blue(index_dir) -> int:
 
 def test_bench_recall_matches_hand_computed(dataset, tmp_path):
     out = tmp_path / "r.json"
-    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--model", "fake:v1", "--expand", "none",
-                                  "--format", "json", "-o", str(out)])
+    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--model", "fake:v1",
+                                  "--expand", "none", "--format", "json", "-o", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["n_images"] == 4 and res["n_captions"] == 8
@@ -81,19 +81,21 @@ def test_bench_recall_matches_hand_computed(dataset, tmp_path):
 
 
 def test_bench_recall_table_and_reuse(dataset, tmp_path):
-    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--model", "fake:v1", "--expand", "none"])
+    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--model", "fake:v1",
+                                  "--expand", "none"])
     assert r.exit_code == 0, r.output
     assert "t2i R@1" in r.output and "0.875" in r.output and "exact" in r.output and "ann (flat)" in r.output
     # markdown output reusing the index the first run built
     idx = next((tmp_path / "bench-cache" / "indexes").glob("*fake*"))
-    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--index", str(idx), "--model", "fake:v1",
-                                  "--expand", "none", "--format", "markdown"])
+    r = CliRunner().invoke(main, ["-q", "bench", "recall", str(dataset), "--index", str(idx),
+                                  "--model", "fake:v1", "--expand", "none", "--format", "markdown"])
     assert r.exit_code == 0, r.output
     assert "| fake:v1 | none | exact | 0.875 |" in r.output
 
 
 def test_bench_recall_errors(dataset, tmp_path):
-    r = CliRunner().invoke(main, ["bench", "recall", str(dataset), "--model", "fake:v1", "--expand", "sideways"])
+    r = CliRunner().invoke(main, ["bench", "recall", str(dataset), "--model", "fake:v1",
+                                  "--expand", "sideways"])
     assert r.exit_code == 2 and "sideways" in r.output
     r = CliRunner().invoke(main, ["bench", "recall", str(tmp_path / "nope.csv"), "--model", "fake:v1"])
     assert r.exit_code != 0 and "Traceback" not in r.output and "nope.csv" in r.output

@@ -9,6 +9,7 @@ patches nothing, so importing it in-process only registers encoder families.
                                   the item ids), ``faiss-begin`` / ``faiss-renamed`` / ``faiss-end``
                                   around a FAISS file write, ``exit``
 ``KGCLIP_HOOK_COMMIT_DELAY=S``    sleep S seconds after every committed store transaction
+``KGCLIP_HOOK_PAUSE_FILE=PATH``  after every committed transaction, wait while PATH exists
 ``KGCLIP_HOOK_FAISS_DELAY=S``     sleep S/2 after the FAISS temp file is written and S/2 between the
                                   index rename and its sidecar rename (the windows a kill should hit)
 
@@ -50,6 +51,7 @@ register(Family("fakehang", "tests.reliability_hooks:HangEncoder", "fakehang:v1"
 _EVENTS = os.environ.get("KGCLIP_HOOK_EVENTS")
 _COMMIT_DELAY = float(os.environ.get("KGCLIP_HOOK_COMMIT_DELAY") or 0)
 _FAISS_DELAY = float(os.environ.get("KGCLIP_HOOK_FAISS_DELAY") or 0)
+_PAUSE = os.environ.get("KGCLIP_HOOK_PAUSE_FILE")
 
 
 def event(kind: str, **kw) -> None:
@@ -93,6 +95,8 @@ def _install() -> None:
             event("commit", generation=self.generation, items=n, digest=dig, captions=cap)
         if _COMMIT_DELAY:
             time.sleep(_COMMIT_DELAY)
+        while _PAUSE and os.path.exists(_PAUSE):
+            time.sleep(0.02)
         return out
 
     st.Store.write = write
@@ -128,5 +132,5 @@ def _install() -> None:
     atexit.register(lambda: event("exit"))
 
 
-if _EVENTS or _COMMIT_DELAY or _FAISS_DELAY:
+if _EVENTS or _COMMIT_DELAY or _FAISS_DELAY or _PAUSE:
     _install()

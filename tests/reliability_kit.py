@@ -183,7 +183,7 @@ def killed_run(args: list[str], env: dict, events: Path, pick_kill, timeout: flo
         out["stderr_tail"] = (p.stderr.read() if p.stderr else "")[-500:]
     # decode workers must not outlive their parent (a killed build leaves no orphans behind)
     alive = [c for c in children if _alive(c)]
-    t_end = time.monotonic() + 10
+    t_end = time.monotonic() + 30  # a worker still importing when its parent died notices at its first read
     while alive and time.monotonic() < t_end:
         time.sleep(0.1)
         alive = [c for c in alive if _alive(c)]

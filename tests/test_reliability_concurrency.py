@@ -103,7 +103,11 @@ def test_searches_during_update_see_one_generation(base):
 def test_second_writer_gets_locked_by_pid_from_the_cli(base):
     tmp_path, idx = base
     events = tmp_path / "events.jsonl"
-    writer = subprocess.Popen(CLI + update_args(idx, batch_size=2), env=env_for(events, 0.1, 0), cwd=str(REPO),
+    pause = tmp_path / "pause"
+    pause.touch()  # the writer holds still after its first commit until the refused writer has run
+    env = env_for(events)
+    env["KGCLIP_HOOK_PAUSE_FILE"] = str(pause)
+    writer = subprocess.Popen(CLI + update_args(idx, batch_size=2), env=env, cwd=str(REPO),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -116,6 +120,7 @@ def test_second_writer_gets_locked_by_pid_from_the_cli(base):
         assert len(lines) == 1 and f"is locked by pid {writer.pid}" in lines[0], p.stderr
         assert writer.poll() is None  # the refused writer did not disturb the running one
     finally:
+        pause.unlink()
         assert writer.wait(timeout=60) == 0
     # after the first writer is done, the lock is free again
     assert run_cli(update_args(idx), env_for()).returncode == 0

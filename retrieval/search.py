@@ -9,8 +9,9 @@ reuses all of it, so per query only encoding, expansion and search remain.
 Scores: with one query vector and no caption fusion a hit's score is the
 inner product (cosine) with the query. KG ``multi`` expansion keeps each
 item's best weighted cosine over the query vectors; concept grounding (lite
-indexes) adds ``concept_weight * weight * p`` for an image whose stored
-WordNet concept (probability ``p``) is a KG target. Hybrid caption fusion
+indexes) adds ``concept_weight * min(1, sum of weight * p)`` over an image's
+stored WordNet concepts (probability ``p``) that are KG targets (the query's
+linked entities and their hyponyms, ``weight`` decaying with depth). Hybrid caption fusion
 replaces the score by the fused one (normalised weighted sum in [0, 1], or
 RRF), so ``min_score`` means a different scale there: see :meth:`search`.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,10 +38,23 @@ log = logging.getLogger(__name__)
 
 EXPAND_MODES = ("auto", "none", "mix", "multi")
 HYBRID_MODES = ("auto", "none", "sum", "rrf")
-# The defaults `auto` resolves to. Chosen from benchmarks/results (see README "Benchmarks"): mix
-# expansion whenever a KG is available; normalised weighted sum when the index has captions.
+# What `auto` resolves to, from benchmarks/results/search_quality.json (lite, flickr8k-1k): expansion
+# (with lite concept grounding) helps short category queries ("a mammal", "a vehicle": hypernym mAP
+# 0.373 -> 0.375 mix / 0.380 multi, P@10 0.58 -> 0.59) but costs long descriptive queries (held-out
+# captions R@10 0.27 -> 0.19-0.21), so auto expands (mix) only queries of at most AUTO_EXPAND_MAX_WORDS
+# content words, when a KG is available. Hybrid: normalised weighted sum when the index has captions.
 AUTO_EXPAND = "mix"
+AUTO_EXPAND_MAX_WORDS = 3
 AUTO_HYBRID = "sum"
+_FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
+
+
+def is_short_query(text: str | None) -> bool:
+    """At most AUTO_EXPAND_MAX_WORDS content words ("a photo of a dog" -> 1): a category-like query."""
+    if not text:
+        return False
+    words = [w for w in re.findall(r"[^\W\d_]+", text.lower()) if w not in _FILLER]
+    return 0 < len(words) <= AUTO_EXPAND_MAX_WORDS
 
 
 @dataclass
@@ -48,7 +63,7 @@ class SearchOptions:
 
     image_weight: float = 0.5  # text+image queries: share of the image vector in the mixed query
     caption_weight: float = 0.5  # hybrid: share of the caption list in the fusion
-    concept_weight: float = 0.25  # lite grounding: bonus per unit of (KG weight * concept probability)
+    concept_weight: float = 0.5  # lite grounding: bonus per unit of concept mass (0.5 measured best)
     rrf_k: int = 60
     norm: str = "minmax"
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
@@ -183,11 +198,15 @@ class Searcher:
             self._text_encoder = get_encoder(self.index.text_model_spec, device=self.device)
         return self._text_encoder
 
-    def resolve_expand(self, expand: str | None = None) -> str:
+    def resolve_expand(self, expand: str | None = None, text: str | None = None) -> str:
+        """The expansion mode a query gets; ``auto`` depends on the KG being available and, when
+        ``text`` is given, on the query being short (see AUTO_EXPAND_MAX_WORDS)."""
         mode = expand or self.expand
         if mode not in EXPAND_MODES:
             raise UsageError(f"unknown --expand {mode!r}: use one of {', '.join(EXPAND_MODES)}")
         if mode == "auto":
+            if text is not None and not is_short_query(text):
+                return "none"
             return AUTO_EXPAND if self.expander(required=False) is not None else "none"
         if mode != "none":
             self.expander(required=True)
@@ -341,7 +360,7 @@ class Searcher:
             raise QueryError("no query: give a text query, an image (--image PATH), or both")
         filt = parse_filters(filters)
         w = self._weights(weights)
-        mode = self.resolve_expand(expand) if text else "none"
+        mode = self.resolve_expand(expand, text) if text else "none"
         hyb = self.resolve_hybrid(hybrid, text)
 
         # 1. query vectors (row 0 = the plain query) and their weights

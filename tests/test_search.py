@@ -323,3 +323,15 @@ def test_query_cache_encodes_each_text_once(index, monkeypatch):
     off.search("red", k=1)
     off.search("red", k=1)
     assert calls == [["red"], ["red"]]
+
+
+def test_auto_expands_short_queries_only(index):
+    from retrieval.search import is_short_query
+
+    assert is_short_query("a mammal") and is_short_query("a photo of a dog") and is_short_query("red sports car")
+    assert not is_short_query("a dog runs across the green grass") and not is_short_query("the a")
+    s = Searcher(index, expand="auto", expander=FakeExpander(), hybrid="none")
+    assert s.resolve_expand() == "mix" and s.resolve_expand(text="warm") == "mix"
+    assert s.search("warm", k=1).plan.mode == "mix"
+    assert s.search("warm red squares on white paper", k=1).plan.mode == "none"
+    assert s.search("warm red squares on white paper", k=1, expand="multi").plan.mode == "multi"

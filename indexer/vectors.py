@@ -439,13 +439,26 @@ def _search_params(index, params: dict):
     return None
 
 
+SMALL_BATCH = 8
+
+
 def _raw_search(index, queries: np.ndarray, k: int, params: dict):
     if isinstance(index, GpuIndex):
         return index.search(queries, k, params)
     sp = _search_params(index, params)
-    if sp is None:
-        return index.search(queries, k)
-    return index.search(queries, k, params=sp)
+    if len(queries) >= SMALL_BATCH:
+        return index.search(queries, k) if sp is None else index.search(queries, k, params=sp)
+    # A few queries gain nothing from threads, but IDMap's label translation
+    # still opens an OpenMP region per call, and on a busy machine its barrier
+    # waits for a descheduled thread (~10 ms per query). omp_set_num_threads
+    # only changes the calling thread's setting, so concurrent callers are safe.
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k) if sp is None else index.search(queries, k, params=sp)
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def rerank(queries: np.ndarray, cand_ids: np.ndarray, k: int,

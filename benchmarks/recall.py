@@ -128,6 +128,16 @@ def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand:
     out = np.full((len(queries), n_cols), -np.inf, np.float32)
     k = len(searcher.index)
     t0 = time.perf_counter()
+    idx = searcher.index
+    if expand == "none" and isinstance(idx, ExactIndex):
+        # the Searcher's plain path is one query vector against the image vectors (no grounding, no fusion
+        # with hybrid="none"): the same scores as one matrix product (tests check it against the Searcher)
+        cols = np.array([id_col.get(int(i), -1) for i in idx.ids])
+        ok = cols >= 0
+        for start in range(0, len(queries), 256):
+            q = np.asarray(searcher.encoder.encode_queries(list(queries[start : start + 256])), np.float32)
+            out[start : start + len(q)][:, cols[ok]] = q @ idx.vectors[ok].T
+        return out
     step = 100
     for start in range(0, len(queries), step):  # search_many: the plain query vectors encode as one batch
         for qi, res in enumerate(searcher.search_many(queries[start : start + step], k=k, expand=expand,

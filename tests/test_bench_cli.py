@@ -131,3 +131,23 @@ def test_category_metrics_hand_computed(dataset, tmp_path, colour_images):
     assert m["class"]["mAP"] == pytest.approx(np.mean(ap[:2]), abs=1e-6)
     assert m["hypernym"]["mAP"] == pytest.approx(ap[2], abs=1e-6)
     assert r_b >= 2 and m["hypernym"]["mAP"] < 1.0
+
+
+def test_fast_plain_scores_equal_searcher_scores(dataset, tmp_path, colour_images):
+    """score_matrix's matrix-product path for --expand none gives the Searcher's own scores."""
+    from benchmarks.recall import ExactIndex, _rows, ensure_index, score_matrix
+    from retrieval.search import Searcher
+
+    images = [colour_images / f"{c}.png" for c in IMAGES]
+    idir = ensure_index(images, "colours", "fake:v1", tmp_path / "idx")
+    queries = ["red", "a blue thing", "green yellow", "zebra"]
+    with Searcher(idir, expand="none") as base:
+        id_col, missing = _rows(base.index, images)
+        assert not missing
+        ex = Searcher(ExactIndex(base.index), expand="none", check_fingerprint=False)
+        fast = score_matrix(ex, queries, id_col, len(images), "none")
+        for qi, q in enumerate(queries):
+            hits = base.search(q, k=len(images), expand="none", hybrid="none")
+            assert len(hits.hits) == len(images)
+            for h in hits:
+                assert fast[qi, id_col[h.id]] == pytest.approx(h.score, abs=1e-5)

@@ -84,7 +84,7 @@ def _raw_text_fn(enc):
         def run(texts):
             with torch.inference_mode():
                 feats = st.tokenize(texts)
-                feats = {k: v.to(enc.device) for k, v in feats.items()}
+                feats = {k: (v.to(enc.device) if hasattr(v, "to") else v) for k, v in feats.items()}
                 return st(feats)["sentence_embedding"]
     else:
         def run(texts):

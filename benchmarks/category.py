@@ -27,7 +27,7 @@ SETS = ("fashion-mnist", "emoji", "flickr-nouns")
 
 
 def every_nth(cs, n: int, min_relevant: int = 3):
-    """Every ``n``-th item of a CategorySet (seeded by position), keeping queries with ``min_relevant`` items."""
+    """Every ``n``-th item of a CategorySet, keeping the queries with ``min_relevant`` items."""
     from benchmarks.datasets import CategorySet
 
     if n <= 1:
@@ -52,7 +52,7 @@ def load_set(name: str, per_class: int = 100, emoji_every: int = 1):
     raise UsageError(f"unknown category set {name!r}: use one of {', '.join(SETS)}")
 
 
-def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False) -> dict:
+def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False, concept_weight=None) -> dict:
     """Metrics per expansion mode (``all`` and per query kind) for a loaded CategorySet."""
     from benchmarks.metrics import category_metrics
 
@@ -60,7 +60,8 @@ def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False) -> dic
     kinds = sorted(set(cs.kind))
     for mode in expands:
         t = time.perf_counter()
-        s = score_matrix(searcher_exact, cs.queries, id_col, len(cs.items), mode)
+        w = None if concept_weight is None else {"concept": float(concept_weight)}
+        s = score_matrix(searcher_exact, cs.queries, id_col, len(cs.items), mode, weights=w)
         m = {"all": category_metrics(s, cs.relevant)}
         for kd in kinds:
             q = [i for i, k in enumerate(cs.kind) if k == kd]
@@ -88,7 +89,7 @@ def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False) -> dic
 def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", expands=MODES,
                  index: str | None = None, index_type: str = "auto", per_class: int = 100,
                  device: str = "cpu", check_fingerprint: bool = False, progress: bool = False,
-                 category_set=None, emoji_every: int = 1) -> dict:
+                 category_set=None, emoji_every: int = 1, concept_weight: float | None = None) -> dict:
     """The category benchmark as a JSON-able dict. ``category_set``: an already built CategorySet
     (tests); ``index`` reuses an index (one set only)."""
     from benchmarks.datasets import bench_cache
@@ -98,7 +99,8 @@ def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", ex
     sets = list(sets)
     if index and len(sets) > 1:
         raise UsageError("--index reuses one index: give a single category set with it")
-    out = {"benchmark": "category", "model": model, "ties": "pessimistic", "sets": {}}
+    out = {"benchmark": "category", "model": model, "ties": "pessimistic", "sets": {},
+           "concept_weight": concept_weight if concept_weight is not None else "default"}
     for name in sets:
         cs = category_set if category_set is not None else load_set(name, per_class, emoji_every)
         t = time.perf_counter()
@@ -116,7 +118,7 @@ def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", ex
             ex = Searcher(ExactIndex(base.index), expand="none", device=device, check_fingerprint=False,
                           expander=exp)
             ex.encoder = base.encoder
-            res = evaluate(cs, ex, id_col, expands, progress)
+            res = evaluate(cs, ex, id_col, expands, progress, concept_weight)
         out["sets"][name] = {
             "set": cs.name, "index": idir, "n_items": len(cs.items), "n_queries": len(cs.queries),
             "queries": {kd: [q for q, k in zip(cs.queries, cs.kind) if k == kd]
@@ -135,13 +137,15 @@ def main(argv=None):
     ap.add_argument("--index", default=None)
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--emoji-every", type=int, default=1, help="every n-th emoji only (faster)")
+    ap.add_argument("--concept-weight", type=float, default=None,
+                    help="Searcher concept weight (lite grounding)")
     ap.add_argument("--out", default=str(RESULTS / "category.json"))
     a = ap.parse_args(argv)
     os.environ.setdefault("KGCLIP_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     res = run_category(parse_list(a.sets, SETS, "set"), a.model, parse_list(a.expand, MODES, "--expand"),
                        a.index, per_class=a.per_class, progress=True,
-                       emoji_every=a.emoji_every)
+                       emoji_every=a.emoji_every, concept_weight=a.concept_weight)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {a.out}", file=sys.stderr)

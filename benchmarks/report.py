@@ -86,6 +86,44 @@ def format_result(res: dict, fmt: str = "table") -> str:
     return json.dumps(res, indent=2)
 
 
+def kg_targets(recalls: list[dict], cat: dict | None) -> tuple[list[str], list[list], str]:
+    """The issue's KG targets: mAP gain >= 20% relative on >= 2 category sets, R@10 cost <= 1 point."""
+    header = ["expand", "sets with mAP gain >= 20%", "mAP change per set (all / hypernym queries)",
+              "t2i R@10 change (points, exact)", "meets both targets"]
+    rows, verdict = [], {}
+    modes = []
+    for res in recalls:
+        for run in res.get("runs", []):
+            modes += [m for m in run["expand"] if m != "none" and m not in modes]
+    for s in (cat or {}).get("sets", {}).values():
+        modes += [m for m in s["expand"] if m != "none" and m not in modes]
+    for mode in modes:
+        per, wins = [], 0
+        for name, s in (cat or {}).get("sets", {}).items():
+            rel = (s["expand"].get(mode) or {}).get("mAP_rel_change_vs_none") or {}
+            a, h = rel.get("all"), rel.get("hypernym")
+            if a is not None and max(a, h if h is not None else -1) >= 0.20:
+                wins += 1
+            per.append(f"{name} {100 * a:+.1f}%" + (f" / {100 * h:+.1f}%" if h is not None else "")
+                       if a is not None else f"{name} -")
+        cost = []
+        for res in recalls:
+            for run in res.get("runs", []):
+                e = run["expand"]
+                if mode in e and "none" in e:
+                    d = 100 * (e[mode]["exact"]["image_retrieval_recall@10"]
+                               - e["none"]["exact"]["image_retrieval_recall@10"])
+                    cost.append(d)
+                    per_cost = f"{d:+.1f} ({res['n_captions']} captions)"
+        ok = wins >= 2 and bool(cost) and min(cost) >= -1.0
+        verdict[mode] = ok
+        rows.append([mode, wins, "; ".join(per), per_cost if cost else "-", "yes" if ok else "no"])
+    good = [m for m, ok in verdict.items() if ok]
+    text = (f"Supported `--expand auto` default: {good[0]}." if good else
+            "No expansion mode meets both targets on these measurements.")
+    return header, rows, text
+
+
 # -- BENCHMARKS.md --------------------------------------------------------------------------------
 
 
@@ -223,6 +261,13 @@ def write_benchmarks_md(out: Path = ROOT / "BENCHMARKS.md") -> Path:
                   table(h, r, "markdown"), ""]
         if _plot_category(cat, RESULTS / "category.png"):
             parts += ["![category mAP](benchmarks/results/category.png)", ""]
+    recs = [d for d in (_load(p.name) for p in sorted(RESULTS.glob("recall*.json")))
+            if d and d.get("benchmark") == "recall"]
+    if recs or cat:
+        h, r, text = kg_targets(recs, cat)
+        parts += ["## KG expansion against the targets", "",
+                  "Targets: category/hypernym mAP +20% relative on at least two sets, and at most 1 point of "
+                  "text->image R@10 lost on full-caption queries.", "", table(h, r, "markdown"), "", text, ""]
     others = ("speed.json", "faiss_bench.json", "build.json", "search_quality.json", "query.json", "kg.json")
     for name in others:
         d = _load(name)

@@ -73,6 +73,7 @@ IVF_TRAIN_POINTS_PER_LIST = 50
 PQ_MIN_N = 1_000
 PQ_MAX_M = 64
 PQ_MIN_DSUB = 4
+PQ_TRAIN_POINTS_PER_CENTROID = 64
 PQ_NBITS = 8
 DEFAULT_MEMORY_FRACTION = 0.5
 SIDECAR_FORMAT = 1
@@ -349,7 +350,10 @@ def new_index(choice: IndexChoice, dim: int):
     if choice.kind == "ivfpq":
         # the factory turns on polysemous training (simulated annealing over the
         # codes, minutes of CPU) that only Hamming-filtered search uses: off
-        faiss.downcast_index(index).do_polysemous_training = False
+        ivfpq = faiss.downcast_index(index)
+        ivfpq.do_polysemous_training = False
+        # 64 points per code word (16k vectors) train a sub-quantizer well; more only costs time
+        ivfpq.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CENTROID
     return index
 
 

@@ -135,7 +135,7 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--min-score", type=float, help="Drop hits scoring below this.")
 @click.option("--hybrid", type=click.Choice(["auto", "none", "sum", "rrf"]), default="auto", show_default=True,
               help="Fuse with the caption index: auto = sum when the index has captions.")
-@click.option("--caption-weight", type=float, default=0.5, show_default=True,
+@click.option("--caption-weight", type=float, default=0.7, show_default=True,
               help="Share of the caption list in hybrid fusion (0..1).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "paths"]), default="table",
               show_default=True, help="Output format (jsonl: one object per hit).")

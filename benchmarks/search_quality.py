@@ -60,6 +60,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=1000, help="held-out caption queries (of 4000)")
     ap.add_argument("--concept-weights", default="0,0.25,0.5,1.0")
+    ap.add_argument("--parts", default="expansion,hybrid", help="which grids to run")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
     os.environ.setdefault("KGCLIP_OFFLINE", "1")
@@ -96,7 +97,7 @@ def main(argv=None):
     cap_q, cap_t = [c for c, _ in held], np.array([i for _, i in held])
 
     t = time.perf_counter()
-    s.query_cache = len(cap_q) + len(hyp.queries) + 16
+    s.query_cache = 2 * (len(cap_q) + len(hyp.queries)) + 16  # both sides (image model, caption model)
     s.prime(cap_q + list(hyp.queries), captions=True)  # each query text encoded once, in batches
     print(f"encoded {len(cap_q) + len(hyp.queries)} queries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
@@ -110,8 +111,16 @@ def main(argv=None):
     out = {"benchmark": "search_quality", "dataset": ds.name, "items": n, "build_s": round(build_s, 1),
            "fingerprints": fps,
            "hypernym_queries": hyp.queries, "caption_queries": len(cap_q), "expansion": {}, "hybrid": {}}
+    parts = set(a.parts.split(","))
+    prev = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    out["expansion"], out["hybrid"] = prev.get("expansion", {}), prev.get("hybrid", {})
+
+    def save():
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+
     cws = [float(x) for x in a.concept_weights.split(",")]
-    for mode in ("none", "mix", "multi"):
+    for mode in ("none", "mix", "multi") if "expansion" in parts else ():
         for cw in (cws if mode != "none" else [0.0]):
             t = time.perf_counter()
             kw = dict(expand=mode, hybrid="none", weights={"concept": cw})
@@ -121,14 +130,15 @@ def main(argv=None):
             out["expansion"][key] = {"hypernym": hm, "captions": cm, "seconds": round(time.perf_counter() - t, 1)}
             print(key, json.dumps({"hyp": {k: v for k, v in hm.items() if k in ("mAP", "precision@10")}, "cap": cm}),
                   file=sys.stderr)
-    for hyb in ("none", "sum", "rrf"):
+            save()
+    for hyb in ("none", "sum", "rrf") if "hybrid" in parts else ():
         for cw in ((0.3, 0.5, 0.7) if hyb != "none" else (0.0,)):
             key = f"{hyb}/caption_weight={cw}"
             out["hybrid"][key] = cap_recall(expand="none", hybrid=hyb, weights={"caption": cw})
             print(key, out["hybrid"][key], file=sys.stderr)
+            save()
     s.close()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    save()
     print(f"wrote {a.out}", file=sys.stderr)
 
 

@@ -111,10 +111,15 @@ def _sample(store: Store, kind: str, size: int, txn) -> np.ndarray | None:
 
 
 def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
-                 max_memory: int | None = None, save: bool = True, use_gpu="auto"):
-    """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info)."""
+                 max_memory: int | None = None, save: bool = True, use_gpu="auto", txn=None):
+    """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info).
+
+    ``txn``: a read transaction to take the snapshot from (several kinds derived from one generation).
+    """
+    from contextlib import nullcontext
+
     V = vectors_module()
-    with store.read() as txn:
+    with (nullcontext(txn) if txn is not None else store.read()) as txn:
         gen = int(store_meta(txn, store, "generation", 0))
         n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
         choice = V.choose_index(n, dim, max_memory_bytes=max_memory, index_type=index_type if kind == "image"
@@ -415,11 +420,15 @@ class Index:
         if stale:
             if not rebuild:
                 raise IndexCorrupt(f"{self.path}: FAISS files {', '.join(stale)} are stale or missing")
-            self._rederive(stale)
+            self._rederive(stale, loaded_gen=gen)
         self.generation = gen if not stale else self.generation
 
-    def _rederive(self, kinds: list[str]) -> None:
-        """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock."""
+    def _rederive(self, kinds: list[str], loaded_gen: int | None = None) -> None:
+        """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock.
+
+        All kinds come from ONE store snapshot; kinds loaded fresh at ``loaded_gen`` are derived
+        again too when the store has moved on since, so image and caption search one generation.
+        """
         lock = WriteLock(self.path)
         have_lock = False
         try:
@@ -429,13 +438,16 @@ class Index:
         try:
             gen = self.store.generation
             opts = self.manifest.get("options") or {}
-            for kind in kinds:
-                dim = self.dim if kind == "image" else self.text_dim
-                index, info = derive_faiss(self.store, self.path, kind, dim, opts.get("index_type") or "auto",
-                                           opts.get("max_memory"), save=have_lock)
-                self._faiss[kind], self._info[kind] = index, info
-                gen = info["generation"]
-                self.rebuilt.append(kind)
+            with self.store.read() as txn:
+                if loaded_gen is not None and int(store_meta(txn, self.store, "generation", 0)) != loaded_gen:
+                    kinds = ["image"] + (["caption"] if self.text_model_spec else [])
+                for kind in kinds:
+                    dim = self.dim if kind == "image" else self.text_dim
+                    index, info = derive_faiss(self.store, self.path, kind, dim, opts.get("index_type") or "auto",
+                                               opts.get("max_memory"), save=have_lock, txn=txn)
+                    self._faiss[kind], self._info[kind] = index, info
+                    gen = info["generation"]
+                    self.rebuilt.append(kind)
             self.generation = gen
             if have_lock:
                 try:

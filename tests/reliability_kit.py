@@ -180,6 +180,9 @@ def killed_run(args: list[str], env: dict, events: Path, pick_kill, timeout: flo
             p.kill()
         p.wait()
         out["exit_code"] = p.returncode
+        if not out["killed"]:
+            ev = read_events(events)
+            out["last_event"] = ev[-1]["event"] if ev else None
         out["stderr_tail"] = (p.stderr.read() if p.stderr else "")[-500:]
     # decode workers must not outlive their parent (a killed build leaves no orphans behind)
     alive = [c for c in children if _alive(c)]
@@ -411,7 +414,7 @@ class Scenario:
         ev = self.work / f"events{self.n:03d}.jsonl"
         if phase == "build":
             args = build_args(self.sources, d, self.model, self.text_model, self.batch_size, workers)
-            at = rng.uniform(0, self.t_build)
+            at = rng.uniform(0, 0.9 * self.t_build)  # the tail end would often finish before the kill
             pick = kill_after(at)
             ref, ref_report = self.ref_build, self.ref_build_report
         else:
@@ -419,7 +422,7 @@ class Scenario:
             args = update_args(d, self.batch_size, workers)
             ref, ref_report = self.ref_update, self.ref_update_report
             if phase == "update":
-                at = rng.uniform(0, self.t_update)
+                at = rng.uniform(0, 0.9 * self.t_update)
                 pick = kill_after(at)
             else:
                 at = rng.uniform(0, self.faiss_delay * 1.05)

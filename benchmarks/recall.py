@@ -109,16 +109,36 @@ def ensure_index(images, name: str, model: str, cache: Path, index_type: str = "
     return str(d)
 
 
-def _rows(index, images) -> tuple[dict[int, int], list[int]]:
-    """Store id -> dataset column, and dataset columns missing from the index."""
+class IdCols(dict):
+    """Store id -> its first dataset column; ``extra[id]``: further columns (identical files stored once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.extra: dict[int, list[int]] = {}
+
+    def copy_duplicates(self, out: np.ndarray) -> np.ndarray:
+        for i, cols in self.extra.items():
+            if i in self:
+                out[:, cols] = out[:, [self[i]]]
+        return out
+
+
+def _rows(index, images) -> tuple[IdCols, list[int]]:
+    """Store id -> dataset column(s), and dataset columns missing from the index."""
     col = {str(Path(p).resolve()): c for c, p in enumerate(images)}
-    id_col: dict[int, int] = {}
+    id_col = IdCols()
+    seen: set[int] = set()
     for i, it in index.iter_items():
         for p in [it.get("path"), *(it.get("aliases") or [])]:
             c = col.get(str(Path(p).resolve())) if p else None
-            if c is not None:
+            if c is None or c in seen:
+                continue
+            seen.add(c)
+            if int(i) in id_col:
+                id_col.extra.setdefault(int(i), []).append(c)
+            else:
                 id_col[int(i)] = c
-    missing = sorted(set(range(len(images))) - set(id_col.values()))
+    missing = sorted(set(range(len(images))) - seen)
     return id_col, missing
 
 
@@ -137,7 +157,7 @@ def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand:
         for start in range(0, len(queries), 256):
             q = np.asarray(searcher.encoder.encode_queries(list(queries[start : start + 256])), np.float32)
             out[start : start + len(q)][:, cols[ok]] = q @ idx.vectors[ok].T
-        return out
+        return id_col.copy_duplicates(out) if isinstance(id_col, IdCols) else out
     step = 100
     for start in range(0, len(queries), step):  # search_many: the plain query vectors encode as one batch
         for qi, res in enumerate(searcher.search_many(queries[start : start + step], k=k, expand=expand,
@@ -150,7 +170,7 @@ def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand:
         if log_every and (done % log_every == 0 or done == len(queries)):
             print(f"  {expand}: {done}/{len(queries)} queries ({time.perf_counter() - t0:.0f}s)",
                   file=sys.stderr)
-    return out
+    return id_col.copy_duplicates(out) if isinstance(id_col, IdCols) else out
 
 
 def ann_ids(searcher, queries, id_col: dict[int, int], expand: str, k: int = 10) -> np.ndarray:
@@ -240,7 +260,9 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
                 m["ann"] = {f"image_retrieval_recall@{k}": v for k, v in r_ann.items()}
                 if mode == "none":
                     qv = np.asarray(ann.encoder.encode_queries(caps), np.float32)
-                    iv = exact_idx.vectors[np.argsort([id_col[int(i)] for i in exact_idx.ids])]
+                    iv = np.zeros((len(ds), exact_idx.vectors.shape[1]), np.float32)
+                    for r, i in enumerate(exact_idx.ids):
+                        iv[[id_col[int(i)], *id_col.extra.get(int(i), [])]] = exact_idx.vectors[r]
                     r, kind = i2t_ann(faiss_meta.get("kind") or "flat", qv, iv, cap_img)
                     m["ann"].update(drop_i2t_if_sampled(r, out))
                     m["ann"]["i2t_index_kind"] = kind

@@ -151,3 +151,24 @@ def test_fast_plain_scores_equal_searcher_scores(dataset, tmp_path, colour_image
             assert len(hits.hits) == len(images)
             for h in hits:
                 assert fast[qi, id_col[h.id]] == pytest.approx(h.score, abs=1e-5)
+
+
+def test_category_identical_files_stored_once(tmp_path, colour_images, monkeypatch):
+    """Two identical files are one index item with an alias; both columns get its score."""
+    import shutil
+
+    from benchmarks.category import run_category
+    from benchmarks.datasets import CategorySet
+
+    monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "bench-cache"))
+    d = tmp_path / "dups"
+    d.mkdir()
+    for name in ("red", "blue", "green"):
+        shutil.copy(colour_images / f"{name}.png", d / f"{name}.png")
+    shutil.copy(colour_images / "red.png", d / "red-copy.png")
+    items = [d / "red.png", d / "blue.png", d / "red-copy.png", d / "green.png"]
+    rel = np.array([[1, 0, 1, 0], [0, 1, 0, 0]], dtype=bool)
+    cs = CategorySet("dups", items, ["red", "blue", "red", "green"], ["red", "blue"], ["class", "class"], rel)
+    m = run_category(["dups"], "fake:v1", ["none"], category_set=cs)["sets"]["dups"]["expand"]["none"]
+    # both red files score highest for "red" (ranks 1 and 2): AP 1; "blue": AP 1
+    assert m["per_query_AP"] == {"red": 1.0, "blue": 1.0}

@@ -87,7 +87,8 @@ def test_json_jsonl_paths(built):
 
 def test_stdin_batch(built):
     index, _ = built
-    r = run("search", index, "-k", "1", *EXPAND, "--format", "jsonl", input="red\n\n  green  \nyellow\n")
+    r = run("search", index, "-k", "1", *EXPAND, "--hybrid", "none", "--format", "jsonl",
+            input="red\n\n  green  \nyellow\n")
     assert r.exit_code == 0, r.stderr
     recs = [json.loads(x) for x in r.stdout.splitlines()]
     assert [x["query"] for x in recs] == ["red", "green", "yellow"]

@@ -253,14 +253,19 @@ def write_benchmarks_md(out: Path = ROOT / "BENCHMARKS.md") -> Path:
         if _plot_recall(rec, png):
             parts += [f"![recall@k](benchmarks/results/{png.name})", ""]
     cat = _load("category.json")
-    if cat:
-        h, r = category_rows(cat)
-        parts += ["## Category and hypernym queries (KG expansion)", "",
-                  f"Model `{cat['model']}`. Relevance from labels (Fashion-MNIST classes, emoji categories, "
+    for p in sorted(RESULTS.glob("category*.json")):
+        c = _load(p.name)
+        if not c or c.get("benchmark") != "category":
+            continue
+        h, r = category_rows(c)
+        cw = c.get("concept_weight", "default")
+        parts += [f"## Category and hypernym queries, KG expansion (`{p.name}`, concept weight {cw})", "",
+                  f"Model `{c['model']}`. Relevance from labels (Fashion-MNIST classes, emoji categories, "
                   "flickr caption nouns mapped to WordNet hypernyms). Exact search over the whole set.", "",
                   table(h, r, "markdown"), ""]
-        if _plot_category(cat, RESULTS / "category.png"):
-            parts += ["![category mAP](benchmarks/results/category.png)", ""]
+        png = RESULTS / (p.stem + ".png")
+        if _plot_category(c, png):
+            parts += [f"![category mAP](benchmarks/results/{png.name})", ""]
     recs = [d for d in (_load(p.name) for p in sorted(RESULTS.glob("recall*.json")))
             if d and d.get("benchmark") == "recall"]
     if recs or cat:
@@ -268,14 +273,15 @@ def write_benchmarks_md(out: Path = ROOT / "BENCHMARKS.md") -> Path:
         parts += ["## KG expansion against the targets", "",
                   "Targets: category/hypernym mAP +20% relative on at least two sets, and at most 1 point of "
                   "text->image R@10 lost on full-caption queries.", "", table(h, r, "markdown"), "", text, ""]
-    others = ("speed.json", "faiss_bench.json", "build.json", "search_quality.json", "query.json", "kg.json")
+    others = ["speed.json", *sorted(p.name for p in RESULTS.glob("faiss_*.json")), "build.json",
+              "search_quality.json", "query.json", "kg.json", "encoders.json", "lite_tuning.json"]
     for name in others:
         d = _load(name)
         if d is None:
             continue
         parts += [f"## {name[:-5]}", "", f"Raw results: `benchmarks/results/{name}`.", ""]
         png = RESULTS / f"{name[:-5]}_recall_qps.png"
-        if name in ("speed.json", "faiss_bench.json") and _plot_speed(d, png):
+        if (name == "speed.json" or name.startswith("faiss_")) and _plot_speed(d, png):
             parts += [f"![recall vs QPS](benchmarks/results/{name[:-5]}_recall_qps.png)", ""]
     out.write_text("\n".join(parts).rstrip() + "\n")
     return out

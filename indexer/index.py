@@ -93,21 +93,24 @@ def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn) -> 
     return best_s, best_i
 
 
-def _sample(store: Store, kind: str, size: int, txn) -> np.ndarray | None:
-    """A seeded uniform sample (reservoir) of stored vectors."""
+def _sample(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """A seeded uniform sample (reservoir) of stored vectors: (ids, vectors); ids are item ids."""
     rng = np.random.default_rng(SEED)
     res: list[np.ndarray] = []
+    res_ids: list[int] = []
     seen = 0
-    for _, vecs, _ in store.iter_vectors(kind, txn=txn):
-        for v in vecs:
+    for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
+        for i, v in zip(ids if owners is None else owners, vecs):
             if len(res) < size:
                 res.append(v)
+                res_ids.append(int(i))
             else:
                 j = rng.integers(0, seen + 1)
                 if j < size:
                     res[j] = v
+                    res_ids[j] = int(i)
             seen += 1
-    return np.stack(res) if res else None
+    return (np.asarray(res_ids, np.int64), np.stack(res)) if res else (None, None)
 
 
 def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
@@ -124,7 +127,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
         choice = V.choose_index(n, dim, max_memory_bytes=max_memory, index_type=index_type if kind == "image"
                                 else "auto")
-        sample = _sample(store, kind, min(n, TRAIN_SAMPLE), txn) if n else None
+        sample_ids, sample = _sample(store, kind, min(n, TRAIN_SAMPLE), txn) if n else (None, None)
 
         def batches():
             for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
@@ -134,7 +137,8 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         params, recall = {}, 1.0  # search parameters (tuned below); flat has none
         if n and choice.kind != "flat":
             rng = np.random.default_rng(SEED + 1)
-            queries = sample[rng.choice(len(sample), size=min(TUNE_QUERIES, len(sample)), replace=False)]
+            rows = rng.choice(len(sample), size=min(TUNE_QUERIES, len(sample)), replace=False)
+            queries = sample[rows]
 
             def exact_fn(q, k):
                 return _exact_search(store, kind, q, k, txn)
@@ -142,6 +146,11 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
             kw = {}
             if kind == "image" and getattr(choice, "rerank", False):
                 kw["rerank_fn"] = lambda ids: store.get_vectors(ids, dim, kind="image")
+            if kind == "image":
+                # The queries are indexed vectors: leave each one's own id out (leave-one-out), so the
+                # recorded recall measures real neighbours and carries over to unseen queries. (Caption
+                # ids are their items' ids, shared by several captions, so they cannot be left out.)
+                kw["query_ids"] = sample_ids[rows]
             params, recall = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
     info = {
         "file": FAISS_FILES[kind], "kind": choice.kind, "factory": choice.factory, "params": params,

@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 $(BENCH_STAMP): $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	# autofaiss (compared against in benchmarks/faiss_bench.py) pins numpy<2 in its metadata but runs on
+	# numpy 2; installing its deps would downgrade numpy under pyarrow.
+	$(PIP) install -q --no-deps autofaiss embedding-reader fire
 	touch $(BENCH_STAMP)
 
 ## Build a small index over bundled photos and run a few searches.

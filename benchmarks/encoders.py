@@ -78,7 +78,18 @@ def _raw_image_fn(enc):
 def _raw_text_fn(enc):
     import torch
 
-    if enc.family == "lite":
+    from retrieval.encoders.minibert import MiniBert
+
+    if enc.family == "lite" and isinstance(enc.text.model, MiniBert):
+        mb = enc.text.model
+
+        def run(texts):
+            with torch.inference_mode():
+                e = mb.tok.encode_batch(texts)
+                ids, mask, types = (torch.tensor([getattr(x, a) for x in e], device=enc.device)
+                                    for a in ("ids", "attention_mask", "type_ids"))
+                return mb.forward(ids, mask, types)
+    elif enc.family == "lite":
         st = enc.text.model
 
         def run(texts):

@@ -188,3 +188,27 @@ def test_lite_class_table_is_cached(lite_encoder):
 
     files = list((cache_dir() / "lite").glob("classes-*.npy"))
     assert files, "class-text table should be cached on disk"
+
+
+def test_plain_torch_minilm_equals_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval.encoders.minibert import MiniBert, supports
+    from retrieval.encoders.sbert import shipped_minilm_path
+
+    path = shipped_minilm_path()
+    assert supports(path)
+    texts = ["a cat", "A dog catching a frisbee, in the park!", "word " * 400, "", "Ünïcödé тест 漢字"]
+    ours = MiniBert(path).encode(texts, batch_size=2)
+    ref = SentenceTransformer(str(path), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_sbert_minilm_runs_without_sentence_transformers():
+    code = (
+        "import sys; from retrieval.encoders import get_encoder; "
+        "v = get_encoder('sbert:minilm', device='cpu').encode_texts(['a dog']); "
+        "assert v.shape == (1, 384); "
+        "assert 'sentence_transformers' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -246,11 +246,8 @@ class LiteEncoder(Encoder):
 
         self.text = SbertEncoder("sbert:minilm", "minilm", device=self.device, batch_size=128)
         self.text.load()
-        self.cnn = load_lite0(self.device)
-        if self.device.startswith("cuda"):
-            self.cnn = self.cnn.half()
+        self._cnn = None  # the image tower loads on first image: text queries never import timm
         self._dim = self.text.dim
-        self.class_ids = [c[0] for c in imagenet_classes()]
         self.class_table = self._class_table()
 
     def _weights_hash(self) -> str:
@@ -274,6 +271,21 @@ class LiteEncoder(Encoder):
         return table
 
     # -- images ----------------------------------------------------------------
+    @property
+    def class_ids(self) -> list[str]:
+        """WordNet ids of the 1000 classes (lazy: timm's class info is only needed for images)."""
+        if getattr(self, "_class_ids", None) is None:
+            self._class_ids = [c[0] for c in imagenet_classes()]
+        return self._class_ids
+
+    @property
+    def cnn(self):
+        self.load()
+        if self._cnn is None:
+            cnn = load_lite0(self.device)
+            self._cnn = cnn.half() if self.device.startswith("cuda") else cnn
+        return self._cnn
+
     def image_transform(self):
         return ImagePreprocess(mode=self.config.resize)
 

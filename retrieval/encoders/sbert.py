@@ -48,6 +48,15 @@ class SbertEncoder(Encoder):
     def _load(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from . import minibert
+
+        if os.environ.get("KGCLIP_SBERT_BACKEND", "auto") != "sentence-transformers" and minibert.supports(self.path):
+            # plain BERT + mean pooling: run it without importing sentence-transformers (~9 s of imports)
+            self.model = minibert.MiniBert(self.path, device=self.device)
+            if self.device.startswith("cuda"):
+                self.model.half()
+            self._dim = self.model.dim
+            return
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -76,6 +85,10 @@ class SbertEncoder(Encoder):
         return "hub"
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        from .minibert import MiniBert
+
+        if isinstance(self.model, MiniBert):
+            return self.model.encode(texts, batch_size=self.batch_size)
         return self.model.encode(
             texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
             show_progress_bar=False,

@@ -1,0 +1,123 @@
+"""A plain-torch BERT sentence encoder for sentence-transformers folders of the simplest shape.
+
+``sentence_transformers`` pulls in transformers, scikit-learn and pandas: about 9 s of imports on
+a 2-core machine before the first query. A folder whose pipeline is exactly
+Transformer(BERT) -> mean pooling -> Normalize (all-MiniLM-L6-v2, the shipped text tower) is run
+here with torch, ``tokenizers`` and ``safetensors`` alone. :func:`supports` decides; anything else
+goes through sentence-transformers. Equality with sentence-transformers is checked in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def supports(folder: str | Path) -> bool:
+    """True when ``folder`` is a BERT + mean pooling (+ Normalize) sentence-transformers model."""
+    d = Path(folder)
+    try:
+        modules = json.loads((d / "modules.json").read_text())
+        config = json.loads((d / "config.json").read_text())
+        pooling = json.loads((d / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    types = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    only_mean = pooling.get("pooling_mode_mean_tokens") and not any(
+        pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
+                                 "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens",
+                                 "pooling_mode_lasttoken")
+    )
+    return (
+        types in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"])
+        and config.get("model_type") == "bert"
+        and config.get("position_embedding_type", "absolute") == "absolute"
+        and config.get("hidden_act") == "gelu"
+        and bool(only_mean)
+        and (d / "model.safetensors").is_file()
+        and (d / "tokenizer.json").is_file()
+    )
+
+
+class MiniBert:
+    """BERT encoder + mean pooling; ``encode(texts)`` returns L2-normalised float32 numpy."""
+
+    def __init__(self, folder: str | Path, device: str = "cpu"):
+        import torch
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        d = Path(folder)
+        cfg = json.loads((d / "config.json").read_text())
+        st_cfg = {}
+        if (d / "sentence_bert_config.json").is_file():
+            st_cfg = json.loads((d / "sentence_bert_config.json").read_text())
+        self.max_len = int(st_cfg.get("max_seq_length", 256))
+        self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.tok.enable_truncation(self.max_len)
+        self.tok.enable_padding(pad_id=int(cfg.get("pad_token_id", 0)))
+        self.heads = int(cfg["num_attention_heads"])
+        self.layers = int(cfg["num_hidden_layers"])
+        self.eps = float(cfg.get("layer_norm_eps", 1e-12))
+        self.device = device
+        w = load_file(str(d / "model.safetensors"), device="cpu")
+        self.w = {k: v.to(device=device, dtype=torch.float32) for k, v in w.items()}
+        self.dim = int(cfg["hidden_size"])
+
+    def half(self) -> "MiniBert":
+        self.w = {k: (v.half() if v.is_floating_point() else v) for k, v in self.w.items()}
+        return self
+
+    def _ln(self, x, prefix):
+        import torch.nn.functional as F
+
+        return F.layer_norm(x, (x.shape[-1],), self.w[prefix + ".weight"], self.w[prefix + ".bias"], self.eps)
+
+    def _lin(self, x, prefix):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.w[prefix + ".weight"], self.w[prefix + ".bias"])
+
+    def forward(self, ids, mask, types):
+        import torch
+        import torch.nn.functional as F
+
+        w = self.w
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][pos][None]
+        x = x + w["embeddings.token_type_embeddings.weight"][types]
+        x = self._ln(x, "embeddings.LayerNorm")
+        b, n, h = x.shape
+        hd = h // self.heads
+        attn_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}."
+            q, k, v = (self._lin(x, p + f"attention.self.{t}").view(b, n, self.heads, hd).transpose(1, 2)
+                       for t in ("query", "key", "value"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0 / math.sqrt(hd))
+            a = a.transpose(1, 2).reshape(b, n, h)
+            x = self._ln(self._lin(a, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+            y = F.gelu(self._lin(x, p + "intermediate.dense"))
+            x = self._ln(self._lin(y, p + "output.dense") + x, p + "output.LayerNorm")
+        m = mask[..., None].to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(texts), self.dim), np.float32)
+        # longest first, as sentence-transformers does, so each batch pads little
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                idx = order[s : s + batch_size]
+                enc = self.tok.encode_batch([texts[i] for i in idx])
+                ids = torch.tensor([e.ids for e in enc], device=self.device)
+                mask = torch.tensor([e.attention_mask for e in enc], device=self.device)
+                types = torch.tensor([e.type_ids for e in enc], device=self.device)
+                v = torch.nn.functional.normalize(self.forward(ids, mask, types).float(), dim=-1)
+                out[idx] = v.cpu().numpy()
+        return out

@@ -88,7 +88,7 @@ def evaluate(cs, searcher_exact, id_col, expands, progress: bool = False, concep
 
 def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", expands=MODES,
                  index: str | None = None, index_type: str = "auto", per_class: int = 100,
-                 device: str = "cpu", check_fingerprint: bool = False, progress: bool = False,
+                 device: str = "cpu", check_fingerprint: bool = True, progress: bool = False,
                  category_set=None, emoji_every: int = 1, concept_weight: float | None = None) -> dict:
     """The category benchmark as a JSON-able dict. ``category_set``: an already built CategorySet
     (tests); ``index`` reuses an index (one set only)."""

@@ -103,10 +103,29 @@ def ensure_index(images, name: str, model: str, cache: Path, index_type: str = "
         for p in images:
             w.writerow([str(Path(p).resolve())])
     mf = d / "index.json"
-    if not (mf.is_file() and json.loads(mf.read_text()).get("state") == "complete"):
+    complete = mf.is_file() and json.loads(mf.read_text()).get("state") == "complete"
+    stale = complete and _built_fingerprint(d) != _current_fingerprint(model, device)
+    if not complete or stale:
+        # a cached index made by other weights or another lite configuration measures the old model
         build_index([str(man)], str(d), model=model, text_model=None, device=device,
-                    index_type=index_type, progress=progress)
+                    index_type=index_type, progress=progress, resume=not stale)
     return str(d)
+
+
+def _built_fingerprint(index_dir) -> str | None:
+    from indexer import open_index
+
+    idx = open_index(str(index_dir))
+    try:
+        return idx.model_fingerprint
+    finally:
+        idx.close()
+
+
+def _current_fingerprint(model: str, device: str) -> str:
+    from retrieval.encoders import get_encoder
+
+    return get_encoder(model, device=device).fingerprint
 
 
 class IdCols(dict):
@@ -211,7 +230,7 @@ def drop_i2t_if_sampled(metrics: dict, res: dict) -> dict:
 
 def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, split: str = "all",
                index: str | None = None, index_type: str = "auto", max_queries: int | None = None,
-               device: str = "cpu", check_fingerprint: bool = False, progress: bool = False) -> dict:
+               device: str = "cpu", check_fingerprint: bool = True, progress: bool = False) -> dict:
     """The recall benchmark as a JSON-able dict (see module docstring)."""
     from benchmarks.datasets import bench_cache, flickr8k_1k, load_captions
     from benchmarks.metrics import caption_retrieval_metrics, recall_from_ids

@@ -376,12 +376,12 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
     """
     from indexer import build_index
     from indexer.decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
-    from indexer.index import parse_size
+    from indexer.vectors import parse_memory
 
     quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     report = build_index(
         list(sources), index, model=model, text_model=text_model if captions else None, batch_size=batch_size,
-        workers=workers, device=device, index_type=index_type, max_memory=parse_size(max_memory),
+        workers=workers, device=device, index_type=index_type, max_memory=parse_memory(max_memory),
         resume=resume, progress=not quiet, quiet=quiet and fmt == "text",
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_per_file=timeout or DEFAULT_TIMEOUT, root=root,
         base=base,

@@ -619,17 +619,3 @@ def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -
         store.close()
         raise
     return idx
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """``"4G"``, ``"512M"``, ``"1.5GiB"`` or a byte count -> bytes (None stays None)."""
-    if text is None or isinstance(text, int):
-        return text
-    s = str(text).strip().upper().replace("IB", "").rstrip("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    try:
-        if s and s[-1] in mult:
-            return int(float(s[:-1]) * mult[s[-1]])
-        return int(float(s))
-    except ValueError:
-        raise UsageError(f"cannot read memory size {text!r}: use e.g. 512M, 4G or a number of bytes") from None

@@ -40,6 +40,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
+def image_batch_tensor(batch: np.ndarray, device: str):
+    """A stacked float32 CHW batch as the tensor an image tower wants: fp16 on CUDA, channels_last on CPU."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    return x.half() if device.startswith("cuda") else x.contiguous(memory_format=torch.channels_last)
+
+
 def resolve_device(device: str | None) -> str:
     """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string."""
     device = (device or os.environ.get("KGCLIP_DEVICE") or "auto").strip().lower()

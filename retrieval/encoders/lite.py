@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsNotFound
-from .base import Encoder, ImageBatch, l2_normalize, weights_signature
+from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
 from .sbert import shipped_minilm_path
 
 
@@ -317,12 +317,7 @@ class LiteEncoder(Encoder):
 
         self.load()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            if self.device.startswith("cuda"):
-                x = x.half()
-            else:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.cnn(x).float().cpu().numpy()
+            return self.cnn(image_batch_tensor(batch, self.device)).float().cpu().numpy()
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
         logits = self.logits(batch)

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
-from .base import Encoder, ImageBatch, l2_normalize, weights_signature
+from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,7 @@ class OpenClipEncoder(Encoder):
 
         self.load()
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            if self.device.startswith("cuda"):
-                x = x.half()
-            else:
-                x = x.contiguous(memory_format=torch.channels_last)
-            v = self.model.encode_image(x).float().cpu().numpy()
+            v = self.model.encode_image(image_batch_tensor(batch, self.device)).float().cpu().numpy()
         return ImageBatch(l2_normalize(v), None)
 
     # -- texts -----------------------------------------------------------------

@@ -8,13 +8,13 @@ BENCH_STAMP := $(VENV)/.kgclip-bench-installed
 
 .PHONY: demo test test-all bench gpu clean-venv
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c .ci/constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e '.[test,bench]'
+	$(PIP) install -q -c .ci/constraints.txt -e '.[test,bench]'
 	# autofaiss (compared against in benchmarks/faiss_bench.py) pins numpy<2 in its metadata but runs on
 	# numpy 2; installing its deps would downgrade numpy under pyarrow.
 	$(PIP) install -q --no-deps autofaiss embedding-reader fire
@@ -32,14 +32,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
-## Regenerate benchmarks/results/*.json and BENCHMARKS.md.
+## Regenerate benchmarks/results/*.json and benchmarks/BENCHMARKS.md.
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run_all
 
 ## Swap faiss-cpu for faiss-gpu (same `faiss` module; kgclip uses the GPU when one is present).
 gpu: $(STAMP)
 	$(PIP) uninstall -y faiss-cpu
-	$(PIP) install -c constraints.txt 'faiss-gpu>=1.8'
+	$(PIP) install -c .ci/constraints.txt 'faiss-gpu>=1.8'
 
 clean-venv:
 	rm -rf $(VENV)

@@ -138,14 +138,19 @@ class _Bad:
             self.report.skipped_lines.append(no)
 
 
-def _read_tsv(path: Path, b: _Builder, bad: _Bad) -> None:
+def _tsv_rows(path: Path, bad: _Bad):
+    """(line number, stripped tab-separated fields) of each non-blank, non-comment line."""
     for no, line in _lines(path):
         if line is None:
             bad(no, "not valid UTF-8")
             continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = [p.strip() for p in line.split("\t")]
+        yield no, [p.strip() for p in line.split("\t")]
+
+
+def _read_tsv(path: Path, b: _Builder, bad: _Bad) -> None:
+    for no, parts in _tsv_rows(path, bad):
         if len(parts) != 3:
             bad(no, f"expected head<TAB>relation<TAB>tail, found {len(parts)} tab-separated field(s)")
             continue
@@ -156,13 +161,7 @@ def _read_tsv(path: Path, b: _Builder, bad: _Bad) -> None:
 
 
 def _read_labels(path: Path, b: _Builder, bad: _Bad) -> None:
-    for no, line in _lines(path):
-        if line is None:
-            bad(no, "not valid UTF-8")
-            continue
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = [p.strip() for p in line.split("\t")]
+    for no, parts in _tsv_rows(path, bad):
         if len(parts) < 2 or not parts[0] or not parts[1]:
             bad(no, "expected id<TAB>label[<TAB>alias ...]")
             continue

@@ -138,14 +138,20 @@ class _Bad:
             self.report.skipped_lines.append(no)
 
 
-def _tsv_rows(path: Path, bad: _Bad):
-    """(line number, stripped tab-separated fields) of each non-blank, non-comment line."""
+def _content_lines(path: Path, bad: _Bad):
+    """(line number, line) of each non-blank, non-comment line; invalid UTF-8 is reported to ``bad``."""
     for no, line in _lines(path):
         if line is None:
             bad(no, "not valid UTF-8")
             continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        yield no, line
+
+
+def _tsv_rows(path: Path, bad: _Bad):
+    """(line number, stripped tab-separated fields) of each content line."""
+    for no, line in _content_lines(path, bad):
         yield no, [p.strip() for p in line.split("\t")]
 
 
@@ -212,12 +218,7 @@ def _read_nt(path: Path, b: _Builder, bad: _Bad) -> None:
 
     sink = Sink()
     parser = W3CNTriplesParser(sink)
-    for no, line in _lines(path):
-        if line is None:
-            bad(no, "not valid UTF-8")
-            continue
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for no, line in _content_lines(path, bad):
         sink.got.clear()
         try:
             parser.parsestring(line)

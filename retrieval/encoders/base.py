@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ def resolve_device(device: str | None) -> str:
     device = (device or os.environ.get("KGCLIP_DEVICE") or "auto").strip().lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda")
+    if device == "cpu" or (device == "auto" and not _may_have_cuda()):
+        return "cpu"  # without importing torch (about 3 s of a cold query)
     import torch
 
     if device == "auto":
@@ -60,6 +63,13 @@ def resolve_device(device: str | None) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU on this machine")
     return device
+
+
+def _may_have_cuda() -> bool:
+    """False only where no NVIDIA driver can exist: a Linux host without its device nodes."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
 
 
 def load_image(item: Any):

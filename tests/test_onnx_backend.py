@@ -1,0 +1,108 @@
+"""The ONNX Runtime backend of the CPU towers: same vectors as torch, safe fallbacks, no torch per query."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from retrieval.encoders import onnx
+from retrieval.errors import ModelError
+
+pytest.importorskip("onnxruntime")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = ["a cat", "a cup of coffee", "two dogs run through the snow near a red fence"]
+
+
+def test_lite_onnx_equals_torch(lite_encoder, photos_dir, monkeypatch):
+    from retrieval.encoders import get_encoder
+    from retrieval.encoders.minibert import MiniBert
+
+    paths = sorted(photos_dir.glob("*.jpg"))[:4]
+    assert isinstance(lite_encoder.cnn, onnx.OrtModel)
+    assert isinstance(lite_encoder.text.model, MiniBert) and lite_encoder.text.model.ort is not None
+    ort_img = lite_encoder.encode_images(paths, with_concepts=True)
+    ort_txt = lite_encoder.encode_texts(TEXTS)
+
+    monkeypatch.setenv("KGCLIP_BACKEND", "torch")
+    torch_enc = get_encoder("lite", device="cpu", cache=False).load()
+    assert not isinstance(torch_enc.cnn, onnx.OrtModel) and torch_enc.text.model.ort is None
+    ref_img = torch_enc.encode_images(paths, with_concepts=True)
+    np.testing.assert_allclose(ort_img.vectors, ref_img.vectors, atol=1e-5)
+    np.testing.assert_allclose(ort_txt, torch_enc.encode_texts(TEXTS), atol=1e-5)
+    assert [[c for c, _ in row] for row in ort_img.concepts] == [[c for c, _ in row] for row in ref_img.concepts]
+
+
+def _tiny_linear(scale: float = 1.0):
+    import torch
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+
+    def export(path):
+        onnx.export_module(lin, (torch.zeros(2, 4),), path, ["x"], {"x": {0: "n"}})
+
+    def check(model):
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        with torch.no_grad():
+            ref = lin(torch.from_numpy(x)).numpy() * scale
+        return float(np.abs(model.run(x=x) - ref).max())
+
+    return export, check
+
+
+def test_export_is_cached_and_a_damaged_cache_is_replaced():
+    export, check = _tiny_linear()
+    m = onnx.load_or_export("tiny", "sig-a", export, check, tolerance=1e-5)
+    assert m is not None and m.path == onnx.model_path("tiny", "sig-a") and m.path.is_file()
+    calls = []
+    assert onnx.load_or_export("tiny", "sig-a", lambda p: calls.append(p), check, 1e-5) is not None
+    assert calls == []  # the second process reads the cache
+    m.path.write_bytes(b"not an onnx graph")
+    again = onnx.load_or_export("tiny", "sig-a", export, check, tolerance=1e-5)
+    assert again is not None and check(again) < 1e-5
+    assert not [p for p in again.path.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_a_mismatching_export_falls_back_and_is_not_cached(monkeypatch):
+    export, check = _tiny_linear(scale=2.0)  # "torch" disagrees with the graph
+    assert onnx.load_or_export("tiny", "sig-b", export, check, tolerance=1e-5) is None
+    assert not onnx.model_path("tiny", "sig-b").exists()
+    assert not [p for p in onnx.model_path("tiny", "sig-b").parent.iterdir() if ".tmp" in p.name]
+    monkeypatch.setenv("KGCLIP_BACKEND", "onnx")  # the user insisted: an error, not a silent fallback
+    with pytest.raises(ModelError, match="cannot run tiny with ONNX Runtime: ONNX output differs"):
+        onnx.load_or_export("tiny", "sig-b", export, check, tolerance=1e-5)
+
+
+def test_backend_setting(monkeypatch):
+    monkeypatch.setenv("KGCLIP_BACKEND", "torch")
+    assert onnx.wanted("cpu") is False
+    monkeypatch.setenv("KGCLIP_BACKEND", "auto")
+    assert onnx.wanted("cpu") is True and onnx.wanted("cuda") is False
+    monkeypatch.setenv("KGCLIP_BACKEND", "tensorrt")
+    with pytest.raises(ModelError, match="KGCLIP_BACKEND='tensorrt' is not one of auto, onnx, torch"):
+        onnx.wanted("cpu")
+
+
+def test_cold_lite_search_does_not_import_torch(lite_encoder, photos_dir, tmp_path):
+    """Once the ONNX graphs are cached, a lite text query runs without torch (its import is ~3 s)."""
+    from indexer import build_index
+
+    idx = str(tmp_path / "idx")
+    build_index([str(photos_dir)], idx, model="lite", text_model=None, device="cpu", progress=False, quiet=True)
+    code = (
+        "import sys, cli\n"
+        "try:\n    cli.main(['search', sys.argv[1], 'a cat', '-k', '1', '--format', 'paths'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, idx], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[0].endswith("chelsea.jpg"), r.stdout
+    assert lines[-1] == "False", "torch was imported by a cold lite search"

@@ -139,11 +139,13 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Share of the caption list in hybrid fusion (0..1).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "paths"]), default="table",
               show_default=True, help="Output format (jsonl: one object per hit).")
+@click.option("--captions", "to_captions", is_flag=True,
+              help="Image -> text: with --image, list the index's captions nearest to the image.")
 @click.option("--model", help="Fail unless the index was built with this model spec.")
 @click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
 @handle_errors
-def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt, model,
-           device):
+def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt,
+           to_captions, model, device):
     """Search INDEX for QUERY (text), --image PATH, or both.
 
     Without QUERY (and without --image), queries are read from stdin, one per
@@ -153,6 +155,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         kgclip search pics.kgc "a dog on a beach" -k 5
         kgclip search pics.kgc --image query.jpg --format paths
         kgclip search pics.kgc --format jsonl < queries.txt
+        kgclip search flickr.kgc --image query.jpg --captions -k 5
     """
     from retrieval.errors import QueryError, UsageError
 
@@ -161,6 +164,16 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         raise UsageError("no INDEX given (pass it as the first argument or set KGCLIP_INDEX)")
     if k <= 0:
         raise UsageError(f"-k must be a positive integer, not {k}")
+    if to_captions:
+        if image is None or query is not None:
+            raise UsageError("--captions searches captions by image: give --image PATH and no text QUERY")
+        from retrieval.explain import render_captions
+        from retrieval.search import Searcher
+
+        with Searcher(index, expand="none", device=device, model=model) as s:
+            rows = s.search_captions(image, k=k)
+        click.echo(render_captions(os.path.basename(image), rows, fmt))
+        return
     if query is not None and not query.strip():
         raise QueryError("empty query: give some words to search for (or --image PATH)")
     batch = query is None and image is None

@@ -141,3 +141,24 @@ def render(results: Sequence[Results], fmt: str = "table", explain: bool = False
                 h.pop("explanation", None)
         objs.append(d)
     return json.dumps(objs if batch else objs[0], ensure_ascii=False, indent=2, default=str)
+
+
+def render_captions(query: str, rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+    """Image -> text results (:meth:`Searcher.search_captions` rows): ``table`` (rank, score, caption,
+    the image it belongs to), ``json``, ``jsonl`` (one object per caption) or ``paths`` (the captions,
+    one per line)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    recs = [{"query": query, "rank": r["rank"], "score": round(float(r["score"]), 6), "caption": r["caption"],
+             "path": r.get("path"), "id": r.get("id")} for r in rows]
+    if fmt == "json":
+        return json.dumps({"query": query, "captions": recs}, ensure_ascii=False, indent=2, default=str)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(rec, ensure_ascii=False, default=str) for rec in recs)
+    if fmt == "paths":
+        return "\n".join(_safe(" ".join(str(r["caption"]).split())) for r in recs)
+    if not recs:
+        return "  (no captions)"
+    return "\n".join(f"{r['rank']:>3}  {r['score']:7.4f}  {_clip(r['caption'], 70)}  [{_short(r['path'], 40)}]"
+                     for r in recs)
+

@@ -144,6 +144,21 @@ def test_image_query(built):
     assert r.stdout.strip().endswith("orange.png")
 
 
+def test_image_to_captions(built):
+    index, imgs = built
+    r = run("search", index, "--image", imgs / "orange.png", "--captions", "-k", "2", "--format", "jsonl")
+    assert r.exit_code == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["rank"] for x in recs] == [1, 2] and recs[0]["score"] >= recs[1]["score"]
+    assert recs[0]["caption"] == "a plain orange picture" and recs[0]["path"].endswith("orange.png")
+    assert recs[0]["query"] == "orange.png"
+    r = run("search", index, "--image", imgs / "orange.png", "--captions", "-k", "1")
+    assert r.exit_code == 0 and "a plain orange picture" in r.stdout and "orange.png" in r.stdout
+    r = run("search", index, "--image", imgs / "orange.png", "--captions", "-k", "1", "--format", "paths")
+    assert r.stdout.strip() == "a plain orange picture"
+    _one_line_error(run("search", index, "red", "--captions"), 2, "--captions searches captions by image")
+
+
 def test_explain_table(built):
     index, _ = built
     r = run("search", index, "red", "-k", "2", *EXPAND, "--explain")

@@ -404,9 +404,7 @@ class Searcher:
                 timings["ground"] = _ms(t)
 
         # 3. search, fuse, filter, hydrate: fetch more candidates until k hits pass (or all were seen)
-        fetch = max(self.options.min_fetch, k * self.options.fetch_factor)
-        if filt or min_score is not None:
-            fetch = max(fetch, k * 10)
+        fetch = self._fetch_size(k, len(rows), bool(targets), hyb, bool(filt) or min_score is not None)
         while True:
             t = time.perf_counter()
             ranked, why = self._candidates(text, image, rows, row_w, targets, hyb, w, min(fetch, max(self._n, 1)))
@@ -424,6 +422,15 @@ class Searcher:
         timings["total"] = _ms(t0)
         return Results(query=text if text is not None else _image_name(image), hits=hits, plan=plan,
                        timings_ms=timings)
+
+    def _fetch_size(self, k: int, n_rows: int, grounded: bool, hyb: str, filtered: bool) -> int:
+        """Candidates fetched per list: exactly k for one plain vector list (the same FAISS work as a
+        bare search at the tuned parameters); more where fusion, grounding or filters reorder or
+        drop candidates."""
+        if n_rows <= 1 and not grounded and hyb == "none" and not filtered:
+            return k
+        fetch = max(self.options.min_fetch, k * self.options.fetch_factor)
+        return max(fetch, k * 10) if filtered else fetch
 
     def _encode_image(self, image) -> np.ndarray:
         if not self.encoder.has_images:

@@ -175,19 +175,14 @@ def load_csv(path, image_root=None) -> CaptionDataset:
 def load_jsonl(path, image_root=None) -> CaptionDataset:
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
+    from indexer.sources import read_jsonl_rows
+
     pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for line, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{line}: invalid JSON ({e.msg})") from None
-            ic = _pick(list(row), IMAGE_COLUMNS, f"{path}:{line}", "image")
-            cc = _pick(list(row), CAPTION_COLUMNS, f"{path}:{line}", "caption")
-            for c in _caption_list(row[cc]):
-                pairs.append((row[ic], c))
+    for line, row in read_jsonl_rows(path):
+        ic = _pick(list(row), IMAGE_COLUMNS, f"{path}:{line}", "image")
+        cc = _pick(list(row), CAPTION_COLUMNS, f"{path}:{line}", "caption")
+        for c in _caption_list(row[cc]):
+            pairs.append((row[ic], c))
     return _group(pairs, root, str(path), path.parent.name)
 
 

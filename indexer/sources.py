@@ -227,7 +227,9 @@ def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
         raise SourceError(f"{path}: malformed CSV: {e}") from None
 
 
-def _rows_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
+    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes."""
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -294,7 +296,7 @@ def iter_manifest(
 ) -> Iterator[Item | Skip]:
     """Rows of a CSV/JSONL/Parquet manifest, merged per path (captions collected), in first-seen order."""
     ext = Path(manifest).suffix.lower()
-    rows = {".csv": _rows_csv, ".parquet": _rows_parquet}.get(ext, _rows_jsonl)(manifest)
+    rows = {".csv": _rows_csv, ".parquet": _rows_parquet}.get(ext, read_jsonl_rows)(manifest)
     mdir = os.path.dirname(os.path.abspath(manifest))
     base = os.path.abspath(base) if base else mdir
     images_dir = os.path.join(mdir, "images")

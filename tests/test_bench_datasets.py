@@ -61,7 +61,7 @@ def test_images_subfolder_is_found(tmp_path):
 
 @pytest.mark.parametrize("name,text,match", [
     ("m.csv", "file,label\na.jpg,x\n", r"m.csv: no caption column"),
-    ("m.jsonl", '{"image": "a.jpg", "caption": "x"}\n{oops\n', r"m.jsonl:2: invalid JSON"),
+    ("m.jsonl", '{"image": "a.jpg", "caption": "x"}\n{oops\n', r"m.jsonl:2: malformed JSON line"),
     ("c.json", '{"images": []}', r"c.json: not a COCO captions file"),
     ("t.txt", "a.jpg#0 no tab here\n", r"t.txt:1: expected"),
 ])

@@ -225,6 +225,8 @@ def build_index(
     if os.path.isdir(index_dir) and os.listdir(index_dir) and not _is_index_dir(index_dir) \
             and os.listdir(index_dir) != [LOCK_FILE]:
         raise UsageError(f"{index_dir} is a non-empty folder that is not a kgclip index; choose another -i")
+    created = not os.path.exists(index_dir)
+    fresh = created or not [n for n in os.listdir(index_dir) if n != LOCK_FILE]
     os.makedirs(index_dir, exist_ok=True)
     say = log or (lambda s: print(s, file=sys.stderr))
 
@@ -342,10 +344,35 @@ def build_index(
         if not quiet:
             say(report.summary())
         return report
+    except BaseException:
+        # a first build that failed before committing anything (a malformed manifest, a model that
+        # cannot load, Ctrl-C during the scan) leaves no half-made index folder behind
+        if fresh and store is not None and store.count("items") == 0 and store.count("fails") == 0:
+            store.close()
+            store = None
+            _wipe(index_dir)
+            try:
+                os.unlink(lock.path)  # while still holding it
+            except OSError:
+                pass
+            lock.release()
+            lock = None
+            if created:
+                _remove_empty_dir(index_dir)
+        raise
     finally:
         if store is not None:
             store.close()
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _remove_empty_dir(path: str) -> None:
+    """Remove ``path`` if it is empty (another process may have started using it meanwhile)."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _fill_counts(store: Store, report: BuildReport) -> None:

@@ -454,3 +454,24 @@ def test_index_type_through_build_and_reopen(tmp_path, index_type):
     os.unlink(tmp_path / "idx" / "image.faiss")
     with open_index(tmp_path / "idx") as ix:  # derived again with the same choice
         assert ix.rebuilt == ["image"] and ix._info["image"]["kind"] == m["kind"]
+
+
+def test_failed_first_build_leaves_no_folder_and_failed_rebuild_keeps_items(tmp_path):
+    bad = tmp_path / "m.jsonl"
+    bad.write_text('{"path": "imgs/red.png"}\n{oops\n')
+    idx = tmp_path / "idx"
+    with pytest.raises(SourceError, match=r"m.jsonl:2: malformed JSON line"):
+        build_index([str(bad)], str(idx), **FAKE)
+    assert not idx.exists()  # nothing half-made to confuse the next command
+
+    idx.mkdir()  # an empty folder the user made stays, still empty
+    with pytest.raises(SourceError):
+        build_index([str(bad)], str(idx), **FAKE)
+    assert idx.is_dir() and not list(idx.iterdir())
+
+    good = _colours(tmp_path / "imgs")
+    build_index([str(good)], str(idx), **FAKE)
+    before = snapshot(idx)
+    with pytest.raises(SourceError):
+        build_index([str(bad)], str(idx), **FAKE)
+    assert snapshot(idx) == before  # the indexed data is untouched

@@ -6,7 +6,7 @@ contract call (``encode_image_arrays`` on the same preprocessed numpy batch,
 the ratio holds even when the machine is busy. Preprocessing (decode, resize) is
 timed on its own: the index build runs it in worker processes.
 
-    python -m benchmarks.encoders                   # lite + random-init ViT-B-32, batch 32
+    python -m benchmarks.encoders                   # lite (ONNX Runtime and torch) + random-init ViT-B-32, batch 32
     python -m benchmarks.encoders --reps 2 --batches 2 --no-write   # a quick smoke run
 
 Writes benchmarks/results/encoders.json. Targets on a 2-core machine: ViT-B-32 images through
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoders.json"
-MODELS = ("lite", "open_clip:ViT-B-32")
+# "lite[torch]": the same lite encoder with its towers on torch instead of ONNX Runtime, side by side
+MODELS = ("lite", "lite[torch]", "open_clip:ViT-B-32")
 
 
 def _images(n: int, seed: int = 0):
@@ -54,9 +55,14 @@ def _captions(n: int, seed: int = 0) -> list[str]:
 
 
 def _raw_image_fn(enc):
-    """The bare module forward on a ready torch batch (what the contract wraps)."""
+    """The bare forward on a ready batch (what the contract wraps): the torch module on a tensor,
+    or the ONNX Runtime session on the numpy batch."""
     import torch
 
+    from retrieval.encoders.onnx import OrtModel
+
+    if enc.family == "lite" and isinstance(enc.cnn, OrtModel):
+        return (lambda x: enc.cnn.run(x=x)), (lambda batch: np.ascontiguousarray(batch, np.float32))
     if enc.family == "lite":
         module = enc.cnn
     else:
@@ -80,7 +86,12 @@ def _raw_text_fn(enc):
 
     from retrieval.encoders.minibert import MiniBert
 
-    if enc.family == "lite" and isinstance(enc.text.model, MiniBert):
+    if enc.family == "lite" and isinstance(enc.text.model, MiniBert) and enc.text.model.ort is not None:
+        mb = enc.text.model
+
+        def run(texts):
+            return mb.ort.run(**mb._inputs(texts))
+    elif enc.family == "lite" and isinstance(enc.text.model, MiniBert):
         mb = enc.text.model
 
         def run(texts):
@@ -119,16 +130,35 @@ def _time(fn, arg, device) -> float:
     return time.perf_counter() - t
 
 
-def measure(spec: str, batch: int = 32, batches: int = 4, reps: int = 5, device: str = "cpu", log=print) -> dict:
+def measure(spec: str, batch: int = 32, batches: int = 4, reps: int = 5, device: str = "cpu", log=print,
+            backend: str | None = None) -> dict:
+    """Rates for ``spec``; ``backend`` (torch/onnx) pins KGCLIP_BACKEND for this model's towers."""
+    old = os.environ.get("KGCLIP_BACKEND")
+    if backend:
+        os.environ["KGCLIP_BACKEND"] = backend
+    try:
+        return _measure(spec, batch, batches, reps, device, log, backend)
+    finally:
+        if old is None:
+            os.environ.pop("KGCLIP_BACKEND", None)
+        else:
+            os.environ["KGCLIP_BACKEND"] = old
+
+
+def _measure(spec, batch, batches, reps, device, log, backend) -> dict:
     import torch
 
     from retrieval.encoders import get_encoder
+    from retrieval.encoders.onnx import OrtModel
 
     torch.manual_seed(0)  # random-init open_clip models are seeded
     enc = get_encoder(spec, device=device, batch_size=batch, cache=False)
     t = time.perf_counter()
     enc.load()
+    if enc.family == "lite":
+        enc.cnn  # noqa: B018 - the image tower loads lazily: count it in the load time
     load_s = time.perf_counter() - t
+    image_backend = "onnxruntime" if isinstance(getattr(enc, "cnn", None), OrtModel) else "torch"
     tf = enc.image_transform()
     pil = _images(batch)
     t = time.perf_counter()
@@ -168,7 +198,8 @@ def measure(spec: str, batch: int = 32, batches: int = 4, reps: int = 5, device:
     img_ratio = statistics.median(r / c for r, c in zip(times["raw_images"], times["contract_images"]))
     txt_ratio = statistics.median(r / c for r, c in zip(times["raw_texts"], times["contract_texts"]))
     return {
-        "spec": spec,
+        "spec": spec + (f" [{backend}]" if backend else ""),
+        "image_backend": image_backend,
         "device": enc.device,
         "batch_size": batch,
         "items_per_rep": n,
@@ -206,7 +237,10 @@ def main(argv=None) -> int:
     import torch
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    rows = [measure(m, args.batch, args.batches, args.reps, args.device, log) for m in args.models]
+    rows = []
+    for m in args.models:
+        spec, _, backend = m.partition("[")
+        rows.append(measure(spec, args.batch, args.batches, args.reps, args.device, log, backend.rstrip("]") or None))
     report = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_avg_at_end": os.getloadavg()},

@@ -32,6 +32,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("none", "mix", "multi")
+EXPAND_CHOICES = (*MODES, "auto")  # auto: what `kgclip search` does by default (expands short queries only)
 
 
 class ExactIndex:
@@ -297,7 +298,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="flickr8k-1k")
     ap.add_argument("--models", default="lite")
-    ap.add_argument("--expand", default="none,mix,multi")
+    ap.add_argument("--expand", default="none,mix,multi", help="any of none,mix,multi,auto")
     ap.add_argument("--split", default="all")
     ap.add_argument("--index", default=None)
     ap.add_argument("--index-type", default="auto")
@@ -306,7 +307,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     os.environ.setdefault("KGCLIP_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    res = run_recall(a.dataset, parse_list(a.models), parse_list(a.expand, MODES, "--expand"), a.split,
+    res = run_recall(a.dataset, parse_list(a.models), parse_list(a.expand, EXPAND_CHOICES, "--expand"), a.split,
                      a.index, a.index_type, a.max_queries, progress=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -9,9 +9,10 @@ reuses all of it, so per query only encoding, expansion and search remain.
 Scores: with one query vector and no caption fusion a hit's score is the
 inner product (cosine) with the query. KG ``multi`` expansion keeps each
 item's best weighted cosine over the query vectors; concept grounding (lite
-indexes) adds ``concept_weight * min(1, sum of weight * p)`` over an image's
+indexes) adds ``concept_weight * sqrt(min(1, sum of weight * p))`` over an image's
 stored WordNet concepts (probability ``p``) that are KG targets (the query's
-linked entities and their hyponyms, ``weight`` decaying with depth). Hybrid caption fusion
+linked entities and their hyponyms, ``weight`` decaying with depth), square-rooted by default
+(``SearchOptions.concept_agg``). Hybrid caption fusion
 replaces the score by the fused one (normalised weighted sum in [0, 1], or
 RRF), so ``min_score`` means a different scale there: see :meth:`search`.
 """
@@ -19,6 +20,7 @@ RRF), so ``min_score`` means a different scale there: see :meth:`search`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -38,14 +40,16 @@ log = logging.getLogger(__name__)
 
 EXPAND_MODES = ("auto", "none", "mix", "multi")
 HYBRID_MODES = ("auto", "none", "sum", "rrf")
-# What `auto` resolves to, from benchmarks/results/search_quality.json (lite, flickr8k-1k): expansion
-# (with lite concept grounding) helps short category queries ("a mammal", "a vehicle": hypernym mAP
-# 0.373 -> 0.375 mix / 0.380 multi, P@10 0.58 -> 0.59) but costs long descriptive queries (held-out
-# captions R@10 0.27 -> 0.19-0.21), so auto expands (mix) only queries of at most AUTO_EXPAND_MAX_WORDS
-# content words, when a KG is available. Hybrid: normalised weighted sum when the index has captions
+# What `auto` resolves to, from benchmarks/results/kg_tuning.json and category.json (lite): with the
+# text-side expansion alone, mix loses category mAP on all three sets (fashion-mnist -1%, flickr-nouns
+# -2%, emoji -2%) and multi changes nothing; the gain is lite concept grounding, which multi keeps
+# without mix's dilution of the query vector (multi + grounding beat mix + grounding on mAP on every
+# set), so auto expands with multi. Long descriptive queries lose recall with expansion (held-out
+# captions R@10, benchmarks/results/recall_kg.json), so auto expands only queries of at most
+# AUTO_EXPAND_MAX_WORDS content words, when a KG is available. Hybrid: normalised weighted sum when the index has captions
 # (held-out caption queries R@1/R@10: images only 0.03/0.27; sum 0.56/0.86 and rrf 0.28/0.79 at
 # caption weight 0.7; sum beat rrf at every weight tried).
-AUTO_EXPAND = "mix"
+AUTO_EXPAND = "multi"
 AUTO_EXPAND_MAX_WORDS = 3
 AUTO_HYBRID = "sum"
 _FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
@@ -65,7 +69,8 @@ class SearchOptions:
 
     image_weight: float = 0.5  # text+image queries: share of the image vector in the mixed query
     caption_weight: float = 0.7  # hybrid: share of the caption list (0.7 measured best of 0.3/0.5/0.7)
-    concept_weight: float = 0.5  # lite grounding: bonus per unit of concept mass (0.5 measured best)
+    concept_weight: float = 0.5  # lite grounding: weight of the concept bonus (kg_tuning.json: 0.5)
+    concept_agg: str = "sqrt"  # bonus = sqrt(mass) ("sqrt": a small mass counts more) or the mass ("sum")
     rrf_k: int = 60
     norm: str = "minmax"
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
@@ -174,6 +179,7 @@ class Searcher:
         self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
         self._concepts: dict[str, list[tuple[int, float]]] | None = None
+        self._vocab_size = -1  # size of the concept table last handed to the expander
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
         self._n = len(self.index)
 
@@ -255,6 +261,17 @@ class Searcher:
                     table.setdefault(wnid, []).append((int(item_id), float(p)))
             self._concepts = table
         return self._concepts
+
+    def _set_vocabulary(self) -> None:
+        """Tell the expander which concepts this index's images carry (lite): it then expands to the
+        hyponyms with such concepts below them (ExpansionPolicy.hyponym_coverage)."""
+        setv = getattr(self.expander(), "set_concept_vocabulary", None)
+        if setv is None or not getattr(self.expander().policy, "hyponym_coverage", False):
+            return
+        table = self.concept_table()
+        if table and self._vocab_size != len(table):
+            setv(table.keys())
+            self._vocab_size = len(table)
 
     def warm(self, text: bool = True) -> "Searcher":
         """Load models (and the KG when expansion is on) now rather than on the first query."""
@@ -358,6 +375,7 @@ class Searcher:
         refresh = getattr(self.index, "refresh_if_updated", None)
         if refresh is not None and refresh():  # an update finished since: serve its generation
             self._concepts, self._caption_table, self._n = None, None, len(self.index)
+            self._vocab_size = -1
         if text is None and image is None:
             raise QueryError("no query: give a text query, an image (--image PATH), or both")
         filt = parse_filters(filters)
@@ -373,6 +391,7 @@ class Searcher:
         if text is not None:
             if mode != "none":
                 qv = self._query_vector(text)[0]
+                self._set_vocabulary()
                 rows, row_w, plan = self.expander().query_vectors(text, self.encoder, mode=mode, query_vector=qv)
                 rows = np.asarray(rows, np.float32)
                 row_w = np.asarray(row_w, np.float32)
@@ -401,6 +420,10 @@ class Searcher:
             if table:
                 t = time.perf_counter()
                 targets = dict(ct(plan, within=table.keys()))
+                # a long descriptive query is grounded less (ExpansionPolicy.focus_words), as it is expanded less
+                focus = getattr(getattr(self.expander(), "policy", None), "focus", None)
+                if focus is not None:
+                    w["concept"] *= focus(text)
                 timings["ground"] = _ms(t)
 
         # 3. search, fuse, filter, hydrate: fetch more candidates until k hits pass (or all were seen)
@@ -490,7 +513,7 @@ class Searcher:
         """Add the concept bonus; items found only through concepts get their exact cosine."""
         table = self.concept_table()
         # an image's probability mass inside the targets (weight x p summed over its concepts, capped at 1;
-        # as retrieval.kg.match_concepts), explained by its best concept
+        # as retrieval.kg.match_concepts), square-rooted by default, explained by its best concept
         mass: dict[int, float] = {}
         best: dict[int, tuple[float, str, float]] = {}
         for wnid, (weight, path) in targets.items():
@@ -501,7 +524,11 @@ class Searcher:
                     best[item_id] = (b, wnid, p)
         if not mass:
             return vec
-        bonus = {i: (min(m, 1.0), best[i][1], best[i][2]) for i, m in mass.items()}
+        agg = self.options.concept_agg
+        if agg not in ("sqrt", "sum"):
+            raise UsageError(f"unknown concept_agg {agg!r}: use sqrt or sum")
+        f = math.sqrt if agg == "sqrt" else float
+        bonus = {i: (f(min(m, 1.0)), best[i][1], best[i][2]) for i, m in mass.items()}
         scores = dict(vec)
         extra = [i for i, _ in sorted(bonus.items(), key=lambda kv: -kv[1][0]) if i not in scores][:fetch]
         if extra:

@@ -152,3 +152,49 @@ def test_sense_vector_is_shared_when_the_index_model_is_the_sense_model(wn):
     _v, _w, plan = ex.query_vectors("money in the bank", spy, mode="mix")
     assert calls == [["money in the bank"]]  # encoded once, used for senses and search
     assert any(lk["span"] == "bank" for lk in plan.linked)
+
+
+def test_hyponyms_follow_the_concept_vocabulary(wn):
+    female, male, young = "n01320872", "n01321230", "n01321579"
+    chordate, invertebrate = "n01466257", "n01905661"
+    vocab = {TABBY, "n02099712", "n01530575", "n02206856"}  # tabby, Labrador, brambling, bee (ImageNet ids)
+    plain = expander(wn).plan("an animal")
+    assert {female, male, young} <= {e.entity_id for e in plain.expansions}  # the graph alone ranks them high
+
+    ex = expander(wn)
+    ex.set_concept_vocabulary(vocab)
+    p = ex.plan("an animal")
+    hyp = [e.entity_id for e in p.expansions if e.relation == "hyponym"]
+    assert hyp and not {female, male, young} & set(hyp)
+    assert hyp.index(chordate) < hyp.index(invertebrate)  # 3 vocabulary concepts below it against 1
+    assert ex._coverage[wn.row(chordate)] == 3 and ex._coverage[wn.row("n00015388")] == 4
+    # a word with no vocabulary concept below it keeps the graph's own ranking
+    assert ex.plan("a flag").to_dict() == expander(wn).plan("a flag").to_dict()
+    off = expander(wn, hyponym_coverage=False)
+    off.set_concept_vocabulary(vocab)
+    assert off.plan("an animal").to_dict() == plain.to_dict()
+    ex.set_concept_vocabulary(None)
+    assert ex.plan("an animal").to_dict() == plain.to_dict()
+
+
+def test_match_concepts_sqrt_and_unknown_aggregation(wn):
+    t = expander(wn).concept_targets("a cat")
+    concepts = [("n02123159", 0.16), ("n04037443", 0.5)]
+    s_sum, _ = match_concepts(t, concepts)
+    s_sqrt, why = match_concepts(t, concepts, agg="sqrt")
+    assert s_sqrt == pytest.approx(s_sum ** 0.5) and s_sqrt > s_sum and "tiger cat" in why
+    with pytest.raises(UsageError, match="unknown concept aggregation"):
+        match_concepts(t, concepts, agg="mean")
+
+
+def test_long_queries_expand_less(wn):
+    p = ExpansionPolicy()
+    long = "a dog runs across the green grass in the park"  # 7 content words
+    assert p.focus("a photo of a dog") == 1.0 and p.focus("an ankle boot") == 1.0
+    assert p.focus(long) == pytest.approx(3 / 7)
+    assert ExpansionPolicy(focus_words=0).focus(long) == 1.0
+    ex = expander(wn)
+    short_w = {e.entity_id: e.weight for e in ex.plan("a dog").expansions}
+    long_w = {e.entity_id: e.weight for e in ex.plan(long).expansions}
+    assert long_w[DOG] == pytest.approx(short_w[DOG] * 3 / 7, abs=1e-5)
+    assert long_w[PUPPY] == pytest.approx(short_w[PUPPY] * 3 / 7, abs=1e-5)

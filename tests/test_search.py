@@ -228,6 +228,35 @@ def test_expansion_mix_multi_and_grounding(index):
     assert "linked:" in out and "'warm' -> warm colour [c_warm]" in out and "(w=0.60)" in out
 
 
+def test_grounding_bonus_is_the_square_root_of_the_concept_mass(index):
+    from retrieval.search import SearchOptions
+
+    scores = {}
+    for agg in ("sum", "sqrt"):
+        s = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
+                     options=SearchOptions(concept_agg=agg))
+        scores[agg] = {h.path: h.score for h in s.search("warm", k=3, weights={"concept": 1.0})}
+    # red: target weight 0.8 x p 0.9 = mass 0.72; yellow: 0.4 x 0.9 = 0.36 (the same vector part in both runs)
+    for path, m in (("/img/red.png", 0.72), ("/img/yellow.png", 0.36)):
+        assert scores["sqrt"][path] - scores["sum"][path] == pytest.approx(m ** 0.5 - m, abs=1e-4)
+    bad = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
+                   options=SearchOptions(concept_agg="mean"))
+    with pytest.raises(UsageError, match="concept_agg"):
+        bad.search("warm", k=3)
+
+
+def test_long_queries_are_grounded_less(index):
+    from retrieval.kg import ExpansionPolicy
+
+    exp = FakeExpander()
+    exp.policy = ExpansionPolicy()  # focus_words 3: a 7-content-word query gets 3/7 of the concept bonus
+    s = Searcher(index, expand="multi", expander=exp, hybrid="none")
+    for text, focus in (("warm", 1.0), ("warm colours on a big white sheet of paper", 3 / 7)):
+        on = {h.path: h.score for h in s.search(text, k=5, weights={"concept": 1.0})}
+        off = {h.path: h.score for h in s.search(text, k=5, weights={"concept": 0.0})}
+        assert on["/img/red.png"] - off["/img/red.png"] == pytest.approx(focus * 0.72 ** 0.5, abs=1e-4), text
+
+
 def test_expand_auto_without_kg_falls_back_to_none(index, monkeypatch):
     import retrieval.search as search_mod
 
@@ -330,8 +359,11 @@ def test_auto_expands_short_queries_only(index):
 
     assert is_short_query("a mammal") and is_short_query("a photo of a dog") and is_short_query("red sports car")
     assert not is_short_query("a dog runs across the green grass") and not is_short_query("the a")
+    from retrieval.search import AUTO_EXPAND
+
+    assert AUTO_EXPAND == "multi"  # benchmarks/results/kg_tuning.json: multi + grounding beat mix on every set
     s = Searcher(index, expand="auto", expander=FakeExpander(), hybrid="none")
-    assert s.resolve_expand() == "mix" and s.resolve_expand(text="warm") == "mix"
-    assert s.search("warm", k=1).plan.mode == "mix"
+    assert s.resolve_expand() == AUTO_EXPAND and s.resolve_expand(text="warm") == AUTO_EXPAND
+    assert s.search("warm", k=1).plan.mode == AUTO_EXPAND
     assert s.search("warm red squares on white paper", k=1).plan.mode == "none"
     assert s.search("warm red squares on white paper", k=1, expand="multi").plan.mode == "multi"

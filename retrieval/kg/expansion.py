@@ -8,10 +8,16 @@ combined row, ``multi`` the query plus one row per expansion with weights for
 the searcher to fuse (max or RRF). ``concept_targets`` grounds a plan on the
 WordNet ids the ``lite`` image tower predicts. A query with nothing linked is
 returned unchanged.
+
+Measured levers (benchmarks/results/kg_tuning.json): with a concept vocabulary
+(:meth:`Expander.set_concept_vocabulary`; the Searcher hands over the concepts its
+index holds) hyponyms are chosen and ranked by how many recognisable concepts lie
+below them; long queries are expanded less (``ExpansionPolicy.focus_words``).
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -32,6 +38,13 @@ WORDNET_RELATIONS = {
 }
 KNOWN = {r for rs in WORDNET_RELATIONS.values() for r in rs}
 MODES = ("none", "mix", "multi")
+_FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def content_words(text: str) -> int:
+    """Words of ``text`` that are not articles or "photo of" filler ("a photo of a dog" -> 1)."""
+    return sum(1 for w in _WORD.findall((text or "").lower()) if w not in _FILLER)
 
 
 @dataclass
@@ -54,11 +67,20 @@ class ExpansionPolicy:
     max_expansions: int = 16  # over the whole query (linked entities included)
     min_weight: float = 0.02
     expansion_mass: float = 1.0  # total expansion weight, relative to the query, is scaled down to this
+    # a query with more content words than this (a caption, not a category word) gets its expansion
+    # weights and mass (and, in the Searcher, its concept-grounding weight) scaled by focus_words /
+    # content words (0 = off): full-caption recall stays within a point (benchmarks/results/recall_kg.json)
+    # while "a mammal" expands fully
+    focus_words: int = 3
     scale_by_confidence: bool = True  # multiply by the link's sense confidence
     min_link_score: float = 0.0  # links less confident than this are not expanded
     entity_template: str = "a photo of a {name}."  # prompt of entity vectors in the retrieval space
     grounding_depth: int = 16  # hyponym levels walked for lite concept targets
     grounding_decay: float = 0.95
+    # with a concept vocabulary (Expander.set_concept_vocabulary, e.g. lite's 1000 ImageNet ids): hyponyms
+    # with none of its concepts below them are dropped (animal -> female/male/young) and the rest are
+    # ranked by how many lie below them (animal -> chordate before invertebrate)
+    hyponym_coverage: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +92,13 @@ class ExpansionPolicy:
         if bad:
             raise UsageError(f"unknown expansion policy field(s): {', '.join(bad)}")
         return cls(**d)
+
+    def focus(self, text: str) -> float:
+        """1 for short queries; focus_words / content words for longer ones (see ``focus_words``)."""
+        n = content_words(text)
+        if self.focus_words <= 0 or n <= self.focus_words:
+            return 1.0
+        return self.focus_words / n
 
     def weight_of(self, group: str) -> float:
         if group in self.relation_weights:
@@ -94,6 +123,43 @@ class Expander:
         self._tables: dict[tuple[str, str], EntityEmbeddings] = {}
         self._rank_arr: list[float] | None = None
         self._closures: OrderedDict[int, list[tuple[str, int, list[str]]]] = OrderedDict()
+        self._coverage: np.ndarray | None = None  # per row: vocabulary concepts in its hyponym closure
+        self._vocab_key: frozenset | None = None
+
+    def set_concept_vocabulary(self, ids: Iterable[str] | None) -> None:
+        """Concepts an image model can recognise (lite: ImageNet wnids); None forgets them.
+
+        With ``policy.hyponym_coverage`` the hyponyms a plan expands to are those with such concepts
+        below them, most first: the visual part of the graph.
+        """
+        key = frozenset(ids) if ids is not None else None
+        if key == self._vocab_key:
+            return
+        self._vocab_key = key
+        self._coverage = None if not key else self._count_coverage(key)
+
+    def _count_coverage(self, vocab: frozenset) -> np.ndarray:
+        """Per row, how many vocabulary entities lie in its hyponym closure (itself included)."""
+        g = self.graph
+        up = [r for r in WORDNET_RELATIONS["hypernym"] if r in g.relations]
+        cov = np.zeros(len(g), np.int32)
+        for eid in vocab:
+            try:
+                start = g.row(eid)
+            except Exception:  # an id this graph does not hold
+                continue
+            seen, frontier = {start}, [start]
+            while frontier:
+                nxt = []
+                for r in frontier:
+                    for rel in up:
+                        for j in g.neighbour_rows(r, rel).tolist():
+                            if j not in seen:
+                                seen.add(j)
+                                nxt.append(j)
+                frontier = nxt
+            cov[list(seen)] += 1
+        return cov
 
     # -- walking ---------------------------------------------------------------
     def _groups(self) -> list[tuple[str, tuple[str, ...]]]:
@@ -179,18 +245,25 @@ class Expander:
                 best[row] = Expansion(g.ids[row], g.display_name(row), rel, round(w, 6), path)
 
         groups = self._groups()
+        focus = p.focus(text)
         for lk in links:
             if lk.score < p.min_link_score:
                 continue
-            conf = lk.score if p.scale_by_confidence else 1.0
+            conf = (lk.score if p.scale_by_confidence else 1.0) * focus
             offer(lk.row, "synonym", p.weight_of("synonym") * conf, [lk.span, "synonym", lk.name])
             for group, rels in groups:
                 base = p.weight_of(group) * conf
                 if base <= 0:
                     continue
                 depth = {"hyponym": p.hyponym_depth, "hypernym": p.hypernym_depth}.get(group, 1)
-                found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)
-                found.sort(key=lambda x: (x[1], -self._rank[x[0]], self.graph.ids[x[0]]))
+                cov = self._coverage if (group == "hyponym" and p.hyponym_coverage) else None
+                if cov is not None and cov[lk.row] > 0:
+                    # the visual part of the subtree: hyponyms with recognisable concepts below, most first
+                    found = [x for x in self._walk(lk.row, rels, depth) if cov[x[0]] > 0]
+                    found.sort(key=lambda x: (x[1], -int(cov[x[0]]), -self._rank[x[0]], self.graph.ids[x[0]]))
+                else:
+                    found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)
+                    found.sort(key=lambda x: (x[1], -self._rank[x[0]], self.graph.ids[x[0]]))
                 label = "hyponym" if group == "hyponym" else group
                 for r, lvl, path in found[: p.max_per_relation]:
                     offer(r, label, base * p.decay ** (lvl - 1), self._path(lk.span, label, path))
@@ -226,8 +299,9 @@ class Expander:
         rows = [self.graph.row(e.entity_id) for e in plan.expansions]
         ev = self.embeddings(encoder).get_rows(rows)
         w = np.array([e.weight for e in plan.expansions], np.float64)
-        if w.sum() > self.policy.expansion_mass * self.policy.query_weight:
-            w *= self.policy.expansion_mass * self.policy.query_weight / w.sum()
+        cap = self.policy.expansion_mass * self.policy.query_weight * self.policy.focus(plan.text)
+        if w.sum() > cap:
+            w *= cap / w.sum()
         weights = np.concatenate([[self.policy.query_weight], w]).astype(np.float32)
         vecs = np.concatenate([q, ev]).astype(np.float32)
         if mode == "multi":
@@ -317,8 +391,11 @@ def match_concepts(targets: dict[str, tuple[float, list[str]]], concepts: Iterab
     """Score an image's concepts against concept targets: (score, explanation of the best concept).
 
     ``sum``: sum of weight x probability over the image's concepts in the target set (capped at 1),
-    i.e. the image's probability mass inside the query's hyponym closure; ``max``: the best one.
+    i.e. the image's probability mass inside the query's hyponym closure; ``sqrt``: its square root
+    (the Searcher's default bonus: a small mass counts more); ``max``: the best one.
     """
+    if agg not in ("sum", "sqrt", "max"):
+        raise UsageError(f"unknown concept aggregation {agg!r}: use sum, sqrt or max")
     total, best, why = 0.0, 0.0, None
     for cid, prob in concepts:
         t = targets.get(cid)
@@ -328,7 +405,10 @@ def match_concepts(targets: dict[str, tuple[float, list[str]]], concepts: Iterab
         total += s
         if s > best:
             best, why = s, f"{format_path(t[1])} (p={float(prob):.2f})"
-    return (min(total, 1.0) if agg == "sum" else best), why
+    if agg == "max":
+        return best, why
+    total = min(total, 1.0)
+    return (total ** 0.5 if agg == "sqrt" else total), why
 
 
 def format_path(path: list[str]) -> str:

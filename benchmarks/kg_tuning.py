@@ -56,7 +56,10 @@ CHOSEN = ("default = hyponym_coverage on, concept_agg sqrt, concept_weight 0.5, 
 
 
 def run_tuning(sets=SETS, variants=None, model: str = "lite", per_class: int = 30, emoji_every: int = 3,
-               device: str = "cpu", progress: bool = False, flickr_index: str | None = None) -> dict:
+               device: str = "cpu", progress: bool = False, flickr_index: str | None = None,
+               category_sets: dict | None = None) -> dict:
+    """Every variant on every set (see the module docstring); ``category_sets``: name -> an already
+    built CategorySet to use instead of loading the named set (tests)."""
     from benchmarks.category import evaluate, load_set
     from benchmarks.datasets import bench_cache
     from retrieval.errors import UsageError
@@ -73,7 +76,7 @@ def run_tuning(sets=SETS, variants=None, model: str = "lite", per_class: int = 3
                         for n in names},
            "sets": {}}
     for name in sets:
-        cs = load_set(name, per_class, emoji_every)
+        cs = (category_sets or {}).get(name) or load_set(name, per_class, emoji_every)
         idx = flickr_index if name == "flickr-nouns" else None
         iname = "flickr8k-1k" if name == "flickr-nouns" else cs.name  # shares the recall benchmark's index
         idir = ensure_index(cs.items, iname, model, bench_cache() / "indexes", "auto", idx, device, progress)

@@ -24,10 +24,11 @@ import numpy as np
 
 from benchmarks.datasets import CaptionDataset, bench_cache, flickr8k_1k
 from benchmarks.metrics import caption_retrieval_metrics
-from retrieval.encoders.base import l2_normalize, load_image, weights_signature
+from retrieval.encoders.base import load_image, weights_signature
 from retrieval.encoders.lite import (
     ImagePreprocess,
     LiteConfig,
+    build_class_table,
     class_prompts,
     conse_mix,
     lite0_weights_path,
@@ -88,7 +89,8 @@ class Bench:
 
         return _cached(bench_cache() / f"minilm-captions-{self._ds_key}.npy", compute)
 
-    def table(self, config: LiteConfig) -> np.ndarray:
+    def prompt_embeddings(self, config: LiteConfig) -> np.ndarray:
+        """MiniLM embeddings of every class's prompts, ``[1000, n_prompts, d]`` (cached per prompt text)."""
         from retrieval.encoders import get_encoder
 
         prompts = class_prompts(config)
@@ -96,9 +98,13 @@ class Bench:
         def compute():
             text = get_encoder("sbert:minilm", device="cpu", batch_size=128)
             flat = [t for per in prompts for t in per]
-            return l2_normalize(text.encode_texts(flat).reshape(1000, len(config.prompts), -1).mean(axis=1))
+            return text.encode_texts(flat).reshape(1000, len(config.prompts), -1)
 
-        return _cached(bench_cache() / f"lite-table-{_key(prompts)}.npy", compute)
+        return _cached(bench_cache() / f"lite-prompts-{_key(prompts)}.npy", compute)
+
+    def table(self, config: LiteConfig) -> np.ndarray:
+        """The class-text table exactly as the encoder builds it (templates averaged, sharpened)."""
+        return build_class_table(self.prompt_embeddings(config), config)
 
     def score(self, config: LiteConfig, ks=(1, 5, 10), views: tuple[str, ...] = ()) -> dict:
         """Metrics of one variant; ``views`` averages the logits of several preprocessing modes (TTA)."""
@@ -116,11 +122,14 @@ NAMES = ("a photo of a {name}.",)
 NAMES_DEF = ("a photo of a {name}. {definition}",)
 ALL_NAMES_DEF = ("a photo of a {names}. {definition}",)
 KINDS = ("a photo of a {name}{a_kind_of}. {definition}",)
+PHOTO, DEF, NAMES_COLON_DEF = "a photo of a {name}.", "{definition}", "{names}: {definition}"
+MAN = "a man with a {name}."
+ENSEMBLE = (PHOTO, DEF, NAMES_COLON_DEF)
 
 
 def variants() -> list[tuple[str, LiteConfig, tuple[str, ...]]]:
     """(name, config, extra preprocessing views averaged) in the order the changes were measured."""
-    base = LiteConfig(prompts=NAMES_DEF, top_k=20, temperature=1.0, resize="crop")
+    base = LiteConfig(prompts=NAMES_DEF, top_k=20, temperature=1.0, resize="crop", sharpen=0.0, center=0.0)
     t3 = replace(base, temperature=3.0)
     out = [
         ("ConSE names only, top-20", replace(base, prompts=NAMES), ()),
@@ -142,6 +151,29 @@ def variants() -> list[tuple[str, LiteConfig, tuple[str, ...]]]:
     out.append(("temperature 3", t3, ()))
     out.append(("temperature 3, whole frame (squash resize)", replace(t3, resize="squash"), ()))
     out.append(("temperature 3, TTA crop+squash (2 forwards, not adopted)", t3, ("crop", "squash")))
+    # round 2 (2026-11-29): descriptions, table sharpening, mixing width, centring, on the squash default
+    sq = replace(t3, resize="squash")
+    for label, prompts in [("names only", NAMES), ("definition alone", (DEF,)),
+                           ("'{names}: {definition}'", (NAMES_COLON_DEF,)), ("'a man with a {name}.'", (MAN,)),
+                           ("ensemble name+def, definition, 'a man with a'", (NAMES_DEF[0], DEF, MAN)),
+                           ("ensemble photo-of-name, definition, names: definition", ENSEMBLE)]:
+        out.append((f"T3 squash, prompts: {label}", replace(sq, prompts=prompts), ()))
+    for k, share in [(5, 0.5), (20, 0.25), (20, 0.5), (20, 0.75), (50, 0.5)]:
+        out.append((f"T3 squash, sharpen class table {share} x mean of {k} nearest",
+                    replace(sq, sharpen=share, sharpen_k=k), ()))
+    sh = replace(sq, prompts=ENSEMBLE, sharpen=0.6, sharpen_k=30)
+    out.append(("ensemble + sharpen 0.6/30, T3 top-20", sh, ()))
+    for t, k in [(3.0, 30), (3.0, 50), (2.5, 30), (2.5, 50), (2.0, 50), (2.5, 100)]:
+        out.append((f"ensemble + sharpen 0.6/30, T{t} top-{k}", replace(sh, temperature=t, top_k=k), ()))
+    for share in (0.5, 0.7, 0.8):
+        out.append((f"ensemble + sharpen {share}/30, T2.5 top-50",
+                    replace(sh, sharpen=share, temperature=2.5, top_k=50), ()))
+    best = replace(sh, sharpen=0.7, temperature=2.5, top_k=50)
+    for c in (0.1, 0.2, 0.4):
+        out.append((f"ensemble + sharpen 0.7/30, T2.5 top-50, centre images {c}",
+                    replace(best, center=c), ()))
+    out.append(("... same without the table sharpening (centre 0.3)",
+                replace(best, sharpen=0.0, center=0.3), ()))
     out.append(("default LiteConfig()", LiteConfig(), ()))
     return out
 

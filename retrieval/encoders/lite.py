@@ -46,17 +46,24 @@ class LiteConfig:
     the root, e.g. Border collie -> "dog, animal"; the name itself where there are none) or
     ``{a_kind_of}`` (", a kind of dog, animal", empty where there are none); the templates'
     embeddings are averaged.
+
+    ``sharpen`` then subtracts that share of the mean of each class's ``sharpen_k`` nearest
+    class descriptions (local contrast): the 118 dog breeds, say, stop being one "dog"
+    direction and keep what tells them apart, and a mix of many classes stops collapsing
+    onto its common neighbourhood (hub images that rank high for every query).
     """
 
     resize: str = "squash"  # image preprocessing: "squash" (whole frame) or "crop" (ImageNet centre crop)
-    top_k: int = 20  # classes mixed per image
-    temperature: float = 3.0  # softmax temperature on the classifier logits (> 1 spreads weight)
+    top_k: int = 50  # classes mixed per image
+    temperature: float = 2.5  # softmax temperature on the classifier logits (> 1 spreads weight)
     concepts: int = 5  # top classes reported per image
-    prompts: tuple[str, ...] = ("a photo of a {name}. {definition}",)
+    prompts: tuple[str, ...] = ("a photo of a {name}.", "{definition}", "{names}: {definition}")
     kinds: int = 0
     kind_min_freq: int = 1
     kind_min_depth: int = 5
-    center: float = 0.0  # remove this share of the class-table mean from image vectors (hubness)
+    sharpen: float = 0.7  # remove this share of the mean of each class's nearest class descriptions
+    sharpen_k: int = 30  # ... over this many neighbours
+    center: float = 0.3  # remove this share of the class-table mean from image vectors (hubness)
     text_center: float = 0.0  # ... and from query vectors
     # query-side ConSE: a query also embeds as the softmax(sim / text_temperature)-weighted mix of its
     # text_top_k most similar class descriptions, blended in with weight text_mix (0 = off)
@@ -119,6 +126,25 @@ def class_prompts(config: LiteConfig) -> list[list[str]]:
                     a_kind_of=f", a kind of {', '.join(kind)}" if kind else "")
         texts.append([" ".join(t.format(**fill).split()) for t in config.prompts])
     return texts
+
+
+def sharpen_table(table: np.ndarray, share: float, k: int) -> np.ndarray:
+    """Local contrast on the class-text table: each row minus ``share`` x the mean of its ``k``
+    most similar other rows, re-normalised (see :class:`LiteConfig`)."""
+    t = np.asarray(table, dtype=np.float64)
+    if not share or k < 1:
+        return l2_normalize(t).astype(np.float32)
+    sim = t @ t.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(k, len(t) - 1)
+    nb = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return l2_normalize(t - share * t[nb].mean(axis=1)).astype(np.float32)
+
+
+def build_class_table(embeddings: np.ndarray, config: LiteConfig) -> np.ndarray:
+    """The class-text table from the prompt embeddings ``[1000, n_prompts, d]``: templates averaged,
+    normalised, sharpened. Shared by the encoder and the tuning benchmark."""
+    return sharpen_table(l2_normalize(np.asarray(embeddings).mean(axis=1)), config.sharpen, config.sharpen_k)
 
 
 def conse_mix(logits: np.ndarray, table: np.ndarray, config: LiteConfig):
@@ -285,8 +311,8 @@ class LiteEncoder(Encoder):
                 return table
         prompts = class_prompts(self.config)
         flat = [t for per in prompts for t in per]
-        emb = self.text.encode_texts(flat).reshape(1000, len(self.config.prompts), -1).mean(axis=1)
-        table = l2_normalize(emb)
+        emb = self.text.encode_texts(flat).reshape(1000, len(self.config.prompts), -1)
+        table = build_class_table(emb, self.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, table)

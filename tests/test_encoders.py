@@ -124,11 +124,23 @@ def test_open_clip_fast_text_path_equals_padded(tiny_clip, tiny_model_files):
         padded = enc.model.encode_text(tokens).numpy()
         fast = enc._encode_tokens_fast(tokens).numpy()
     np.testing.assert_allclose(fast, padded, atol=1e-5)
-    # and the public path (sorted batches) matches the padded one per text
+    # and the public path (sorted batches; on CPU through the ONNX export) matches the padded one per text
+    assert enc._ort_text is not None, "a standard CLIP text tower should run on ONNX Runtime on CPU"
     enc.batch_size = 2
     pub = enc.encode_texts(texts)
     ref = padded / np.linalg.norm(padded, axis=1, keepdims=True)
     np.testing.assert_allclose(pub, ref, atol=1e-5)
+
+
+def test_open_clip_text_on_torch_when_asked(tiny_clip, tiny_model_files, monkeypatch):
+    monkeypatch.setenv("KGCLIP_BACKEND", "torch")
+    spec = f"open_clip:{tiny_clip}@{tiny_model_files / 'tiny.pt'}"
+    enc = get_encoder(spec, device="cpu", cache=False).load()
+    assert enc._ort_text is None and enc.fast_text
+    monkeypatch.setenv("KGCLIP_BACKEND", "auto")
+    texts = ["a dog", "two cats on a sofa"]
+    np.testing.assert_allclose(enc.encode_texts(texts), get_encoder(spec, device="cpu", cache=False).encode_texts(texts),
+                               atol=1e-5)
 
 
 def test_missing_weights_fail_fast_with_instructions(monkeypatch):

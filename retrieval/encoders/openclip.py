@@ -169,6 +169,44 @@ class OpenClipEncoder(Encoder):
                 probe = probe.half()
             self._dim = int(model.encode_image(probe).shape[-1])
         self.fast_text = self._fast_text_supported()
+        self._ort_text = None
+        if self.fast_text:
+            from . import onnx
+
+            if onnx.wanted(self.device) and _plain_text_tower(model):
+                self._ort_text = onnx.load_or_export("openclip-text", self._text_signature(), self._export_text,
+                                                     self._check_text, tolerance=1e-4)
+
+    def _text_signature(self) -> str:
+        """Model name plus a hash of every text-tower tensor's shape and leading bytes (tells random
+        inits and checkpoints apart without hashing hundreds of MB)."""
+        import hashlib
+
+        h = hashlib.sha256(self.model_name.encode())
+        for name, t in self.model.state_dict().items():
+            if name.startswith("visual."):
+                continue
+            h.update(f"{name}{tuple(t.shape)}".encode())
+            h.update(t.detach().float().cpu().numpy().tobytes()[: 1 << 12])
+        return h.hexdigest()[:16]
+
+    def _export_text(self, path: str) -> None:
+        from .onnx import export_module
+
+        tokens = self.tokenizer(["a photo of a dog", "x"])[:, :9]
+        export_module(_TextForward(self.model), (tokens,), path, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
+
+    def _check_text(self, model) -> float:
+        """Largest difference (unit vectors) from the padded torch encode_text on texts of mixed lengths."""
+        import torch
+
+        texts = ["a dog catching a frisbee in the park on a sunny afternoon", "x", "two red cars"]
+        tokens = self.tokenizer(texts)
+        with torch.inference_mode():
+            ref = l2_normalize(self.model.encode_text(tokens).float().numpy())
+        length = _real_length(tokens)
+        got = l2_normalize(model.run(tokens=tokens[:, :length].numpy().astype(np.int64)))
+        return float(np.abs(got - ref).max())
 
     def _image_size(self) -> tuple[int, int]:
         size = getattr(self.model.visual, "image_size", 224)
@@ -241,7 +279,7 @@ class OpenClipEncoder(Encoder):
         import torch.nn as nn
 
         m = self.model
-        length = int((tokens != 0).int().cumsum(dim=1).argmax(dim=1).max().item()) + 1
+        length = _real_length(tokens)
         t = tokens[:, :length]
         cast = m.transformer.get_cast_dtype()
         x = m.token_embedding(t).to(cast)
@@ -256,6 +294,9 @@ class OpenClipEncoder(Encoder):
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        if self._ort_text is not None:
+            tokens = self.tokenizer(texts)
+            return self._ort_text.run(tokens=tokens[:, :_real_length(tokens)].numpy().astype(np.int64))
         tokens = self.tokenizer(texts).to(self.device)
         with torch.inference_mode():
             x = self._encode_tokens_fast(tokens) if self.fast_text else self.model.encode_text(tokens)
@@ -271,3 +312,66 @@ class OpenClipEncoder(Encoder):
         res = np.empty_like(out)
         res[order] = out
         return res
+
+
+def _real_length(tokens) -> int:
+    """Length of the longest real (non-padding) token sequence in a padded batch."""
+    return int((tokens != 0).int().cumsum(dim=1).argmax(dim=1).max().item()) + 1
+
+
+def _plain_text_tower(m) -> bool:
+    """True for the standard CLIP text tower that :class:`_TextForward` reproduces: pre-norm residual
+    blocks of nn.MultiheadAttention + MLP (optional layer scale), causal mask, argmax (EOT) pooling."""
+    import torch.nn as nn
+
+    blocks = getattr(getattr(m, "transformer", None), "resblocks", None)
+    if blocks is None or getattr(m, "text_pool_type", None) != "argmax" or getattr(m, "attn_mask", None) is None:
+        return False
+    for b in blocks:
+        if not isinstance(getattr(b, "attn", None), nn.MultiheadAttention) or hasattr(b, "ln_1_kv"):
+            return False
+        if not all(hasattr(b, a) for a in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")):
+            return False
+        if b.attn.in_proj_weight is None or b.attn.bias_k is not None:
+            return False
+    return True
+
+
+def _text_forward_module():
+    import torch
+    import torch.nn.functional as F
+
+    class TextForward(torch.nn.Module):
+        """CLIP text features from tokens truncated to the batch's longest real sequence, written with
+        plain ops (nn.MultiheadAttention's traced graph fixes the sequence length) so it exports to ONNX
+        with dynamic batch and length. The caller checks it against the padded encode_text."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, t):
+            m = self.m
+            n = t.shape[1]
+            x = m.token_embedding(t) + m.positional_embedding[:n]
+            for blk in m.transformer.resblocks:
+                b, d = x.shape[0], x.shape[2]
+                heads = blk.attn.num_heads
+                h = blk.ln_1(x)
+                q, k, v = F.linear(h, blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, dim=-1)
+                q, k, v = (z.reshape(b, n, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=m.attn_mask[:n, :n])
+                a = blk.attn.out_proj(a.transpose(1, 2).reshape(b, n, d))
+                x = x + blk.ls_1(a)
+                x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+            x = m.ln_final(x)
+            x = x[torch.arange(x.shape[0]), t.argmax(dim=-1)]
+            proj = m.text_projection
+            return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    return TextForward
+
+
+def _TextForward(m):  # noqa: N802 - a class built lazily (torch is imported only when needed)
+    return _text_forward_module()(m)
+

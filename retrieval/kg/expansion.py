@@ -173,12 +173,13 @@ class Expander:
                 groups.append((g.inverse_of[r], (g.inverse_of[r],)))
         return groups
 
-    def _walk(self, start: int, relations: tuple[str, ...], depth: int,
-              limit: int | None = None) -> list[tuple[int, int, list[int]]]:
+    def _walk(self, start: int, relations: tuple[str, ...], depth: int, limit: int | None = None,
+              keep=None) -> list[tuple[int, int, list[int]]]:
         """(row, level, path rows) reachable within ``depth`` steps, breadth first, deterministic.
 
         With ``limit``, stops after the first level that brings the (non-abstract) count to ``limit``:
-        deeper levels rank after shallower ones, so they could not make the cut.
+        deeper levels rank after shallower ones, so they could not make the cut. ``keep(row)``: only
+        such rows are returned (and counted), though the walk goes on through the others.
         """
         g = self.graph
         seen = {start}
@@ -192,7 +193,7 @@ class Expander:
                         if j not in seen:
                             seen.add(j)
                             nxt.append((j, path + [j]))
-                            if not self._abstract(j):
+                            if not self._abstract(j) and (keep is None or keep(j)):
                                 out.append((j, level, path + [j]))
             frontier = nxt
             if not frontier or (limit is not None and len(out) >= limit):
@@ -259,7 +260,7 @@ class Expander:
                 cov = self._coverage if (group == "hyponym" and p.hyponym_coverage) else None
                 if cov is not None and cov[lk.row] > 0:
                     # the visual part of the subtree: hyponyms with recognisable concepts below, most first
-                    found = [x for x in self._walk(lk.row, rels, depth) if cov[x[0]] > 0]
+                    found = self._walk(lk.row, rels, depth, limit=p.max_per_relation, keep=lambda j: cov[j] > 0)
                     found.sort(key=lambda x: (x[1], -int(cov[x[0]]), -self._rank[x[0]], self.graph.ids[x[0]]))
                 else:
                     found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)

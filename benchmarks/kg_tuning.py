@@ -17,6 +17,8 @@ lists the expansion modes it is scored in. The levers:
 - ``focus_words``: queries with more content words are expanded and grounded less (it only
   touches the few category queries with 4+ content words here; its purpose is full-caption
   recall, measured by ``python -m benchmarks.recall --expand none,auto,mix,multi``);
+- ``coverage_weight``: hyponym weights scaled by (coverage / best sibling's) ** w;
+- ``grounding_alternatives``: also ground the linker's other candidate senses of a word;
 - ``mix`` (one blended query vector) vs ``multi`` (best weighted cosine over query + expansions).
 ``previous`` is the search path's defaults before this tuning.
 
@@ -53,6 +55,10 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict, dict]] = {
     "sqrt-cw1": (("multi",), {}, {"concept_weight": 1.0}),
     "sqrt-flat": (("multi",), {"grounding_decay": 1.0}, {}),
     "no-meronyms": (("mix", "multi"), {"meronym": 0.0}, {}),
+    "coverage-weighted": (("mix",), {"coverage_weight": 0.5}, {}),
+    "coverage-weighted-1": (("mix",), {"coverage_weight": 1.0}, {}),
+    "alt-senses-0.5": (("mix", "multi"), {"grounding_alternatives": 0.5}, {}),
+    "alt-senses-1": (("mix", "multi"), {"grounding_alternatives": 1.0}, {}),
 }
 CHOSEN = ("default = hyponym_coverage on, concept_agg sqrt, concept_weight 0.5, grounding_decay 0.95, "
           "focus_words 3, auto -> mix. Chosen on all three sets together: sqrt at 0.5 raised mAP over the "

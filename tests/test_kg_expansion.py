@@ -198,3 +198,25 @@ def test_long_queries_expand_less(wn):
     long_w = {e.entity_id: e.weight for e in ex.plan(long).expansions}
     assert long_w[DOG] == pytest.approx(short_w[DOG] * 3 / 7, abs=1e-5)
     assert long_w[PUPPY] == pytest.approx(short_w[PUPPY] * 3 / 7, abs=1e-5)
+
+
+def test_coverage_weight_scales_hyponyms_by_their_concepts(wn):
+    chordate, invertebrate = "n01466257", "n01905661"
+    ex = Expander(wn, sense_encoder=None, policy=ExpansionPolicy(coverage_weight=1.0))
+    ex.set_concept_vocabulary({TABBY, "n02099712", "n01530575", "n02206856"})
+    w = {e.entity_id: e.weight for e in ex.plan("an animal").expansions}
+    assert w[invertebrate] == pytest.approx(w[chordate] / 3, abs=1e-5)  # 1 concept below it against 3
+
+
+def test_grounding_alternatives_reach_the_other_senses(wn):
+    from retrieval.types import QueryPlan
+
+    clothing, covering, sandal = "n03381126", "n03380867", "n04133789"  # footwear (2 senses), sandal
+    link = {"span": "footwear", "entity_id": clothing, "name": "footwear", "gloss": "", "score": 0.95,
+            "alternatives": [{"entity_id": covering, "name": "footwear", "gloss": "", "score": 0.05}]}
+    plan = QueryPlan(text="footwear", linked=[link])
+    assert sandal not in expander(wn).concept_targets(plan)
+    t = expander(wn, grounding_alternatives=1.0).concept_targets(plan)
+    assert sandal in t and t[sandal][1][0] == "footwear" and 0 < t[sandal][0] < 0.95
+    low = expander(wn, grounding_alternatives=0.01).concept_targets(plan)
+    assert low[sandal][0] < t[sandal][0]  # the alternative's own confidence, 0.05, wins over 0.01 x 0.95

@@ -81,6 +81,11 @@ class ExpansionPolicy:
     # with none of its concepts below them are dropped (animal -> female/male/young) and the rest are
     # ranked by how many lie below them (animal -> chordate before invertebrate)
     hyponym_coverage: bool = True
+    # ... and weighted by (coverage / the best sibling's coverage) ** this (0 = equal weights)
+    coverage_weight: float = 0.0
+    # ground the link's other candidate senses too, each at max(its confidence, this x the chosen
+    # sense's) (0 = the chosen sense only): "footwear" the clothing and "footwear" the covering
+    grounding_alternatives: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,8 +271,13 @@ class Expander:
                     found = self._walk(lk.row, rels, depth, limit=p.max_per_relation)
                     found.sort(key=lambda x: (x[1], -self._rank[x[0]], self.graph.ids[x[0]]))
                 label = "hyponym" if group == "hyponym" else group
-                for r, lvl, path in found[: p.max_per_relation]:
-                    offer(r, label, base * p.decay ** (lvl - 1), self._path(lk.span, label, path))
+                found = found[: p.max_per_relation]
+                top = max((int(cov[x[0]]) for x in found), default=0) if cov is not None else 0
+                for r, lvl, path in found:
+                    w = base * p.decay ** (lvl - 1)
+                    if top and p.coverage_weight:
+                        w *= (int(cov[r]) / top) ** p.coverage_weight
+                    offer(r, label, w, self._path(lk.span, label, path))
         exps = sorted(best.values(), key=lambda e: (-e.weight, e.entity_id))[: p.max_expansions]
         plan.expansions = exps
         return plan
@@ -375,15 +385,20 @@ class Expander:
         for lk in plan.linked:
             if lk["score"] < p.min_link_score:
                 continue
-            root = g.row(lk["entity_id"])
             conf = lk["score"] if p.scale_by_confidence else 1.0
-            wtab = [round(conf * p.grounding_decay ** lv, 6) for lv in range(p.grounding_depth + 1)]
-            for eid, level, path in self._closure(root):  # paths are shared with the cache: read-only
-                if keep is not None and eid not in keep:
-                    continue
-                w = wtab[level]
-                if eid not in out or out[eid][0] < w:
-                    out[eid] = (w, path)
+            senses = [(lk["entity_id"], conf)]
+            if p.grounding_alternatives > 0:
+                senses += [(a["entity_id"], max(a["score"] if p.scale_by_confidence else 1.0,
+                                                p.grounding_alternatives * conf))
+                           for a in lk.get("alternatives") or []]
+            for sense, sconf in senses:
+                wtab = [round(sconf * p.grounding_decay ** lv, 6) for lv in range(p.grounding_depth + 1)]
+                for eid, level, path in self._closure(g.row(sense)):  # paths are shared with the cache: read-only
+                    if keep is not None and eid not in keep:
+                        continue
+                    w = wtab[level]
+                    if eid not in out or out[eid][0] < w:
+                        out[eid] = (w, path)
         return out
 
 

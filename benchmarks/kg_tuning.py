@@ -125,6 +125,22 @@ def run_tuning(sets=SETS, variants=None, model: str = "lite", per_class: int = 3
                         for m, v in row.items()) + f"  ({time.perf_counter() - t:.0f}s)", file=sys.stderr)
             exp.policy = ExpansionPolicy()
         out["sets"][name] = res
+    out["summary"] = summarize(out)
+    return out
+
+
+def summarize(res: dict) -> dict:
+    """Per variant and mode: mAP and nDCG@10 per set, relative mAP change vs none, and the mean change."""
+    out: dict = {}
+    for vname in res["variants"]:
+        for mode in res["variants"][vname]["modes"]:
+            row = {s: res["sets"][s]["variants"][vname][mode] for s in res["sets"]}
+            out[f"{vname}/{mode}"] = {
+                "mAP": {s: r["mAP"] for s, r in row.items()},
+                "ndcg@10": {s: r["ndcg@10"] for s, r in row.items()},
+                "mAP_rel_change_vs_none": {s: r["mAP_rel_change_vs_none"] for s, r in row.items()},
+                "mean_rel_change": round(sum(r["mAP_rel_change_vs_none"] for r in row.values()) / len(row), 4),
+            }
     return out
 
 
@@ -143,6 +159,10 @@ def main(argv=None):
     res = run_tuning(parse_list(a.sets, SETS, "set"), parse_list(a.variants), per_class=a.per_class,
                      emoji_every=a.emoji_every, progress=True, flickr_index=a.flickr_index)
     res["command"] = "python -m benchmarks.kg_tuning " + " ".join(argv if argv is not None else sys.argv[1:])
+    for key, v in res["summary"].items():
+        print(f"{key:28s} " + "  ".join(f"{s} {v['mAP'][s]:.4f} ({v['mAP_rel_change_vs_none'][s] * 100:+.1f}%) "
+                                         f"nDCG@10 {v['ndcg@10'][s]:.3f}" for s in v["mAP"])
+              + f"  mean {v['mean_rel_change'] * 100:+.1f}%", file=sys.stderr)
     if not a.no_write:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -309,6 +309,7 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     res = run_recall(a.dataset, parse_list(a.models), parse_list(a.expand, EXPAND_CHOICES, "--expand"), a.split,
                      a.index, a.index_type, a.max_queries, progress=True)
+    res["command"] = "python -m benchmarks.recall " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {a.out}", file=sys.stderr)

@@ -464,39 +464,50 @@ class Index:
 
         All kinds come from ONE store snapshot; kinds loaded fresh at ``loaded_gen`` are derived
         again too when the store has moved on since, so image and caption search one generation.
+        The derive runs without the write lock (it can take minutes on a large index, and an update
+        started meanwhile must not be refused); the lock is taken only to save, and only if the
+        store is still at the derived generation.
         """
+        gen = self.store.generation
+        opts = self.manifest.get("options") or {}
+        with self.store.read() as txn:
+            if loaded_gen is not None and int(store_meta(txn, self.store, "generation", 0)) != loaded_gen:
+                kinds = ["image"] + (["caption"] if self.text_model_spec else [])
+            for kind in kinds:
+                dim = self.dim if kind == "image" else self.text_dim
+                index, info = derive_faiss(self.store, self.path, kind, dim, opts.get("index_type") or "auto",
+                                           opts.get("max_memory"), save=False, txn=txn)
+                self._faiss[kind], self._info[kind] = index, info
+                gen = info["generation"]
+                self.rebuilt.append(kind)
+        self.generation = gen
+        self._save_derived(kinds, gen)
+
+    def _save_derived(self, kinds: list[str], gen: int) -> None:
         lock = WriteLock(self.path)
-        have_lock = False
         try:
-            have_lock = lock.try_acquire()
-        except OSError:  # a read-only index folder: derive in memory only
-            have_lock = False
+            if not lock.try_acquire():
+                return  # a writer is at work: it writes its own FAISS files when it finishes
+        except OSError:  # a read-only index folder: keep the derived index in memory only
+            return
         try:
-            gen = self.store.generation
-            opts = self.manifest.get("options") or {}
-            with self.store.read() as txn:
-                if loaded_gen is not None and int(store_meta(txn, self.store, "generation", 0)) != loaded_gen:
-                    kinds = ["image"] + (["caption"] if self.text_model_spec else [])
-                for kind in kinds:
-                    dim = self.dim if kind == "image" else self.text_dim
-                    index, info = derive_faiss(self.store, self.path, kind, dim, opts.get("index_type") or "auto",
-                                               opts.get("max_memory"), save=have_lock, txn=txn)
-                    self._faiss[kind], self._info[kind] = index, info
-                    gen = info["generation"]
-                    self.rebuilt.append(kind)
-            self.generation = gen
-            if have_lock:
-                try:
-                    m = read_manifest(self.path)
-                    m.setdefault("faiss", {}).update({k: self._info[k] for k in kinds})
-                    m["generation"] = gen
-                    write_manifest(self.path, m)
-                    self.manifest = m
-                except (KgclipError, OSError):
-                    pass
+            if self.store.generation != gen:
+                return  # the store moved on while this reader derived: the next open derives again
+            V = vectors_module()
+            for kind in kinds:
+                V.save_atomic(self._faiss[kind], os.path.join(self.path, FAISS_FILES[kind]), gen)
+            try:
+                m = read_manifest(self.path)
+                m.setdefault("faiss", {}).update({k: self._info[k] for k in kinds})
+                m["generation"] = gen
+                write_manifest(self.path, m)
+                self.manifest = m
+            except (KgclipError, OSError):
+                pass
+        except OSError:
+            pass  # could not write (disk full, read-only files): served from memory all the same
         finally:
-            if have_lock:
-                lock.release()
+            lock.release()
 
     def is_stale(self) -> bool:
         return self.store.generation != self.generation

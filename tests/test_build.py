@@ -274,6 +274,49 @@ def test_stale_or_missing_faiss_is_derived_again(tmp_path):
     assert r["repaired"] and verify_index(tmp_path / "idx")["ok"]
 
 
+def test_reader_derives_without_the_write_lock(tmp_path, monkeypatch):
+    """An update started while a reader re-derives a stale FAISS file is not refused; the reader
+    saves its result only if the store is still at the generation it derived."""
+    import indexer.index as index_mod
+
+    src = _colours(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    build_index([src], idx, **FAKE)
+    os.unlink(idx / "image.faiss")
+    real = index_mod.derive_faiss
+    seen = []
+
+    def derive_while_a_writer_starts(*a, **kw):
+        with WriteLock(str(idx)):  # what an update does first: not refused during the derive
+            seen.append(True)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(index_mod, "derive_faiss", derive_while_a_writer_starts)
+    with open_index(idx) as ix:
+        assert ix.rebuilt == ["image"] and seen == [True]
+    assert (idx / "image.faiss").exists() and verify_index(idx)["ok"]
+
+    # the store moves on during the derive: the stale generation is not saved over it
+    os.unlink(idx / "image.faiss")
+    from indexer.store import Store
+
+    def derive_then_store_moves(*a, **kw):
+        out = real(*a, **kw)
+        s = Store(str(idx))
+        s.write(lambda t: t.remove_path(str(src / "green.png")))
+        s.close()
+        return out
+
+    monkeypatch.setattr(index_mod, "derive_faiss", derive_then_store_moves)
+    with open_index(idx) as ix:
+        assert ix.rebuilt == ["image"]
+    assert not (idx / "image.faiss").exists()
+    monkeypatch.setattr(index_mod, "derive_faiss", real)
+    with open_index(idx) as ix:
+        assert len(ix) == 7
+    assert verify_index(idx)["ok"]
+
+
 def test_second_writer_is_refused(tmp_path):
     src = _colours(tmp_path / "imgs")
     (tmp_path / "idx").mkdir()

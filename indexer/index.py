@@ -28,6 +28,7 @@ from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
 TRAIN_SAMPLE = 50_000
 TUNE_QUERIES = 500
+EXACT_QUERY_ROWS = 16  # queries merged at a time by the exact (ground-truth) search
 MAX_K = 1 << 20  # most results one Index.search call returns per query
 SEED = 0
 
@@ -78,39 +79,74 @@ def _wipe(index_dir: str) -> None:
 
 # -- FAISS, derived from the store -------------------------------------------------------
 def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the stored vectors, streamed (bounded memory)."""
+    """Exact inner-product top-k over the stored vectors, streamed (bounded memory).
+
+    Ties go to the earlier stored vector. Beyond the [n, k] results and one batch's scores
+    ([n, 8192]), only the stored vectors that beat a query's current k-th best are merged,
+    EXACT_QUERY_ROWS queries at a time: no [n, 8192 + k] sort (150 MiB for 500 queries).
+    """
     q = np.ascontiguousarray(queries, np.float32)
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.full((len(q), k), -1, np.int64)
+    if k <= 0:
+        return best_s, best_i
     for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
         ids = ids if owners is None else owners
         s = q @ vecs.T
-        cs = np.concatenate([best_s, s], axis=1)
-        ci = np.concatenate([best_i, np.broadcast_to(ids, s.shape)], axis=1)
-        top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
-        best_s = np.take_along_axis(cs, top, 1)
-        best_i = np.take_along_axis(ci, top, 1)
+        for r in range(0, len(q), EXACT_QUERY_ROWS):
+            rows = slice(r, r + EXACT_QUERY_ROWS)
+            _merge_top(best_s[rows], best_i[rows], s[rows], ids)
     return best_s, best_i
 
 
-def _sample(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
-    """A seeded uniform sample (reservoir) of stored vectors: (ids, vectors); ids are item ids."""
+def _merge_top(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, ids: np.ndarray) -> None:
+    """Merge scores ``s`` [m, b] of stored ``ids`` [b] into each row's top-k (``best_*`` [m, k], in place).
+
+    The same result as a stable sort of each row's [best, s] (a tie goes to the earlier entry),
+    computed over the k bests plus only the entries that beat the row's k-th best: an entry
+    that does not is ranked behind all k bests in that sort.
+    """
+    m, k = best_s.shape
+    rr, cc = np.nonzero(s > best_s[:, -1:])
+    if not len(rr):
+        return
+    row = np.concatenate([np.repeat(np.arange(m), k), rr])
+    score = np.concatenate([best_s.ravel(), s[rr, cc]])
+    ident = np.concatenate([best_i.ravel(), ids[cc]])
+    order = np.lexsort((np.arange(len(row)), -score, row))  # by row, score down, then entry order
+    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))[:-1]])
+    take = order[(starts[:, None] + np.arange(k)).ravel()]
+    best_s[:] = score[take].reshape(m, k)
+    best_i[:] = ident[take].reshape(m, k)
+
+
+def _sample_keys(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded uniform sample (reservoir) of the stored vectors' keys: (keys, item ids), ``size`` at most.
+
+    Keys, not vectors: the reservoir holds 16 bytes a slot and no stored vector stays in memory
+    (:func:`_sample_vectors` reads the few that are needed). Caption keys are caption ids, their
+    item ids the items they describe; image keys are item ids.
+    """
     rng = np.random.default_rng(SEED)
-    res: list[np.ndarray] = []
-    res_ids: list[int] = []
-    seen = 0
-    for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
-        for i, v in zip(ids if owners is None else owners, vecs):
-            if len(res) < size:
-                res.append(v)
-                res_ids.append(int(i))
-            else:
-                j = rng.integers(0, seen + 1)
-                if j < size:
-                    res[j] = v
-                    res_ids[j] = int(i)
+    keys = np.empty(size, np.int64)
+    items = np.empty(size, np.int64)
+    filled = seen = 0
+    for ids, owners in store.iter_vector_keys(kind, txn=txn):
+        owners = ids if owners is None else owners
+        j0 = min(size - filled, len(ids))
+        keys[filled : filled + j0], items[filled : filled + j0] = ids[:j0], owners[:j0]
+        filled += j0
+        seen += j0
+        for j in range(j0, len(ids)):
+            r = rng.integers(0, seen + 1)
+            if r < size:
+                keys[r], items[r] = ids[j], owners[j]
             seen += 1
-    return (np.asarray(res_ids, np.int64), np.stack(res)) if res else (None, None)
+    return keys[:filled], items[:filled]
+
+
+def _sample_vectors(store: Store, kind: str, keys: np.ndarray, dim: int, txn) -> np.ndarray:
+    return store.get_vectors(keys, dim, kind=kind, txn=txn)
 
 
 def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
@@ -127,18 +163,22 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
         choice = V.choose_index(n, dim, max_memory_bytes=max_memory, index_type=index_type if kind == "image"
                                 else "auto")
-        sample_ids, sample = _sample(store, kind, min(n, TRAIN_SAMPLE), txn) if n else (None, None)
+        # the sample's keys only; its vectors are read when needed: all of them to train IVF
+        # (TRAIN_SAMPLE x dim at most, dropped once trained), else just the tuning queries
+        keys, sample_ids = _sample_keys(store, kind, min(n, TRAIN_SAMPLE), txn)
+        train = _sample_vectors(store, kind, keys, dim, txn) if n and choice.kind in ("ivf", "ivfpq") else None
 
         def batches():
             for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
                 yield (ids if owners is None else owners), vecs
 
-        index = V.build_vectors_index(choice, dim, sample, batches(), use_gpu=use_gpu)
+        index = V.build_vectors_index(choice, dim, train, batches(), use_gpu=use_gpu)
         params, recall = {}, 1.0  # search parameters (tuned below); flat has none
         if n and choice.kind != "flat":
             rng = np.random.default_rng(SEED + 1)
-            rows = rng.choice(len(sample), size=min(TUNE_QUERIES, len(sample)), replace=False)
-            queries = sample[rows]
+            rows = rng.choice(len(keys), size=min(TUNE_QUERIES, len(keys)), replace=False)
+            queries = train[rows] if train is not None else _sample_vectors(store, kind, keys[rows], dim, txn)
+            train = None
 
             def exact_fn(q, k):
                 return _exact_search(store, kind, q, k, txn)

@@ -10,6 +10,7 @@ interrupted run continues from its last committed batch.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -133,6 +134,45 @@ def reason_kind(reason: str) -> str:
 
 
 # -- scan ------------------------------------------------------------------------
+class SeenKeys:
+    """The keys a scan saw, for the sweep of gone files: 16 bytes a key, not a Python set of paths.
+
+    A key is kept as its 128-bit BLAKE2b digest (a set of path strings costs about 170 bytes a
+    path: 170 MiB for a million files). Membership is asked only after the scan, so the digests
+    are appended as they come and sorted once. Two paths share a digest with probability about
+    n^2 / 2^129 (1e-26 for 100 million paths).
+    """
+
+    def __init__(self):
+        self._new = bytearray()
+        self._sorted = np.zeros(0, "S16")
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def add(self, key: str) -> None:
+        self._new += self._digest(key)
+
+    def _frozen(self) -> np.ndarray:
+        if self._new:
+            self._sorted = np.unique(np.concatenate([self._sorted, np.frombuffer(self._new, "S16")]))
+            self._new = bytearray()
+        return self._sorted
+
+    def contains(self, keys: list[str]) -> np.ndarray:
+        """A bool per key: was it added?"""
+        have = self._frozen()
+        q = np.array([self._digest(k) for k in keys], "S16")
+        if not len(have) or not len(q):
+            return np.zeros(len(q), bool)
+        pos = np.minimum(np.searchsorted(have, q), len(have) - 1)
+        return have[pos] == q
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self.contains([key])[0])
+
+
 def is_current(store: Store, it: Item | Skip) -> bool:
     """True when the store already reflects this item or skip (nothing to do)."""
     if isinstance(it, Skip):
@@ -237,7 +277,7 @@ def run(
 
     # pass 1: what is there, and how much is to do (for the progress bar's ETA)
     t0 = time.perf_counter()
-    seen: set[str] = set()
+    seen = SeenKeys()
     todo = 0
     for it in iter_sources(sources, root=root, base=base):
         seen.add(it.key)
@@ -362,21 +402,43 @@ def run(
 
     # gone files: forget them (only after a complete scan)
     t = time.perf_counter()
-    gone_paths = [k for k in store.path_keys() if k not in seen]
-    gone = gone_paths + [k for k in store.failure_keys() if k not in seen]
-    for i in range(0, len(gone), 1000):
-        chunk = gone[i : i + 1000]
+    report.removed += sweep(store, seen)
+    tm.sweep += time.perf_counter() - t
+    tm.total += time.perf_counter() - t_start
+    return report
 
-        def fn(txn: Txn, chunk=chunk):
-            for k in chunk:
+
+def sweep(store: Store, seen, chunk: int = 1000) -> int:
+    """Forget stored paths and failures whose keys are not in ``seen``; returns the paths removed.
+
+    Streams the store's keys ``chunk`` at a time and removes gone keys ``chunk`` per transaction
+    (paths first, then failures), so memory holds two chunks, not the store's key lists.
+    """
+    pending: list[str] = []
+
+    def flush():
+        def fn(txn: Txn, gone=list(pending)):
+            for k in gone:
                 txn.remove_path(k)
                 txn.clear_failure(k)
 
         store.write(fn)
-    report.removed += len(gone_paths)
-    tm.sweep += time.perf_counter() - t
-    tm.total += time.perf_counter() - t_start
-    return report
+        pending.clear()
+
+    removed = 0
+    for db in ("paths", "fails"):
+        for keys in store.iter_key_chunks(db, chunk):
+            gone = [k for k, ok in zip(keys, seen.contains(keys)) if not ok]
+            removed += len(gone) if db == "paths" else 0
+            pending.extend(gone)
+            while len(pending) >= chunk:
+                rest = pending[chunk:]
+                del pending[chunk:]
+                flush()
+                pending.extend(rest)
+    if pending:
+        flush()
+    return removed
 
 
 def iter_batches(it: Iterable, n: int):

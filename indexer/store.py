@@ -251,10 +251,16 @@ class Store:
             "meta": prim.get("meta", {}),
         }
 
-    def get_vectors(self, ids, dim: int, kind: str = "image") -> np.ndarray:
+    def get_vectors(self, ids, dim: int, kind: str = "image", txn=None) -> np.ndarray:
+        """Vectors of ``ids`` (image: item ids, caption: caption ids); zeros where missing.
+
+        With ``txn`` (a read transaction) they come from that snapshot.
+        """
+        from contextlib import nullcontext
+
         out = np.zeros((len(ids), dim), np.float32)
         db = self.db["vecs" if kind == "image" else "capvecs"]
-        with self.read() as t:
+        with (nullcontext(txn) if txn is not None else self.read()) as t:
             for r, i in enumerate(ids):
                 b = t.get(ikey(int(i)), db=db) if int(i) >= 0 else None
                 if b is not None:
@@ -310,6 +316,52 @@ class Store:
             yield (np.asarray(ids, np.int64), np.stack(vecs),
                    None if kind == "image" else np.asarray(owners, np.int64))
             last = ids[-1]
+
+    def iter_vector_keys(self, kind: str = "image", batch: int = 8192, txn=None
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Stream (ids, item_ids) like :meth:`iter_vectors`, without reading the vectors themselves."""
+        db = self.db["vecs" if kind == "image" else "capvecs"]
+        last = None
+        while True:
+            ids, owners = [], []
+            t = txn if txn is not None else self.read()
+            try:
+                cur = t.cursor(db=db)
+                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
+                while ok and len(ids) < batch:
+                    ids.append(unikey(cur.key()))
+                    if kind != "image":
+                        owners.append(unikey(cur.value()[:8]))
+                    ok = cur.next()
+            finally:
+                if txn is None:
+                    t.abort()
+            if not ids:
+                return
+            yield np.asarray(ids, np.int64), None if kind == "image" else np.asarray(owners, np.int64)
+            last = ids[-1]
+
+    def iter_key_chunks(self, db: str, chunk: int = 1000) -> Iterator[list[str]]:
+        """The keys of ``db`` ("paths" or "fails") in key order, ``chunk`` at a time.
+
+        A fresh read transaction per chunk, so the caller may delete keys between chunks (the walk
+        goes on after the last key it returned) and never holds the whole key list.
+        """
+        last = None
+        while True:
+            keys: list[bytes] = []
+            with self.read() as t:
+                cur = t.cursor(db=self.db[db])
+                ok = cur.set_range(last) if last is not None else cur.first()
+                if ok and last is not None and cur.key() == last:
+                    ok = cur.next()
+                while ok and len(keys) < chunk:
+                    keys.append(bytes(cur.key()))
+                    ok = cur.next()
+            if not keys:
+                return
+            yield [k.decode() for k in keys]
+            last = keys[-1]
 
     def iter_paths(self) -> Iterator[tuple[str, dict]]:
         with self.read() as t:

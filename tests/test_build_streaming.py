@@ -1,0 +1,122 @@
+"""The end of a build streams the store: exact search, the tuning sample and the sweep hold bounded batches."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from indexer import index as I
+from indexer import pipeline as P
+from indexer.store import Store
+
+
+def _store(tmp_path, n=40, dim=6, dup_every=5):
+    """``n`` items whose vectors repeat (ties) every ``dup_every`` ids; item i has i % 3 captions."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((dup_every, dim)).astype(np.float32)
+    s = Store(str(tmp_path), create=True)
+
+    def fill(t):
+        for i in range(n):
+            v = base[i % dup_every] if i % 2 else rng.standard_normal(dim).astype(np.float32)
+            caps = [f"c{i}-{j}" for j in range(i % 3)]
+            cv = rng.standard_normal((len(caps), dim)).astype(np.float32) if caps else None
+            t.add_path(f"/img/{i:03d}.png", sha256=f"h{i}", size=1, mtime_ns=1, width=1, height=1, vector=v,
+                       captions=caps, cap_vecs=cv)
+
+    s.write(fill)
+    return s
+
+
+def _brute_force(store, kind, q, k):
+    ids, vecs, owners = next(store.iter_vectors(kind, batch=10**6))
+    ids = ids if owners is None else owners
+    s = q @ vecs.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]  # a tie goes to the earlier stored vector
+    return np.take_along_axis(s, top, 1), ids[top]
+
+
+@pytest.mark.parametrize("kind", ["image", "caption"])
+def test_exact_search_merges_small_batches_like_one_sort(tmp_path, monkeypatch, kind):
+    s = _store(tmp_path)
+    # batches of 7 stored vectors and 3 queries at a time: many merges, ties across batch boundaries
+    monkeypatch.setattr(Store, "iter_vectors", functools.partialmethod(Store.iter_vectors, batch=7))
+    monkeypatch.setattr(I, "EXACT_QUERY_ROWS", 3)
+    try:
+        with s.read() as txn:
+            _, vecs, _ = next(s.iter_vectors(kind, batch=10**6))
+            q = np.concatenate([vecs[:6], np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)])
+            for k in (1, 4, 200):  # 200 > stored vectors: the rest pads with -1 / -inf
+                got_s, got_i = I._exact_search(s, kind, q, k, txn)
+                want_s, want_i = _brute_force(s, kind, q, min(k, len(vecs)))
+                np.testing.assert_allclose(got_s[:, : want_s.shape[1]], want_s, rtol=1e-6)
+                np.testing.assert_array_equal(got_i[:, : want_i.shape[1]], want_i)
+                assert (got_i[:, want_i.shape[1]:] == -1).all() and np.isneginf(got_s[:, want_s.shape[1]:]).all()
+    finally:
+        s.close()
+
+
+def test_tuning_sample_reads_keys_not_vectors(tmp_path, monkeypatch):
+    s = _store(tmp_path, n=30)
+
+    def no_vectors(*a, **kw):
+        raise AssertionError("the reservoir must not read the stored vectors")
+
+    try:
+        with s.read() as txn:
+            monkeypatch.setattr(Store, "iter_vectors", no_vectors)
+            keys, items = I._sample_keys(s, "image", 12, txn)
+            again, _ = I._sample_keys(s, "image", 12, txn)
+            everything, _ = I._sample_keys(s, "image", 30, txn)
+            ckeys, citems = I._sample_keys(s, "caption", 5, txn)
+            monkeypatch.undo()
+            assert len(keys) == 12 and len(set(keys.tolist())) == 12 and set(keys.tolist()) <= set(range(30))
+            np.testing.assert_array_equal(keys, again)  # seeded
+            np.testing.assert_array_equal(items, keys)  # image keys are item ids
+            np.testing.assert_array_equal(everything, np.arange(30))  # a sample as big as the store is the store
+            v = I._sample_vectors(s, "image", keys, 6, txn)
+            np.testing.assert_array_equal(v, s.get_vectors(keys, 6))
+            # caption keys are caption ids; their item ids are the items they describe
+            cap_ids, _, owners = next(s.iter_vectors("caption", batch=10**6))
+            owner_of = dict(zip(cap_ids.tolist(), owners.tolist()))
+            assert [owner_of[c] for c in ckeys.tolist()] == citems.tolist()
+    finally:
+        s.close()
+
+
+def test_seen_keys_is_exact_on_added_keys():
+    seen = P.SeenKeys()
+    keys = [f"/data/{i}/photo é {i}.jpg" for i in range(3000)] + ["/odd/\udcff.png", ""]
+    for k in keys[::2]:
+        seen.add(k)
+    assert seen.contains(keys).tolist() == [i % 2 == 0 for i in range(len(keys))]
+    seen.add(keys[1])  # added after a lookup: still found
+    seen.add(keys[0])  # twice: harmless
+    assert keys[1] in seen and keys[0] in seen and keys[3] not in seen
+    assert P.SeenKeys().contains(["/x"]).tolist() == [False]
+
+
+def test_sweep_streams_keys_and_removes_gone_ones_in_chunks(tmp_path, monkeypatch):
+    s = _store(tmp_path, n=25)
+    s.write(lambda t: [t.set_failure(f"/bad/{i}.png", "cannot decode") for i in range(7)])
+    for name in ("path_keys", "failure_keys"):  # no list of every stored key
+        monkeypatch.setattr(Store, name, lambda self: pytest.fail("the sweep must stream the keys"))
+    keep = {f"/img/{i:03d}.png" for i in range(25) if i % 3} | {"/bad/1.png", "/bad/4.png"}
+    seen = P.SeenKeys()
+    for k in keep:
+        seen.add(k)
+    gen = s.generation
+    try:
+        removed = P.sweep(s, seen, chunk=4)
+        assert removed == 9  # paths 0, 3, ..., 24
+        left = [k for chunk in s.iter_key_chunks("paths", 5) for k in chunk]
+        fails = [k for chunk in s.iter_key_chunks("fails", 5) for k in chunk]
+        assert set(left) | set(fails) == keep and left == sorted(left)
+        assert s.count("items") == 16 and s.count("vecs") == 16
+        # 9 gone paths + 5 gone failures, 4 to a transaction, paths first: 4 writes
+        assert s.generation == gen + 4
+        assert P.sweep(s, seen, chunk=4) == 0 and s.generation == gen + 4  # nothing gone: no write
+    finally:
+        s.close()

@@ -166,7 +166,8 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         # the sample's keys only; its vectors are read when needed: all of them to train IVF
         # (TRAIN_SAMPLE x dim at most, dropped once trained), else just the tuning queries
         keys, sample_ids = _sample_keys(store, kind, min(n, TRAIN_SAMPLE), txn)
-        train = _sample_vectors(store, kind, keys, dim, txn) if n and choice.kind in ("ivf", "ivfpq") else None
+        ivf = n and choice.kind in ("ivf", "ivfpq")
+        train = _sample_vectors(store, kind, keys, dim, txn) if ivf else None
 
         def batches():
             for ids, vecs, owners in store.iter_vectors(kind, txn=txn):

@@ -1,4 +1,4 @@
-"""The end of a build streams the store: exact search, the tuning sample and the sweep hold bounded batches."""
+"""The end of a build streams the store: exact search, tuning sample and sweep hold bounded batches."""
 
 from __future__ import annotations
 
@@ -47,13 +47,15 @@ def test_exact_search_merges_small_batches_like_one_sort(tmp_path, monkeypatch, 
     try:
         with s.read() as txn:
             _, vecs, _ = next(s.iter_vectors(kind, batch=10**6))
-            q = np.concatenate([vecs[:6], np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)])
+            rand = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+            q = np.concatenate([vecs[:6], rand])
             for k in (1, 4, 200):  # 200 > stored vectors: the rest pads with -1 / -inf
                 got_s, got_i = I._exact_search(s, kind, q, k, txn)
                 want_s, want_i = _brute_force(s, kind, q, min(k, len(vecs)))
                 np.testing.assert_allclose(got_s[:, : want_s.shape[1]], want_s, rtol=1e-6)
                 np.testing.assert_array_equal(got_i[:, : want_i.shape[1]], want_i)
-                assert (got_i[:, want_i.shape[1]:] == -1).all() and np.isneginf(got_s[:, want_s.shape[1]:]).all()
+                w = want_i.shape[1]
+                assert (got_i[:, w:] == -1).all() and np.isneginf(got_s[:, w:]).all()
     finally:
         s.close()
 
@@ -75,7 +77,7 @@ def test_tuning_sample_reads_keys_not_vectors(tmp_path, monkeypatch):
             assert len(keys) == 12 and len(set(keys.tolist())) == 12 and set(keys.tolist()) <= set(range(30))
             np.testing.assert_array_equal(keys, again)  # seeded
             np.testing.assert_array_equal(items, keys)  # image keys are item ids
-            np.testing.assert_array_equal(everything, np.arange(30))  # a sample as big as the store is the store
+            np.testing.assert_array_equal(everything, np.arange(30))  # as big as the store: the store
             v = I._sample_vectors(s, "image", keys, 6, txn)
             np.testing.assert_array_equal(v, s.get_vectors(keys, 6))
             # caption keys are caption ids; their item ids are the items they describe

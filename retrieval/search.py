@@ -20,7 +20,6 @@ RRF), so ``min_score`` means a different scale there: see :meth:`search`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -179,6 +178,7 @@ class Searcher:
         self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
         self._concepts: dict[str, list[tuple[int, float]]] | None = None
+        self._concept_arrays: _ConceptArrays | None = None
         self._vocab_size = -1  # size of the concept table last handed to the expander
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
         self._n = len(self.index)
@@ -253,13 +253,18 @@ class Searcher:
         """Inverted index WordNet id -> [(item id, probability)], built once from the store."""
         if self._concepts is None:
             table: dict[str, list[tuple[int, float]]] = {}
+            ids: list[int] = []
+            rows: list[list[tuple[str, float]]] = []
             for n, (item_id, item) in enumerate(self.index.iter_items()):
                 concepts = (item or {}).get("concepts") or []
                 if n == 0 and not concepts:
                     break  # the model stores no concepts (only lite does): skip the scan
+                ids.append(int(item_id))
+                rows.append(concepts)
                 for wnid, p in concepts:
                     table.setdefault(wnid, []).append((int(item_id), float(p)))
             self._concepts = table
+            self._concept_arrays = _ConceptArrays(ids, rows, list(table)) if table else None
         return self._concepts
 
     def _set_vocabulary(self) -> None:
@@ -510,36 +515,47 @@ class Searcher:
         return vec, why
 
     def _ground(self, vec, q0, targets, cw, fetch, why):
-        """Add the concept bonus; items found only through concepts get their exact cosine."""
-        table = self.concept_table()
-        # an image's probability mass inside the targets (weight x p summed over its concepts, capped at 1;
-        # as retrieval.kg.match_concepts), square-rooted by default, explained by its best concept
-        mass: dict[int, float] = {}
-        best: dict[int, tuple[float, str, float]] = {}
-        for wnid, (weight, path) in targets.items():
-            for item_id, p in table.get(wnid, ()):
-                b = float(weight) * p
-                mass[item_id] = mass.get(item_id, 0.0) + b
-                if item_id not in best or b > best[item_id][0]:
-                    best[item_id] = (b, wnid, p)
-        if not mass:
+        """Add the concept bonus; items found only through concepts get their exact cosine.
+
+        An image's probability mass inside the targets (weight x p summed over its concepts, capped
+        at 1; as retrieval.kg.match_concepts), square-rooted by default, explained by its best
+        concept. Vectorised over all items (a category word such as "an animal" targets hundreds of
+        classes: hundreds of thousands of postings on a 100k-item index).
+        """
+        self.concept_table()
+        arr = self._concept_arrays
+        if arr is None:
             return vec
         agg = self.options.concept_agg
         if agg not in ("sqrt", "sum"):
             raise UsageError(f"unknown concept_agg {agg!r}: use sqrt or sum")
-        f = math.sqrt if agg == "sqrt" else float
-        bonus = {i: (f(min(m, 1.0)), best[i][1], best[i][2]) for i, m in mass.items()}
+        g = arr.ground(targets)
+        if g is None:
+            return vec
+        rows, bonus, order = g
+        if agg == "sqrt":
+            bonus = np.sqrt(bonus)
         scores = dict(vec)
-        extra = [i for i, _ in sorted(bonus.items(), key=lambda kv: -kv[1][0]) if i not in scores][:fetch]
-        if extra:
-            vecs = np.asarray(self.index.get_vectors(np.asarray(extra, np.int64), kind="image"), np.float32)
-            for i, s in zip(extra, vecs @ q0):
-                scores[i] = float(s)
-                why.setdefault(i, {})["vector"] = (0, float(s))
-        for i, (b, wnid, p) in bonus.items():
-            if i in scores:
-                scores[i] += cw * b
-                why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
+        row_ids = arr.ids[rows]
+        in_vec = np.isin(row_ids, np.fromiter(scores, np.int64, len(scores)))
+        cand = np.flatnonzero(~in_vec)
+        if len(cand) > fetch:  # only the best bonuses (and all ties with the last of them) can be picked
+            kth = np.partition(bonus[cand], len(cand) - fetch)[len(cand) - fetch]
+            cand = cand[bonus[cand] >= kth]
+        # the best-bonus items not among the vector candidates (ties: the first target's, then scan order)
+        first = order[arr.cls[rows[cand]]].min(axis=1) if len(cand) else cand
+        extra_pos = cand[np.lexsort((cand, first, -bonus[cand]))[:fetch]] if len(cand) else cand
+        if len(extra_pos):
+            extra = row_ids[extra_pos]
+            vecs = np.asarray(self.index.get_vectors(extra, kind="image"), np.float32)
+            for i, sc in zip(extra.tolist(), (vecs @ q0).tolist()):
+                scores[i] = float(sc)
+                why.setdefault(i, {})["vector"] = (0, float(sc))
+        for pos in np.concatenate([np.flatnonzero(in_vec), extra_pos]).tolist():
+            i, b = int(row_ids[pos]), float(bonus[pos])
+            wnid, p = arr.best(int(rows[pos]), targets, order)
+            scores[i] += cw * b
+            why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
 
     def _hydrate(self, ranked, k, filt: list[Filter], min_score) -> list[Hit]:
@@ -704,3 +720,44 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
+
+
+class _ConceptArrays:
+    """Items' stored concepts as dense arrays (lite: top-5 WordNet classes per image), for
+    vectorised concept grounding: ids [n], class slots [n, m] (-1 pads), probabilities [n, m]."""
+
+    def __init__(self, ids: list[int], rows: list[list[tuple[str, float]]], vocab: list[str]):
+        self.vocab = vocab
+        self.slot = {w: j for j, w in enumerate(vocab)}
+        m = max((len(r) for r in rows), default=0)
+        self.ids = np.asarray(ids, np.int64)
+        self.cls = np.full((len(rows), m), -1, np.int32)
+        self.prob = np.zeros((len(rows), m), np.float64)
+        for r, concepts in enumerate(rows):
+            for c, (wnid, p) in enumerate(concepts):
+                self.cls[r, c] = self.slot[wnid]
+                self.prob[r, c] = float(p)
+
+    def ground(self, targets: dict[str, tuple[float, Any]]):
+        """(rows with mass > 0, min(mass, 1) per row, each class slot's position in ``targets``) or None."""
+        weight = np.zeros(len(self.vocab) + 1)  # the last slot answers the -1 padding: weight 0
+        order = np.full(len(self.vocab) + 1, np.iinfo(np.int64).max, np.int64)
+        for t, (wnid, (w, _path)) in enumerate(targets.items()):
+            j = self.slot.get(wnid)
+            if j is not None:
+                weight[j], order[j] = float(w), t
+        if not weight.any():
+            return None
+        mass = np.einsum("ij,ij->i", weight[self.cls], self.prob)
+        rows = np.flatnonzero(mass > 0)
+        if not len(rows):
+            return None
+        return rows, np.minimum(mass[rows], 1.0), order
+
+    def best(self, row: int, targets: dict[str, tuple[float, Any]], order: np.ndarray) -> tuple[str, float]:
+        """The row's concept with the largest weight x p among the targets (the earlier target on ties)."""
+        cands = [(-float(targets[self.vocab[j]][0]) * p, int(order[j]), self.vocab[j], p)
+                 for j, p in zip(self.cls[row].tolist(), self.prob[row].tolist())
+                 if j >= 0 and self.vocab[j] in targets]
+        _, _, wnid, p = min(cands)
+        return wnid, p

@@ -8,6 +8,7 @@ stored vectors (never re-encoding images).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -16,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, UsageError
+from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, QueryError, UsageError
 
 from . import pipeline
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
@@ -33,8 +34,10 @@ MAX_K = 1 << 20  # most results one Index.search call returns per query
 SEED = 0
 
 
+@functools.lru_cache(maxsize=None)
 def vectors_module():
-    """:mod:`indexer.vectors` when it is complete, else the exact Flat stand-in."""
+    """:mod:`indexer.vectors` when it is complete, else the exact Flat stand-in (decided once: this
+    runs before every search)."""
     try:
         from . import vectors as v
 
@@ -474,6 +477,7 @@ class Index:
         self._faiss: dict[str, object] = {}
         self._info: dict[str, dict] = {}
         self.generation = -1
+        self._seen_txnid: int | None = None  # LMDB txn id when the store was last seen at self.generation
         self.rebuilt: list[str] = []
 
     # -- FAISS loading / deriving ------------------------------------------------------
@@ -559,8 +563,12 @@ class Index:
         Cheap enough before every query (one LMDB read while nothing changed). While an update is
         still running, the current snapshot keeps serving: no per-query re-derive.
         """
+        txnid = self.store.last_txnid()
+        if txnid is not None and txnid == self._seen_txnid:
+            return False  # no write committed since the last check (LMDB's transaction id; ~1 us)
         gen = self.store.generation
         if gen == self.generation:
+            self._seen_txnid = txnid
             return False
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
         if any(_faiss_generation(self.path, k) != gen for k in kinds):
@@ -590,8 +598,6 @@ class Index:
 
         ``kind="caption"`` searches caption vectors and returns ITEM ids (best caption per item).
         """
-        from retrieval.errors import QueryError
-
         if kind not in ("image", "caption"):
             raise UsageError(f"search kind must be 'image' or 'caption', not {kind!r}")
         if kind == "caption" and not self.text_model_spec:

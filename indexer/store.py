@@ -208,6 +208,13 @@ class Store:
         with self.read() as t:
             return {bytes(k).decode(): loads(v) for k, v in t.cursor(db=self.db["meta"])}
 
+    def last_txnid(self) -> int | None:
+        """The id of the last committed write transaction (any process): changes with every commit."""
+        try:
+            return int(self.env.info()["last_txnid"])
+        except Exception:  # noqa: BLE001 - a closed or odd environment: callers fall back to a read
+            return None
+
     @property
     def generation(self) -> int:
         return int(self.meta("generation", 0))

@@ -46,6 +46,7 @@ not match the file (the caller then rebuilds the index from the store).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -435,12 +436,21 @@ def remove_ids(index, ids) -> int | None:
 
 
 def _search_params(index, params: dict):
-    faiss = _faiss()
     if "efSearch" in params:
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
-    if "nprobe" in params and faiss.try_extract_index_ivf(index) is not None:
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+        return _params_object("hnsw", int(params["efSearch"]))
+    if "nprobe" in params and _faiss().try_extract_index_ivf(index) is not None:
+        return _params_object("ivf", int(params["nprobe"]))
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _params_object(kind: str, value: int):
+    """One faiss SearchParameters object per setting (building one costs more than a small search's
+    Python overhead; faiss only reads them)."""
+    faiss = _faiss()
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=value)
+    return faiss.SearchParametersIVF(nprobe=value)
 
 
 SMALL_BATCH = 8

@@ -446,6 +446,8 @@ class Searcher:
                 break  # the rest scores lower still
             fetch *= 4
         if explain:
+            if why is None:
+                why = {i: {"vector": (0, sc)} for i, sc in ranked}
             self._explain(hits, why, rows, row_w, plan, targets, text, image, hyb)
         timings["total"] = _ms(t0)
         return Results(query=text if text is not None else _image_name(image), hits=hits, plan=plan,
@@ -474,14 +476,16 @@ class Searcher:
     def _vector_lists(self, rows: np.ndarray, fetch: int, kind: str = "image") -> list[list[tuple[int, float]]]:
         scores, ids = self.index.search(rows, fetch, kind=kind)
         out = []
-        for srow, irow in zip(np.asarray(scores), np.asarray(ids)):
-            out.append([(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0])
+        for srow, irow in zip(np.asarray(scores).tolist(), np.asarray(ids).tolist()):
+            out.append([(i, s) for s, i in zip(srow, irow) if i >= 0])
         return out
 
     def _candidates(self, text, image, rows, row_w, targets, hyb, w, fetch):
         """Fused (id, score) list, best first, and per-id provenance for explanations."""
-        why: dict[int, dict[str, Any]] = {}
         lists = self._vector_lists(rows, fetch)
+        if len(lists) == 1 and not targets and hyb == "none":
+            return lists[0], None  # the plain case: provenance is built only if --explain asks (_search)
+        why: dict[int, dict[str, Any]] = {}
         if len(lists) == 1:
             vec = lists[0]
             for i, s in vec:

@@ -341,13 +341,16 @@ def build_index(
 
         report = BuildReport(index_dir)
         report.timings.model_load = t_load
+        from retrieval.encoders.onnx import no_spinning
+
         try:
-            pipeline.run(
-                store, encoder, text_encoder, sources, root=root, base=base, batch_size=batch_size,
-                workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
-                max_pixels=max_pixels, progress=progress and not quiet, log=say,
-                stop_after_batches=stop_after_batches, report=report,
-            )
+            with no_spinning():  # ONNX Runtime threads that spin would take CPU from the decode workers
+                pipeline.run(
+                    store, encoder, text_encoder, sources, root=root, base=base, batch_size=batch_size,
+                    workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
+                    max_pixels=max_pixels, progress=progress and not quiet, log=say,
+                    stop_after_batches=stop_after_batches, report=report,
+                )
         except KeyboardInterrupt:
             say(f"interrupted after {report.batches} committed batches: run the same command again to continue")
             raise

@@ -126,7 +126,7 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--image-weight", type=float, default=0.5, show_default=True,
               help="Share of the image in a text+image query (0..1).")
 @click.option("--expand", type=click.Choice(["auto", "none", "mix", "multi"]), default="auto", show_default=True,
-              help="KG query expansion: auto = mix for short queries (<= 3 content words), else none.")
+              help="KG query expansion: auto = multi for short queries (<= 3 content words), else none.")
 @click.option("--kg", "kg", type=click.Path(), help="Knowledge graph to expand with (default: shipped WordNet).")
 @click.option("--explain", is_flag=True, help="Show linked entities, expansions and why each hit matched.")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",

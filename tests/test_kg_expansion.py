@@ -215,7 +215,7 @@ def test_grounding_alternatives_reach_the_other_senses(wn):
     link = {"span": "footwear", "entity_id": clothing, "name": "footwear", "gloss": "", "score": 0.95,
             "alternatives": [{"entity_id": covering, "name": "footwear", "gloss": "", "score": 0.05}]}
     plan = QueryPlan(text="footwear", linked=[link])
-    assert sandal not in expander(wn).concept_targets(plan)
+    assert sandal not in expander(wn, grounding_alternatives=0.0).concept_targets(plan)
     t = expander(wn, grounding_alternatives=1.0).concept_targets(plan)
     assert sandal in t and t[sandal][1][0] == "footwear" and 0 < t[sandal][0] < 0.95
     low = expander(wn, grounding_alternatives=0.01).concept_targets(plan)

@@ -31,6 +31,7 @@ def test_tuning_variants_on_a_tiny_set(tmp_path, colour_images, monkeypatch):
             assert set(m["per_kind_mAP"]) == {"class", "hypernym"}
     assert set(res["summary"]) == {"previous/mix", "previous/multi", "default/mix", "default/multi"}
     assert res["summary"]["default/mix"]["mAP"]["colours"] == s["variants"]["default"]["mix"]["mAP"]
-    assert res["variants"]["previous"]["policy"] == {"hyponym_coverage": False, "focus_words": 0}
+    assert res["variants"]["previous"]["policy"] == {"hyponym_coverage": False, "focus_words": 0,
+                                                    "grounding_alternatives": 0.0}
     with pytest.raises(UsageError, match="unknown variant"):
         run_tuning(["colours"], ["sideways"], model="fake:v1", category_sets={"colours": cs})

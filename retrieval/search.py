@@ -42,7 +42,7 @@ HYBRID_MODES = ("auto", "none", "sum", "rrf")
 # What `auto` resolves to, from benchmarks/results/kg_tuning.json (lite; fashion-mnist, flickr-nouns,
 # emoji): the gain is lite concept grounding (sqrt bonus, concept_weight 0.5); the text-side expansion
 # alone loses mAP on every set. With grounding, multi beats mix on mAP on all three sets (+1%, +0.5%,
-# +13% relative) and on nDCG@10 on two (mix leads fashion-mnist by 0.002), so auto expands with multi.
+# +7% relative) and on nDCG@10 on two (mix leads fashion-mnist by 0.003), so auto expands with multi.
 # Long descriptive queries are expanded and grounded less (ExpansionPolicy.focus_words) and auto
 # expands only queries of at most AUTO_EXPAND_MAX_WORDS content words, when a KG is available
 # (full-caption R@10: benchmarks/results/recall_kg.json). Hybrid: normalised weighted sum when the index has captions

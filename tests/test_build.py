@@ -107,7 +107,9 @@ def test_sigkill_mid_build_then_resume(tmp_path):
     code = (
         "import sys, time; import tests.fakes as f; from indexer import build_index\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
-        "def slow(self, *a, **k):\n    time.sleep(0.15); return orig(self, *a, **k)\n"
+        "calls = []\n"
+        "def slow(self, *a, **k):\n"
+        "    calls.append(1); time.sleep(0.15 if len(calls) <= 3 else 2.0); return orig(self, *a, **k)\n"
         "f.FakeEncoder.encode_image_arrays = slow\n"
         "build_index([sys.argv[1]], sys.argv[2], model='fake:v1', text_model=None, workers=0, batch_size=2, "
         "quiet=True)\n"
@@ -418,13 +420,17 @@ def test_cli_build_info_verify_update(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_build_then_resume(tmp_path):
+    """Ctrl-C after some committed batches (batches slow down after the third, so a busy machine's
+    slow polling cannot miss the moment), then the same command resumes."""
     import signal
 
     src = _colours(tmp_path / "imgs", n_noise=30)
     code = (
         "import sys, time; import tests.fakes as f; from indexer import build_index\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
-        "def slow(self, *a, **k):\n    time.sleep(0.15); return orig(self, *a, **k)\n"
+        "calls = []\n"
+        "def slow(self, *a, **k):\n"
+        "    calls.append(1); time.sleep(0.15 if len(calls) <= 3 else 2.0); return orig(self, *a, **k)\n"
         "f.FakeEncoder.encode_image_arrays = slow\n"
         "build_index([sys.argv[1]], sys.argv[2], model='fake:v1', text_model=None, workers=1, batch_size=2, "
         "quiet=True)\n"

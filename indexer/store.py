@@ -298,6 +298,18 @@ class Store:
 
         With ``txn`` (a read transaction) every batch comes from that one snapshot.
         """
+        for ids, vecs, owners in self._vector_rows(kind, batch, txn, True):
+            yield ids, np.stack(vecs), owners
+
+    def iter_vector_keys(self, kind: str = "image", batch: int = 8192, txn=None
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Stream (ids, item_ids) like :meth:`iter_vectors`, without reading the vectors themselves."""
+        for ids, _, owners in self._vector_rows(kind, batch, txn, False):
+            yield ids, owners
+
+    def _vector_rows(self, kind: str, batch: int, txn, with_vectors: bool):
+        """Batches of (ids, list of vectors or None, item_ids or None) in id order, each from one read
+        transaction (or all from ``txn``)."""
         db = self.db["vecs" if kind == "image" else "capvecs"]
         last = None
         while True:
@@ -308,44 +320,22 @@ class Store:
                 ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
                 while ok and len(ids) < batch:
                     ids.append(unikey(cur.key()))
-                    b = bytes(cur.value())
                     if kind == "image":
-                        vecs.append(np.frombuffer(b, np.float32))
+                        if with_vectors:
+                            vecs.append(np.frombuffer(bytes(cur.value()), np.float32))
                     else:
+                        b = bytes(cur.value()) if with_vectors else bytes(cur.value()[:8])
                         owners.append(unikey(b[:8]))
-                        vecs.append(np.frombuffer(b[8:], np.float32))
+                        if with_vectors:
+                            vecs.append(np.frombuffer(b[8:], np.float32))
                     ok = cur.next()
             finally:
                 if txn is None:
                     t.abort()
             if not ids:
                 return
-            yield (np.asarray(ids, np.int64), np.stack(vecs),
+            yield (np.asarray(ids, np.int64), vecs if with_vectors else None,
                    None if kind == "image" else np.asarray(owners, np.int64))
-            last = ids[-1]
-
-    def iter_vector_keys(self, kind: str = "image", batch: int = 8192, txn=None
-                         ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Stream (ids, item_ids) like :meth:`iter_vectors`, without reading the vectors themselves."""
-        db = self.db["vecs" if kind == "image" else "capvecs"]
-        last = None
-        while True:
-            ids, owners = [], []
-            t = txn if txn is not None else self.read()
-            try:
-                cur = t.cursor(db=db)
-                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
-                while ok and len(ids) < batch:
-                    ids.append(unikey(cur.key()))
-                    if kind != "image":
-                        owners.append(unikey(cur.value()[:8]))
-                    ok = cur.next()
-            finally:
-                if txn is None:
-                    t.abort()
-            if not ids:
-                return
-            yield np.asarray(ids, np.int64), None if kind == "image" else np.asarray(owners, np.int64)
             last = ids[-1]
 
     def iter_key_chunks(self, db: str, chunk: int = 1000) -> Iterator[list[str]]:

@@ -105,7 +105,9 @@ def test_sigkill_mid_build_then_resume(tmp_path):
     src = _colours(tmp_path / "imgs", n_noise=40)
     build_index([src], tmp_path / "ref", **FAKE, batch_size=2)
     code = (
-        "import sys, time; import tests.fakes as f; from indexer import build_index\n"
+        "import signal, sys, time; import tests.fakes as f; from indexer import build_index\n"
+        # as in a terminal: a parent started in the background (nohup, `cmd &`) passes SIGINT on ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
         "calls = []\n"
         "def slow(self, *a, **k):\n"
@@ -426,7 +428,9 @@ def test_ctrl_c_mid_build_then_resume(tmp_path):
 
     src = _colours(tmp_path / "imgs", n_noise=30)
     code = (
-        "import sys, time; import tests.fakes as f; from indexer import build_index\n"
+        "import signal, sys, time; import tests.fakes as f; from indexer import build_index\n"
+        # as in a terminal: a parent started in the background (nohup, `cmd &`) passes SIGINT on ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
         "calls = []\n"
         "def slow(self, *a, **k):\n"

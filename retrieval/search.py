@@ -177,7 +177,7 @@ class Searcher:
         self._text_encoder = None
         self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
-        self._concepts: dict[str, list[tuple[int, float]]] | None = None
+        self._concepts_read = False  # the store's concepts were scanned into _concept_arrays
         self._concept_arrays: _ConceptArrays | None = None
         self._vocab_size = -1  # size of the concept table last handed to the expander
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
@@ -249,10 +249,10 @@ class Searcher:
             raise UsageError(f"--hybrid {mode} needs a text query (the caption side matches text)")
         return mode
 
-    def concept_table(self) -> dict[str, list[tuple[int, float]]]:
-        """Inverted index WordNet id -> [(item id, probability)], built once from the store."""
-        if self._concepts is None:
-            table: dict[str, list[tuple[int, float]]] = {}
+    def concept_arrays(self) -> "_ConceptArrays | None":
+        """The items' stored WordNet concepts (lite) as arrays, read once from the store; None when
+        the index stores none."""
+        if not self._concepts_read:
             ids: list[int] = []
             rows: list[list[tuple[str, float]]] = []
             for n, (item_id, item) in enumerate(self.index.iter_items()):
@@ -261,11 +261,10 @@ class Searcher:
                     break  # the model stores no concepts (only lite does): skip the scan
                 ids.append(int(item_id))
                 rows.append(concepts)
-                for wnid, p in concepts:
-                    table.setdefault(wnid, []).append((int(item_id), float(p)))
-            self._concepts = table
-            self._concept_arrays = _ConceptArrays(ids, rows, list(table)) if table else None
-        return self._concepts
+            vocab = list(dict.fromkeys(wnid for concepts in rows for wnid, _ in concepts))
+            self._concept_arrays = _ConceptArrays(ids, rows, vocab) if vocab else None
+            self._concepts_read = True
+        return self._concept_arrays
 
     def _set_vocabulary(self) -> None:
         """Tell the expander which concepts this index's images carry (lite): it then expands to the
@@ -273,10 +272,10 @@ class Searcher:
         setv = getattr(self.expander(), "set_concept_vocabulary", None)
         if setv is None or not getattr(self.expander().policy, "hyponym_coverage", False):
             return
-        table = self.concept_table()
-        if table and self._vocab_size != len(table):
-            setv(table.keys())
-            self._vocab_size = len(table)
+        arr = self.concept_arrays()
+        if arr is not None and self._vocab_size != len(arr.vocab):
+            setv(arr.vocab)
+            self._vocab_size = len(arr.vocab)
 
     def warm(self, text: bool = True) -> "Searcher":
         """Load models (and the KG when expansion is on) now rather than on the first query."""
@@ -379,7 +378,8 @@ class Searcher:
         text = _clean_text(text)
         refresh = getattr(self.index, "refresh_if_updated", None)
         if refresh is not None and refresh():  # an update finished since: serve its generation
-            self._concepts, self._caption_table, self._n = None, None, len(self.index)
+            self._concepts_read, self._concept_arrays = False, None
+            self._caption_table, self._n = None, len(self.index)
             self._vocab_size = -1
         if text is None and image is None:
             raise QueryError("no query: give a text query, an image (--image PATH), or both")
@@ -421,10 +421,10 @@ class Searcher:
         targets: dict[str, tuple[float, list[str]]] = {}
         if text is not None and mode != "none" and w["concept"] > 0:
             ct = getattr(self.expander(), "concept_targets", None)
-            table = self.concept_table() if ct is not None else None
-            if table:
+            arr = self.concept_arrays() if ct is not None else None
+            if arr is not None:
                 t = time.perf_counter()
-                targets = dict(ct(plan, within=table.keys()))
+                targets = dict(ct(plan, within=arr.slot.keys()))
                 # a long descriptive query is grounded less (ExpansionPolicy.focus_words), as it is expanded less
                 focus = getattr(getattr(self.expander(), "policy", None), "focus", None)
                 if focus is not None:
@@ -526,8 +526,7 @@ class Searcher:
         concept. Vectorised over all items (a category word such as "an animal" targets hundreds of
         classes: hundreds of thousands of postings on a 100k-item index).
         """
-        self.concept_table()
-        arr = self._concept_arrays
+        arr = self.concept_arrays()
         if arr is None:
             return vec
         agg = self.options.concept_agg

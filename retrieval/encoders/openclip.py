@@ -194,7 +194,7 @@ class OpenClipEncoder(Encoder):
         from .onnx import export_module
 
         tokens = self.tokenizer(["a photo of a dog", "x"])[:, :9]
-        export_module(_TextForward(self.model), (tokens,), path, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
+        export_module(_text_forward_module()(self.model), (tokens,), path, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
 
     def _check_text(self, model) -> float:
         """Largest difference (unit vectors) from the padded torch encode_text on texts of mixed lengths."""
@@ -320,8 +320,9 @@ def _real_length(tokens) -> int:
 
 
 def _plain_text_tower(m) -> bool:
-    """True for the standard CLIP text tower that :class:`_TextForward` reproduces: pre-norm residual
-    blocks of nn.MultiheadAttention + MLP (optional layer scale), causal mask, argmax (EOT) pooling."""
+    """True for the standard CLIP text tower that :func:`_text_forward_module` reproduces: pre-norm
+    residual blocks of nn.MultiheadAttention + MLP (optional layer scale), causal mask, argmax (EOT)
+    pooling."""
     import torch.nn as nn
 
     blocks = getattr(getattr(m, "transformer", None), "resblocks", None)
@@ -370,8 +371,3 @@ def _text_forward_module():
             return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
     return TextForward
-
-
-def _TextForward(m):  # noqa: N802 - a class built lazily (torch is imported only when needed)
-    return _text_forward_module()(m)
-

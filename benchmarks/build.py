@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k-1k"
 RESULTS = REPO / "benchmarks" / "results" / "build.json"
@@ -217,9 +219,7 @@ def main(argv=None) -> None:
             out["memory"].append(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.out}", file=sys.stderr)
+    write_result(a.out, out)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ and over all queries, plus the relative mAP change of each mode against ``none``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
 from benchmarks.recall import MODES, RESULTS, ExactIndex, _rows, ensure_index, parse_list, score_matrix
 
 SETS = ("fashion-mnist", "emoji", "flickr-nouns")
@@ -148,9 +147,7 @@ def main(argv=None):
                        a.index, per_class=a.per_class, progress=True,
                        emoji_every=a.emoji_every, concept_weight=a.concept_weight)
     res["command"] = "python -m benchmarks.category " + " ".join(argv if argv is not None else sys.argv[1:])
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out}", file=sys.stderr)
+    write_result(a.out, res)
 
 
 if __name__ == "__main__":

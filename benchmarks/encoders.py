@@ -16,7 +16,6 @@ the contract within 10% of the raw forward; lite >= 70 images/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoders.json"
 # "lite[torch]": the same lite encoder with its towers on torch instead of ONNX Runtime, side by side
@@ -248,8 +249,7 @@ def main(argv=None) -> int:
         "results": rows,
     }
     if not args.no_write:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        write_result(args.out, report, indent=1, announce=False)
     print(markdown(rows))
     return 0
 

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
+from benchmarks import write_result
 from benchmarks.recall import RESULTS, ExactIndex, _rows, ensure_index, parse_list
 
 SETS = ("fashion-mnist", "flickr-nouns", "emoji")
@@ -165,9 +164,7 @@ def main(argv=None):
                                          f"nDCG@10 {v['ndcg@10'][s]:.3f}" for s in v["mAP"])
               + f"  mean {v['mean_rel_change'] * 100:+.1f}%", file=sys.stderr)
     if not a.no_write:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {a.out}", file=sys.stderr)
+        write_result(a.out, res)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from dataclasses import asdict, replace
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
 from benchmarks.datasets import CaptionDataset, bench_cache, flickr8k_1k
 from benchmarks.metrics import caption_retrieval_metrics
 from retrieval.encoders.base import load_image, weights_signature
@@ -241,8 +241,7 @@ def main(argv=None) -> int:
         "model": bench.enc.fingerprint,
         "variants": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_result(args.out, report, indent=1, announce=False)
     print(markdown(rows))
     return 0
 

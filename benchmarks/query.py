@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "query.json"
 
@@ -303,9 +305,7 @@ def main(argv=None):
     finally:
         if not a.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.out}", file=sys.stderr)
+    write_result(a.out, out)
     return out
 
 

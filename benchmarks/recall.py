@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("none", "mix", "multi")
 EXPAND_CHOICES = (*MODES, "auto")  # auto: what `kgclip search` does by default (expands short queries only)
@@ -310,9 +312,7 @@ def main(argv=None):
     res = run_recall(a.dataset, parse_list(a.models), parse_list(a.expand, EXPAND_CHOICES, "--expand"), a.split,
                      a.index, a.index_type, a.max_queries, progress=True)
     res["command"] = "python -m benchmarks.recall " + " ".join(argv if argv is not None else sys.argv[1:])
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {a.out}", file=sys.stderr)
+    write_result(a.out, res)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_result
+
 RESULTS = Path(__file__).resolve().parent / "results" / "search_quality.json"
 
 
@@ -116,8 +118,7 @@ def main(argv=None):
     out["expansion"], out["hybrid"] = prev.get("expansion", {}), prev.get("hybrid", {})
 
     def save():
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_result(a.out, out, announce=False)
 
     cws = [float(x) for x in a.concept_weights.split(",")]
     for mode in ("none", "mix", "multi") if "expansion" in parts else ():

@@ -137,13 +137,37 @@ def _load(name: str):
         return None
 
 
-def _plot_recall(res, path: Path) -> bool:
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None where matplotlib is missing (plots are optional)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _grouped_bars(ax, labels: list[str], series: list[tuple[str, list[float]]], **tick_kw) -> None:
+    """One group of bars per label, one bar per (name, values) series in each group."""
+    width = 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series):
+        ax.bar([i + j * width for i in range(len(labels))], vals, width, label=name)
+    ax.set_xticks([i + width for i in range(len(labels))], labels, **tick_kw)
+
+
+def _save(plt, fig, ax, path: Path) -> bool:
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _plot_recall(res, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels, vals = [], []
@@ -153,53 +177,31 @@ def _plot_recall(res, path: Path) -> bool:
                 d = m.get(which) or {}
                 labels.append(f"{run['model']}\n{mode}\n{which}")
                 vals.append([d.get(f"image_retrieval_recall@{k}") or 0 for k in KS])
-    width = 0.8 / len(KS)
-    for j, k in enumerate(KS):
-        ax.bar([i + j * width for i in range(len(labels))], [v[j] for v in vals], width, label=f"R@{k}")
-    ax.set_xticks([i + width for i in range(len(labels))], labels, fontsize=7)
+    _grouped_bars(ax, labels, [(f"R@{k}", [v[j] for v in vals]) for j, k in enumerate(KS)], fontsize=7)
     ax.set_ylabel("text->image recall")
     ax.set_title(f"{res['dataset']}: recall@k by KG expansion")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, ax, path)
 
 
 def _plot_category(res, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     sets = list(res["sets"])
     modes = list(next(iter(res["sets"].values()))["expand"]) if sets else []
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.8 / max(1, len(modes))
-    for j, mode in enumerate(modes):
-        ax.bar([i + j * width for i in range(len(sets))],
-               [res["sets"][s]["expand"].get(mode, {}).get("all", {}).get("mAP", 0) for s in sets], width,
-               label=f"--expand {mode}")
-    ax.set_xticks([i + width for i in range(len(sets))], sets)
+    _grouped_bars(ax, sets, [(f"--expand {mode}",
+                              [res["sets"][s]["expand"].get(mode, {}).get("all", {}).get("mAP", 0) for s in sets])
+                             for mode in modes])
     ax.set_ylabel("mAP")
     ax.set_title("category / hypernym queries: mAP with and without KG expansion")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, ax, path)
 
 
 def _plot_speed(speed, path: Path) -> bool:
     """Recall@10 vs QPS per index type, from whatever speed results carry both."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     pts: dict[str, list[tuple[float, float]]] = {}
 
@@ -226,11 +228,7 @@ def _plot_speed(speed, path: Path) -> bool:
     ax.set_xscale("log")
     ax.set_xlabel("queries per second")
     ax.set_ylabel("recall@10 vs exact")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, ax, path)
 
 
 def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Path:

@@ -187,7 +187,7 @@ class OpenClipEncoder(Encoder):
             if name.startswith("visual."):
                 continue
             h.update(f"{name}{tuple(t.shape)}".encode())
-            h.update(t.detach().float().cpu().numpy().tobytes()[: 1 << 12])
+            h.update(t.detach().reshape(-1)[: 1 << 10].float().cpu().numpy().tobytes())  # first 4 KiB
         return h.hexdigest()[:16]
 
     def _export_text(self, path: str) -> None:
@@ -230,7 +230,7 @@ class OpenClipEncoder(Encoder):
         h = hashlib.sha256()
         params = list(self.model.parameters())
         for p in params[:3] + params[-3:]:
-            h.update(p.detach().float().cpu().numpy().tobytes()[: 1 << 16])
+            h.update(p.detach().reshape(-1)[: 1 << 14].float().cpu().numpy().tobytes())  # first 64 KiB
         return h.hexdigest()[:12]
 
     # -- images ----------------------------------------------------------------

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from benchmarks import write_result
-from benchmarks.recall import MODES, RESULTS, ExactIndex, _rows, ensure_index, parse_list, score_matrix
+from benchmarks.recall import MODES, RESULTS, ExactIndex, ensure_index, open_checked, parse_list, score_matrix
 
 SETS = ("fashion-mnist", "emoji", "flickr-nouns")
 
@@ -107,11 +107,8 @@ def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", ex
         idir = ensure_index(cs.items, iname, model, bench_cache() / "indexes", index_type, index, device,
                             progress)
         build_s = time.perf_counter() - t
-        with Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint) as base:
-            id_col, missing = _rows(base.index, cs.items)
-            if missing:
-                raise UsageError(f"index {idir} lacks {len(missing)} of the set's images "
-                                 f"(e.g. {cs.items[missing[0]]}): build it from this set")
+        searcher, id_col = open_checked(idir, cs.items, device, check_fingerprint, "set")
+        with searcher as base:
             exp = base.expander(required=False) if any(m != "none" for m in expands) else None
             if exp is None and any(m != "none" for m in expands):
                 base.expander(required=True)  # raises KGError with the reason

@@ -38,7 +38,7 @@ import sys
 import time
 
 from benchmarks import write_result
-from benchmarks.recall import RESULTS, ExactIndex, _rows, ensure_index, parse_list
+from benchmarks.recall import RESULTS, ExactIndex, ensure_index, open_checked, parse_list
 
 SETS = ("fashion-mnist", "flickr-nouns", "emoji")
 # name -> (modes, ExpansionPolicy overrides, SearchOptions overrides)
@@ -92,10 +92,8 @@ def run_tuning(sets=SETS, variants=None, model: str = "lite", per_class: int = 3
         idx = flickr_index if name == "flickr-nouns" else None
         iname = "flickr8k-1k" if name == "flickr-nouns" else cs.name  # shares the recall benchmark's index
         idir = ensure_index(cs.items, iname, model, bench_cache() / "indexes", "auto", idx, device, progress)
-        with Searcher(idir, expand="none", device=device) as base:
-            id_col, missing = _rows(base.index, cs.items)
-            if missing:
-                raise UsageError(f"index {idir} lacks {len(missing)} of the set's images")
+        searcher, id_col = open_checked(idir, cs.items, device, True, "set")
+        with searcher as base:
             exp = base.expander(required=True)
             ex = Searcher(ExactIndex(base.index), expand="none", device=device, check_fingerprint=False,
                           expander=exp)

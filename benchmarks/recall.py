@@ -231,6 +231,21 @@ def drop_i2t_if_sampled(metrics: dict, res: dict) -> dict:
     return metrics
 
 
+def open_checked(idir: str, items: list[str], device: str, check_fingerprint: bool, what: str):
+    """(a Searcher on ``idir``, each item's store id); one clear error when the index lacks some of
+    the ``what``'s (dataset's, set's) images."""
+    from retrieval.errors import UsageError
+    from retrieval.search import Searcher
+
+    s = Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint)
+    id_col, missing = _rows(s.index, items)
+    if missing:
+        s.close()
+        raise UsageError(f"index {idir} lacks {len(missing)} of the {what}'s images "
+                         f"(e.g. {items[missing[0]]}): build it from this {what}")
+    return s, id_col
+
+
 def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, split: str = "all",
                index: str | None = None, index_type: str = "auto", max_queries: int | None = None,
                device: str = "cpu", check_fingerprint: bool = True, progress: bool = False) -> dict:
@@ -257,11 +272,8 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
         idir = ensure_index(ds.images, ds.name, model, bench_cache() / "indexes", index_type, index, device,
                             progress)
         build_s = time.perf_counter() - t
-        with Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint) as ann:
-            id_col, missing = _rows(ann.index, ds.images)
-            if missing:
-                raise UsageError(f"index {idir} lacks {len(missing)} of the dataset's images "
-                                 f"(e.g. {ds.images[missing[0]]}): build it from this dataset")
+        searcher, id_col = open_checked(idir, ds.images, device, check_fingerprint, "dataset")
+        with searcher as ann:
             faiss_meta = (ann.index.manifest.get("faiss") or {}).get("image") or {}
             exact_idx = ExactIndex(ann.index)
             exp = ann.expander(required=False) if any(m != "none" for m in expands) else None

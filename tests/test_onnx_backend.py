@@ -78,6 +78,29 @@ def test_a_mismatching_export_falls_back_and_is_not_cached(monkeypatch):
         onnx.load_or_export("tiny", "sig-b", export, check, tolerance=1e-5)
 
 
+def test_large_batches_run_as_parallel_single_threaded_streams(monkeypatch):
+    """A large batch is cut across single-threaded runs; the rows come back in order and equal to
+    one whole-batch run, whatever the number of streams and however unevenly the rows divide."""
+    import torch
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 5))
+    onnx.load_or_export("tiny-mlp", "sig-s", lambda path: onnx.export_module(
+        net, (torch.zeros(2, 6),), path, ["x"], {"x": {0: "n"}}), lambda m: 0.0, tolerance=1.0)
+    x = np.random.default_rng(0).standard_normal((23, 6)).astype(np.float32)
+    monkeypatch.setenv("KGCLIP_ORT_STREAMS", "1")
+    whole = onnx.OrtModel(onnx.model_path("tiny-mlp", "sig-s"))
+    ref = whole.run(x=x)
+    assert whole._single is None  # one stream: never split
+    for n in (2, 3):
+        monkeypatch.setenv("KGCLIP_ORT_STREAMS", str(n))
+        m = onnx.OrtModel(onnx.model_path("tiny-mlp", "sig-s"))
+        np.testing.assert_array_equal(m.run(x=x[:n * onnx.STREAM_MIN_ROWS - 1]), ref[:n * onnx.STREAM_MIN_ROWS - 1])
+        assert m._single is None  # too few rows to split: the multi-threaded session ran
+        np.testing.assert_array_equal(m.run(x=x), ref)
+        assert m._single is not None
+
+
 def test_backend_setting(monkeypatch):
     monkeypatch.setenv("KGCLIP_BACKEND", "torch")
     assert onnx.wanted("cpu") is False

@@ -69,6 +69,20 @@ def threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def streams() -> int:
+    """How many single-threaded runs share a large batch: KGCLIP_ORT_STREAMS, else threads().
+
+    1 keeps one run with ``threads()`` intra-op threads for every batch (the behaviour before
+    streams). See :meth:`OrtModel.run`.
+    """
+    env = os.environ.get("KGCLIP_ORT_STREAMS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return threads()
+
+
+STREAM_MIN_ROWS = 4  # a batch is split only when every stream gets at least this many rows
+
 _SPIN = [True]
 
 
@@ -88,24 +102,52 @@ def no_spinning():
 
 
 class OrtModel:
-    """One ONNX Runtime session; ``run(**inputs)`` returns the first output as numpy."""
+    """One ONNX Runtime model; ``run(**inputs)`` returns the first output as numpy.
+
+    Small batches (a query) run once with ``threads()`` intra-op threads. A batch of at least
+    ``streams() * STREAM_MIN_ROWS`` rows is cut into ``streams()`` contiguous slices that run at
+    the same time, each single-threaded, on a second session made on first use (ONNX Runtime
+    sessions may be run from several threads at once). An intra-op thread pool waits for its
+    slowest thread at every operator: when a build's decode workers take one core for a moment,
+    the whole forward stalls; independent single-threaded runs lose only that core's share.
+    Rows never interact in these models, so a row's output does not depend on the split.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
+        self._spin = _SPIN[-1]
+        self.session = self._session(threads())
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.streams = streams()
+        self._single = None  # the single-threaded session of batch streams, made on first use
+        self._pool = None
+
+    def _session(self, n_threads: int):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads()
+        so.intra_op_num_threads = n_threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        if not _SPIN[-1]:
+        if not self._spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = path
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        return ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
 
     def run(self, **inputs: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {k: inputs[k] for k in self.inputs})[0]
+        feed = {k: inputs[k] for k in self.inputs}
+        rows = len(feed[self.inputs[0]])
+        if self.streams < 2 or rows < self.streams * STREAM_MIN_ROWS:
+            return self.session.run(None, feed)[0]
+        if self._single is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._single = self._session(1)
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="kgclip-ort")
+        cuts = np.linspace(0, rows, self.streams + 1).astype(int)
+        parts = [{k: v[a:b] for k, v in feed.items()} for a, b in zip(cuts[:-1], cuts[1:])]
+        outs = list(self._pool.map(lambda part: self._single.run(None, part)[0], parts))
+        return np.concatenate(outs, axis=0)
 
 
 def load_or_export(name: str, signature: str, export: Callable[[str], None],

@@ -89,15 +89,20 @@ def source_kind(source: str) -> str:
 
 def iter_sources(sources: Iterable[str], root: str | None = None, base: str | None = None) -> Iterator[Item | Skip]:
     """Items of every source in order; a key named twice is yielded once."""
+    sources = [str(s) for s in sources]
+    # one folder walk yields each path once (a folder reached twice is walked once) and a manifest
+    # merges its rows per path: only other sources keep the set of keys seen (~170 bytes a path)
+    unique = len(sources) == 1 and source_kind(sources[0]) in ("folder", "manifest", "image")
     seen: set[str] = set()
     for src in sources:
-        for it in iter_source(str(src), root=root, base=base):
+        for it in iter_source(src, root=root, base=base):
             if not _is_utf8(it.key):  # a name in another encoding: the store keys, logs and output are UTF-8
                 it = Skip(it.key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
                           "file name is not valid UTF-8 (rename the file to index it)")
-            if it.key in seen:
-                continue
-            seen.add(it.key)
+            if not unique:
+                if it.key in seen:
+                    continue
+                seen.add(it.key)
             yield it
 
 

@@ -61,6 +61,8 @@ def test_several_sources_dedupe_keys(tmp_path):
     lst = tmp_path / "l.lst"
     lst.write_text("a.jpg\n")
     assert len(list(iter_sources([str(tmp_path), str(lst)]))) == 1
+    lst.write_text("a.jpg\n./a.jpg\na.jpg\n")  # one list naming a file three times
+    assert [x.key for x in iter_sources([str(lst)])] == [str(tmp_path / "a.jpg")]
 
 
 def _write_manifest(tmp_path, kind, rows):

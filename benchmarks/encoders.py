@@ -62,8 +62,11 @@ def _raw_image_fn(enc):
 
     from retrieval.encoders.onnx import OrtModel
 
+    if enc.family == "lite":  # lite:tiles stacks its views on the channel axis: one forward per view
+        views = len(enc.config.views)
+        unstack = lambda b: b.reshape(len(b) * views, 3, *b.shape[2:])  # noqa: E731
     if enc.family == "lite" and isinstance(enc.cnn, OrtModel):
-        return (lambda x: enc.cnn.run(x=x)), (lambda batch: np.ascontiguousarray(batch, np.float32))
+        return (lambda x: enc.cnn.run(x=x)), (lambda batch: np.ascontiguousarray(unstack(batch), np.float32))
     if enc.family == "lite":
         module = enc.cnn
     else:
@@ -74,7 +77,7 @@ def _raw_image_fn(enc):
             return module(x)
 
     def to_tensor(batch):
-        t = torch.from_numpy(batch).to(enc.device)
+        t = torch.from_numpy(unstack(batch) if enc.family == "lite" else batch).to(enc.device)
         if enc.device.startswith("cuda"):
             return t.half()
         return t.contiguous(memory_format=torch.channels_last)

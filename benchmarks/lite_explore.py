@@ -6,7 +6,10 @@ Each idea is labelled with what it needs that the encoder contract does not give
 ``transductive`` (uses statistics of the 1000 test images or 5000 test captions),
 ``not foldable`` (a score that is not the cosine of one 384-d image vector and one query vector),
 ``diagnostic`` (fitted on flickr8k-1k train: NOT zero-shot, only to size the gap).
-None of them beat the default by more than noise on text->image R@10; see the report rows.
+None of them beat the default by more than noise on text->image R@10 at the default's cost of one
+224x224 forward per image; see the report rows. Round 3 also measures rows that spend more forwards
+(higher input resolution, view pooling): only extra image views pay off, and those are the
+``lite:tiles`` setting (a ``LiteConfig.views`` row in lite_tuning), not the default.
 """
 
 from __future__ import annotations
@@ -185,8 +188,141 @@ def explored(bench, cfg: LiteConfig | None = None) -> list[tuple[str, str, dict]
         nb = np.argpartition(-s, m - 1, axis=1)[:, :m]
         rows.append((f"sharpen the mixed image vector: minus 0.2 x mean of its {m} nearest classes",
                      "zero-shot", metrics(q @ l2_normalize(img - 0.2 * table[nb].mean(axis=1)).T)))
+    rows += _round3(bench, cfg, table, logits, q, img, metrics)
     rows.append(_ridge_diagnostic(bench, logits, q, ci, table, cfg))
     return rows
+
+
+# -- round 3 (2026-11-29): people, caption nouns, hypernym glosses, view pooling, resolution ----------------
+
+PEOPLE = ["a man.", "a woman.", "a person.", "people.", "a boy.", "a girl.", "a child."]
+PEOPLE_ROOTS = {"n03051540", "n00007846", "n03502509", "n03380867"}  # clothing, person, headdress, footwear
+
+
+def _under(roots: set[str]) -> np.ndarray:
+    """1 for the ImageNet classes that are (or descend from) one of ``roots`` in WordNet."""
+    anc = imagenet_ancestors()
+    return np.array([float(w in roots or any(a[0] in roots for a in anc.get(w, []))) for w, _n, _d in imagenet_classes()])
+
+
+def caption_nouns(text: str, wn) -> list[str]:
+    """Base forms of the words of a caption that WordNet tags mostly as nouns (no POS tagger offline)."""
+    from retrieval.kg.linking import SKIP_WORDS, STOP_WORDS, tokenize
+
+    out = []
+    for tok, _s, _e in tokenize(text):
+        if len(tok) < 3 or tok in STOP_WORDS or tok in SKIP_WORDS or not wn.mostly_noun(tok):
+            continue
+        out.append(wn.morphy(tok).replace("_", " "))
+    return out
+
+
+def _model_forward(bench, name: str, fn):
+    """Eager Lite0 over every image, ``fn(model, PIL image) -> array``, stacked and cached per ``name``."""
+    from benchmarks.datasets import bench_cache
+    from benchmarks.lite_tuning import _cached
+    from retrieval.encoders.base import load_image
+    from retrieval.encoders.lite import lite0_weights_path, load_lite0, weights_signature
+
+    def compute():
+        import torch
+
+        model = load_lite0("cpu", freeze=False)
+        with torch.inference_mode():
+            return np.stack([fn(model, load_image(p)) for p in bench.ds.images])
+
+    fp = weights_signature([lite0_weights_path()])
+    return _cached(bench_cache() / f"lite-explore-{bench._ds_key}-{fp}-{name}.npy", compute)
+
+
+def _resized(img, w: int, h: int):
+    import torch
+    from PIL import Image
+
+    x = (np.asarray(img.resize((w, h), Image.BICUBIC), dtype=np.float32) - 127.0) / 128.0
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))[None]).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _round3(bench, cfg, table, logits, q, img, metrics):
+    from benchmarks.wordnet import load as load_wordnet
+    from retrieval.encoders import get_encoder
+    from retrieval.encoders.lite import sharpen_table
+
+    text = get_encoder("sbert:minilm", device="cpu", batch_size=128)
+    rows = []
+    people = l2_normalize(text.encode_texts(PEOPLE).mean(axis=0, keepdims=True))[0]
+    worn = _under(PEOPLE_ROOTS)  # 57 classes: clothing, headdress, footwear, person
+    rows.append(("people prior: class rows of clothing/person classes + 0.3 x 'a man./a woman./...' mean",
+                 "zero-shot", metrics(q @ conse_mix(logits, l2_normalize(table + 0.3 * worn[:, None] * people),
+                                                    cfg)[0].T)))
+    mass = _probs(logits, 1.0) @ worn
+    rows.append(("people prior: image + 0.4 x (clothing/person probability mass) x people direction",
+                 "zero-shot", metrics(q @ l2_normalize(img + 0.4 * mass[:, None] * people).T)))
+
+    wn = load_wordnet()
+    nouns = [caption_nouns(c, wn) for c in bench.ds.captions]
+    vocab = sorted({n for ns in nouns for n in ns})
+    nv = dict(zip(vocab, text.encode_texts([f"a photo of a {n}." for n in vocab])))
+    mean_n = l2_normalize(np.array([np.mean([nv[n] for n in ns], axis=0) if ns else np.zeros(q.shape[1])
+                                    for ns in nouns]) + 1e-9)
+    for a in (0.3, 1.0):
+        rows.append((f"query + {a} x mean of 'a photo of a {{noun}}.' over the caption's WordNet nouns",
+                     "zero-shot", metrics(l2_normalize(q + a * mean_n) @ img.T)))
+    joined = text.encode_texts([", ".join(ns) if ns else c for ns, c in zip(nouns, bench.ds.captions)])
+    rows.append(("query + 0.3 x embedding of the caption's noun list 'dog, grass'", "zero-shot",
+                 metrics(l2_normalize(q + 0.3 * joined) @ img.T)))
+
+    anc = imagenet_ancestors()
+    ids = sorted({a[0] for w, _n, _d in imagenet_classes() for a in anc.get(w, [])})
+    ae = dict(zip(ids, text.encode_texts([f"{', '.join(wn.synsets[i].lemmas)}: {wn.synsets[i].gloss.split(';')[0]}"
+                                          for i in ids])))
+
+    def with_glosses(rows_, decay, min_depth):
+        return l2_normalize(np.array([r + sum(decay ** up * ae[sid] for sid, _l, up, depth, _f in anc.get(w, [])
+                                              if up <= 4 and depth >= min_depth)
+                                      for (w, _n, _d), r in zip(imagenet_classes(), rows_.astype(np.float64))]))
+
+    raw = l2_normalize(bench.prompt_embeddings(cfg).mean(axis=1))
+    t_before = sharpen_table(with_glosses(raw, 0.25, 6), cfg.sharpen, cfg.sharpen_k)
+    rows.append(("WordNet graph: class row + 0.25^steps x hypernym glosses (up to 4 up, depth >= 6), then sharpen",
+                 "zero-shot", metrics(q @ conse_mix(logits, t_before, cfg)[0].T)))
+    rows.append(("WordNet graph: sharpened class row + 0.15^steps x hypernym glosses (up to 4 up, depth >= 5)",
+                 "zero-shot", metrics(q @ conse_mix(logits, with_glosses(table, 0.15, 5), cfg)[0].T)))
+
+    views = np.stack([logits] + [bench.logits(cfg.resize, v) for v in ("start", "middle", "end")], axis=1)
+    pv = _probs(views.reshape(-1, 1000), cfg.temperature).reshape(views.shape)
+    rows.append(("whole + 3 squares pooled as mean class probabilities (4 forwards)", "zero-shot",
+                 metrics(q @ _vectors(_topk(pv.mean(axis=1), cfg.top_k), table, cfg).T)))
+    rows.append(("whole + 3 squares pooled as max class probabilities (4 forwards)", "zero-shot",
+                 metrics(q @ _vectors(_topk(pv.max(axis=1), cfg.top_k), table, cfg).T)))
+
+    feats = _model_forward(bench, "features7", lambda m, im: m.forward_features(
+        _resized(im, 224, 224))[0].numpy().astype(np.float16)).astype(np.float32)
+    cnn = load_lite0_classifier()
+
+    def win(r0, r1, c0, c1):
+        return feats[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) @ cnn[0].T + cnn[1]
+    for label, wins in [("left/right/top/bottom halves", [(0, 7, 0, 4), (0, 7, 3, 7), (0, 4, 0, 7), (3, 7, 0, 7)]),
+                        ("3x3 grid of 3x3 windows", [(r, r + 3, c, c + 3) for r in (0, 2, 4) for c in (0, 2, 4)])]:
+        vs = np.stack([conse_mix(win(*w), table, cfg)[0] for w in wins], axis=1)
+        rows.append((f"one forward, classifier on 7x7 feature-map windows ({label}): whole + 0.5 x mean of windows",
+                     "zero-shot", metrics(q @ l2_normalize(img + 0.5 * vs.mean(axis=1)).T)))
+    for name, (w, h) in [("squash 256x256 (1.31x pixels)", (256, 256)), ("squash 288x288 (1.65x pixels)", (288, 288)),
+                         ("aspect-kept 288x224 (1.29x pixels)", (288, 224))]:
+        key = name.split(" (")[0].replace(" ", "-")
+        lg = _model_forward(bench, key, lambda m, im, w=w, h=h: m(_resized(
+            im, *((w, h) if im.size[0] >= im.size[1] else (h, w))))[0].numpy())
+        rows.append((f"one forward at {name}", "zero-shot", metrics(q @ conse_mix(lg, table, cfg)[0].T)))
+    return rows
+
+
+def load_lite0_classifier() -> tuple[np.ndarray, np.ndarray]:
+    """(weight [1000, 1280], bias [1000]) of Lite0's last layer."""
+    from retrieval.encoders.lite import load_lite0
+
+    m = load_lite0("cpu", freeze=False)
+    return m.classifier.weight.detach().numpy(), m.classifier.bias.detach().numpy()
 
 
 def _ridge_diagnostic(bench, logits, q, ci, table, cfg):

@@ -32,11 +32,13 @@ from benchmarks.datasets import CaptionDataset, bench_cache, flickr8k_1k
 from benchmarks.metrics import caption_retrieval_metrics
 from retrieval.encoders.base import load_image, weights_signature
 from retrieval.encoders.lite import (
+    PRESETS,
     ImagePreprocess,
     LiteConfig,
     build_class_table,
     class_prompts,
     conse_mix,
+    conse_views,
     lite0_weights_path,
     project_queries,
 )
@@ -70,22 +72,28 @@ class Bench:
         self.names = [p.name for p in ds.images]
         self._ds_key = _key(ds.name, self.names, ds.captions)
 
-    def logits(self, resize: str = "crop") -> np.ndarray:
-        """Classifier logits of every image under one preprocessing mode (cached)."""
+    def logits(self, resize: str = "crop", view: str = "whole") -> np.ndarray:
+        """Classifier logits of every image under one preprocessing mode and one view (cached)."""
 
         def compute():
             enc = self.enc.load()
-            tf = ImagePreprocess(mode=resize)
+            tf = ImagePreprocess(mode=resize, views=(view,))
             out, t = [], time.perf_counter()
             for i in range(0, len(self.ds.images), 32):
                 batch = np.stack([tf(load_image(p)) for p in self.ds.images[i : i + 32]])
                 out.append(enc.logits(batch))
-            self.log(f"encoded {len(self.ds.images)} images ({resize}) in {time.perf_counter() - t:.0f} s")
+            self.log(f"encoded {len(self.ds.images)} images ({resize}, {view}) in {time.perf_counter() - t:.0f} s")
             return np.concatenate(out)
 
         # logits depend on the image tower and the preprocessing only, not on the ConSE settings
         fp = weights_signature([lite0_weights_path()])
-        return _cached(bench_cache() / f"lite-logits-{self._ds_key}-{fp}-{resize}.npy", compute)
+        name = resize if view == "whole" else f"view-{view}"  # non-whole views do not depend on resize
+        return _cached(bench_cache() / f"lite-logits-{self._ds_key}-{fp}-{name}.npy", compute)
+
+    def view_logits(self, config: LiteConfig) -> np.ndarray:
+        """Logits of ``config.views`` image-major, ``[n * views, 1000]``, as the encoder lays them out."""
+        per = np.stack([self.logits(config.resize, v) for v in config.views], axis=1)
+        return per.reshape(-1, per.shape[-1])
 
     def captions(self) -> np.ndarray:
         from retrieval.encoders import get_encoder
@@ -113,11 +121,13 @@ class Bench:
         return build_class_table(self.prompt_embeddings(config), config)
 
     def score(self, config: LiteConfig, ks=(1, 5, 10), views: tuple[str, ...] = ()) -> dict:
-        """Metrics of one variant; ``views`` averages the logits of several preprocessing modes (TTA)."""
+        """Metrics of one variant; ``views`` averages the logits of several resize modes (TTA);
+        ``config.views`` are the encoder's own image views."""
         table = self.table(config)
-        views = views or (config.resize,)
-        logits = sum(self.logits(v) for v in views) / len(views)
-        img, _, _ = conse_mix(logits, table, config)
+        if views:  # test-time augmentation over resize modes (whole frame only)
+            img = conse_mix(sum(self.logits(v) for v in views) / len(views), table, config)[0]
+        else:
+            img = conse_views(self.view_logits(config), table, config)
         txt = project_queries(self.captions(), table, config)
         return caption_retrieval_metrics(txt @ img.T, self.ds.caption_image, ks)
 
@@ -191,6 +201,19 @@ def variants() -> list[tuple[str, LiteConfig, tuple[str, ...]]]:
     for mix, k in [(0.1, 50), (0.2, 50)]:
         out.append((f"default + query-side ConSE mix {mix} (top-{k}, temperature 0.05, sharpened table)",
                     replace(d, text_mix=mix, text_top_k=k), ()))
+    # round 3 (2026-11-29): query-side ConSE at other widths/temperatures, and image views (more forwards)
+    for mix, k, t in [(0.1, 10, 0.02), (0.1, 100, 0.1), (0.3, 100, 0.1), (0.1, 100, 0.2)]:
+        out.append((f"default + query-side ConSE mix {mix} (top-{k}, temperature {t})",
+                    replace(d, text_mix=mix, text_top_k=k, text_temperature=t), ()))
+    for label, views in [("whole + centre square (2 forwards)", ("whole", "middle")),
+                         ("whole + the 2 end squares (3 forwards)", ("whole", "start", "end")),
+                         ("whole + 4 quadrants (5 forwards)", ("whole", "tl", "tr", "bl", "br"))]:
+        out.append((f"default, views: {label}", replace(d, views=views), ()))
+    tiles = PRESETS["tiles"]
+    for t, k in [(3.0, 50), (2.5, 100)]:
+        out.append((f"lite:tiles, T{t} top-{k}", replace(tiles, temperature=t, top_k=k), ()))
+    out.append(("lite:tiles8: whole + 3 squares + 4 quadrants (8 forwards)", PRESETS["tiles8"], ()))
+    out.append(("lite:tiles: whole + 3 squares along the long side (4 forwards)", tiles, ()))
     out.append(("default LiteConfig()", LiteConfig(), ()))
     return out
 

@@ -12,18 +12,21 @@ computed once per model fingerprint and cached on disk.
 
 The image side also reports its top classes as (WordNet synset id,
 probability): the knowledge graph grounds images on these.
+
+``lite:tiles`` (whole frame + 3 squares along the long side) and ``lite:tiles8`` (+ the 4
+quadrants) mix several views per image: better on multi-object scenes, at one forward per view.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsNotFound
+from ..errors import ModelError, WeightsNotFound
 from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
 from .sbert import shipped_minilm_path
 
@@ -70,9 +73,29 @@ class LiteConfig:
     text_mix: float = 0.0
     text_top_k: int = 10
     text_temperature: float = 0.05
+    # image views per image, each one more forward; their ConSE vectors are averaged (see ImagePreprocess):
+    # "whole" (the ``resize`` frame), "start"/"middle"/"end" (squares of the short side along the long
+    # side), "tl"/"tr"/"bl"/"br" (quadrants). The ``lite:tiles`` spec turns them on.
+    views: tuple[str, ...] = ("whole",)
 
     def key(self) -> str:
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:10]
+        # options added after lite indexes were first built (``LATE_FIELDS``) enter the hash only when set
+        # away from their default, so adding one keeps every existing index's fingerprint
+        parts = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                 if f.name not in LATE_FIELDS or getattr(self, f.name) != f.default]
+        return hashlib.sha256(f"LiteConfig({', '.join(parts)})".encode()).hexdigest()[:10]
+
+
+LATE_FIELDS = frozenset({"views"})
+VIEWS = ("whole", "start", "middle", "end", "tl", "tr", "bl", "br")
+# named settings selectable as ``lite:NAME``; "" is plain ``lite``
+PRESETS = {
+    "": LiteConfig(),
+    # whole frame + 3 squares along the long side: 4 forwards per image (multi-object scenes)
+    "tiles": LiteConfig(views=("whole", "start", "middle", "end")),
+    # ... + the 4 quadrants: 8 forwards per image
+    "tiles8": LiteConfig(views=("whole", "start", "middle", "end", "tl", "tr", "bl", "br")),
+}
 
 
 def imagenet_classes() -> list[tuple[str, list[str], str]]:
@@ -169,6 +192,16 @@ def conse_mix(logits: np.ndarray, table: np.ndarray, config: LiteConfig):
     return l2_normalize(vec), top.astype(np.float32), idx
 
 
+def conse_views(logits: np.ndarray, table: np.ndarray, config: LiteConfig) -> np.ndarray:
+    """Image vectors from the logits of ``len(config.views)`` views per image (rows image-major,
+    ``[n * views, 1000]``): the mean of the views' :func:`conse_mix` vectors, re-normalised."""
+    v = len(config.views)
+    vec = conse_mix(logits, table, config)[0]
+    if v == 1:
+        return vec
+    return l2_normalize(vec.reshape(-1, v, vec.shape[1]).mean(axis=1)).astype(np.float32)
+
+
 def project_queries(q: np.ndarray, table: np.ndarray, config: LiteConfig) -> np.ndarray:
     """Query-side counterparts of the image side: class-description mixing and centring."""
     q = np.asarray(q, dtype=np.float32)
@@ -186,31 +219,68 @@ def project_queries(q: np.ndarray, table: np.ndarray, config: LiteConfig) -> np.
     return q
 
 
+def view_box(view: str, w: int, h: int) -> tuple[int, int, int, int]:
+    """Crop box (left, top, right, bottom) of a non-whole view of a ``w`` x ``h`` image (see ``VIEWS``)."""
+    if view in ("start", "middle", "end"):
+        s = min(w, h)
+        off = int(round({"start": 0.0, "middle": 0.5, "end": 1.0}[view] * (max(w, h) - s)))
+        return (off, 0, off + s, s) if w >= h else (0, off, s, off + s)
+    if view in ("tl", "tr", "bl", "br"):
+        x0 = w // 2 if view[1] == "r" else 0
+        y0 = h // 2 if view[0] == "b" else 0
+        return x0, y0, x0 + w // 2, y0 + h // 2
+    raise ValueError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+
+
 class ImagePreprocess:
     """PIL RGB -> float32 CHW, normalised as the Lite0 weights expect: (x*255 - 127) / 128.
 
     ``mode="squash"`` resizes the whole image to 224x224 (bicubic), keeping everything in
     the frame (better for retrieval of whole scenes, see benchmarks/lite_tuning.py);
     ``mode="crop"`` is ImageNet's evaluation transform: shorter side to 256, centre crop 224.
+    With more than one of ``views`` (``"whole"`` is the frame above; the others, see :func:`view_box`,
+    are squashed to 224x224) the views are stacked on the channel axis: ``[3 * len(views), 224, 224]``.
     Numpy only, picklable.
     """
 
-    def __init__(self, size: int = 224, crop_pct: float = 0.875, mode: str = "crop"):
+    def __init__(self, size: int = 224, crop_pct: float = 0.875, mode: str = "crop",
+                 views: tuple[str, ...] = ("whole",)):
         if mode not in ("crop", "squash"):
             raise ValueError(f"unknown resize mode {mode!r}: use crop or squash")
+        for v in views:
+            if v not in VIEWS:
+                raise ValueError(f"unknown view {v!r}: use one of {', '.join(VIEWS)}")
+        if not views:
+            raise ValueError("at least one view is needed")
         self.size = size
         self.mode = mode
+        self.views = tuple(views)
         self.resize = int(round(size / crop_pct))
 
     def __call__(self, img) -> np.ndarray:
+        if self.views == ("whole",):
+            return self._whole(img)
+        if hasattr(img, "draft") and img.format == "JPEG":  # quadrants need twice the resolution
+            big = 2 if any(v in ("tl", "tr", "bl", "br") for v in self.views) else 1
+            img.draft("RGB", (big * self.size, big * self.size))
+        out = [self._whole(img) if v == "whole" else self._squash(img.crop(view_box(v, *img.size)))
+               for v in self.views]
+        return np.ascontiguousarray(np.concatenate(out, axis=0))
+
+    def _squash(self, img) -> np.ndarray:
+        from PIL import Image
+
+        img = img.resize((self.size, self.size), Image.BICUBIC)
+        x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def _whole(self, img) -> np.ndarray:
         from PIL import Image
 
         if self.mode == "squash":
             if hasattr(img, "draft") and img.format == "JPEG":
                 img.draft("RGB", (self.size, self.size))
-            img = img.resize((self.size, self.size), Image.BICUBIC)
-            x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
-            return np.ascontiguousarray(x.transpose(2, 0, 1))
+            return self._squash(img)
         w, h = img.size
         scale = self.resize / min(w, h)
         nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
@@ -288,7 +358,12 @@ class LiteEncoder(Encoder):
     def __init__(self, spec: str, rest: str = "", device: str | None = "auto", batch_size: int = 32,
                  config: LiteConfig | None = None):
         super().__init__(spec, device, batch_size)
-        self.config = config or LiteConfig()
+        if config is None:
+            if rest not in PRESETS:
+                names = ", ".join(f"lite:{n}" for n in PRESETS if n)
+                raise ModelError(f"unknown lite setting {rest!r} in {spec!r}: use lite or one of {names}")
+            config = PRESETS[rest]
+        self.config = config
 
     def _load(self) -> None:
         from .sbert import SbertEncoder
@@ -361,7 +436,7 @@ class LiteEncoder(Encoder):
         return float(np.abs(model.run(x=x) - ref).max())
 
     def image_transform(self):
-        return ImagePreprocess(mode=self.config.resize)
+        return ImagePreprocess(mode=self.config.resize, views=self.config.views)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """ImageNet classifier logits (float32 numpy, [N, 1000]) for a preprocessed batch."""
@@ -377,8 +452,12 @@ class LiteEncoder(Encoder):
             return cnn(image_batch_tensor(batch, self.device)).float().cpu().numpy()
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
+        v = len(self.config.views)
+        if v > 1:  # [n, 3 * views, H, W] -> [n * views, 3, H, W]
+            batch = np.asarray(batch).reshape(len(batch) * v, 3, *np.shape(batch)[2:])
         logits = self.logits(batch)
-        vectors, _p, _idx = conse_mix(logits, self.class_table, self.config)
+        vectors = conse_views(logits, self.class_table, self.config)
+        logits = logits[:: v]  # concepts come from the first view (the whole frame in the presets)
         concepts = None
         if with_concepts:
             # reported as the classifier's own probabilities (temperature 1), whatever the mixing temperature

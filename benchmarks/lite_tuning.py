@@ -9,6 +9,10 @@ Nothing is fitted on flickr captions or images: every variant is zero-shot.
     python -m benchmarks.lite_tuning            # all variants -> benchmarks/results/lite_tuning.json
     python -m benchmarks.lite_tuning --quick    # the baselines and the default only
 
+A cold cache costs one Lite0 forward per image per resize mode and per image view (``lite:tiles8``
+needs 7 views beyond the whole frame) plus the explored rows' own forwards (a 7x7 feature map and three
+input resolutions): about 12,000 forwards, ~15 min on 2 quiet cores; warm, the whole run takes ~2 min.
+
 Rows marked ``explored`` are ideas outside ``LiteConfig`` (benchmarks/lite_explore.py), each
 labelled zero-shot, transductive, not foldable into one 384-d vector, or diagnostic (fitted).
 The config values themselves (templates, sharpening, temperature, top-k, centring) were chosen

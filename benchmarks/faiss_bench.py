@@ -129,6 +129,10 @@ def run_kgclip(x, ids, queries, gt, k, max_memory, index_type="auto", extra_targ
     res = {"side": "kgclip", "kind": info["kind"], "factory": info["factory"], "build_s": round(build_s, 2),
            "index_bytes": _index_bytes(index), "rss_growth_bytes": _rss() - rss0, "rows": rows,
            "choice": info["choice"], "_index": index}
+    name = {"hnsw": "efSearch", "ivf": "nprobe", "ivfpq": "nprobe"}.get(info["kind"])
+    if name:  # the curve: the same index at other values of its search parameter
+        res["_at"] = lambda v: (lambda q, kk: V.search(index, q, kk, {name: v}, rerank_fn=use_rerank))
+        res["param_name"] = name
     return res
 
 
@@ -153,7 +157,61 @@ def run_autofaiss(x, ids, queries, gt, k, max_memory_str, tmp):
            "build_s": round(build_s, 2), "index_bytes": _index_bytes(index), "rss_growth_bytes": _rss() - rss0,
            "rows": [{"label": "autofaiss build_index", "params": (infos or {}).get("index_param"),
                      "recall_at_10": round(V.recall_at_k(got, gt[1], k), 4), "_fn": fn}], "_index": index}
+    param = str((infos or {}).get("index_param") or "")
+    if "=" in param:
+        import faiss
+
+        name = param.split("=")[0].split(",")[0]
+        space = faiss.ParameterSpace()
+
+        def at(v):
+            def fn_v(q, kk):
+                space.set_index_parameter(index, name, v)
+                return fn(q, kk)
+            return fn_v
+
+        res["_at"], res["param_name"], res["_restore"] = at, name, (lambda: space.set_index_parameters(index, param))
     return res
+
+
+CURVE_VALUES = (16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072)
+
+
+def curves(sides, queries, gt, k, n_queries: int = 300) -> None:
+    """Recall@k and single-query QPS of each side's index over a range of its search parameter,
+    on the same held-out queries, timed interleaved: the recall/QPS frontier, so the sides can be
+    compared at equal recall whatever operating point each one's own tuning picked."""
+    q = queries[:n_queries]
+    fns, meta = {}, {}
+    for side in sides:
+        if "_at" not in side:
+            continue
+        for v in CURVE_VALUES:
+            key = f"{side['side']}:{v}"
+            fns[key], meta[key] = side["_at"](v), (side, v)
+    if not fns:
+        return
+    rec = {key: V.recall_at_k(fn(q, k)[1], gt[1][:n_queries], k) for key, fn in fns.items()}
+    stats = interleaved(fns, q, k, passes=1)
+    for key, (side, v) in meta.items():
+        side.setdefault("curve", []).append({side["param_name"]: v, "recall_at_10": round(rec[key], 4),
+                                             **stats[key]})
+    for side in sides:
+        if "_restore" in side:
+            side["_restore"]()
+
+
+def qps_at_recall(curve: list[dict], recall: float) -> float | None:
+    """QPS on a recall/QPS curve at ``recall``: log-QPS interpolated between the two points around it
+    (None when the curve never reaches it)."""
+    pts = sorted((c["recall_at_10"], c["qps"]) for c in curve)
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 <= recall <= r1:
+            w = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)
+            return round(float(np.exp((1 - w) * np.log(q0) + w * np.log(q1))), 1)
+    if pts and pts[0][0] >= recall:
+        return pts[0][1]
+    return None
 
 
 def main(argv=None):
@@ -202,6 +260,10 @@ def main(argv=None):
         for r in side["rows"]:
             r.pop("_fn")
             r.update(stats[f"{side['side']}:{r['label']}"])
+    curves(out["sides"], queries, gt, a.k)
+    for side in out["sides"]:
+        for key in ("_at", "_restore"):
+            side.pop(key, None)
     print(json.dumps(out["sides"], default=str)[:2000], file=sys.stderr)
     if af:
         ref = af["rows"][0]
@@ -212,6 +274,13 @@ def main(argv=None):
             "qps_ratio": (round(max(r["qps"] for r in best) / ref["qps"], 3) if best else None),
             "build_time_ratio": round(kg["build_s"] / max(af["build_s"], 1e-9), 3),
         }
+        if kg.get("curve"):  # kgclip's frontier at autofaiss's operating point
+            at = qps_at_recall(kg["curve"], ref["recall_at_10"])
+            af_at = qps_at_recall(af.get("curve", []), ref["recall_at_10"])
+            out["verdict"].update({
+                "kgclip_curve_qps_at_autofaiss_recall": at,
+                "autofaiss_curve_qps_at_its_recall": af_at,
+                "curve_qps_ratio": round(at / af_at, 3) if at and af_at else None})
     out["load_avg_end"] = os.getloadavg()[0]
     path = a.out or os.path.join(os.path.dirname(__file__), "results", f"faiss_{a.n}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)

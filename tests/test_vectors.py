@@ -129,11 +129,13 @@ def test_tune_finds_cheapest_parameter(data):
     gt = S.exact_topk(q, x, ids, 10)
     params, rec = V.tune(index, choice, q, gt, k=10, target=0.95)
     grid = [p for p in V.NPROBE_GRID if p < choice.params["nlist"]] + [choice.params["nlist"]]
-    j = grid.index(params["nprobe"])
     assert rec >= 0.95
-    if j > 0:  # the next cheaper setting misses the target
-        s, i = V.search(index, q, 10, {"nprobe": grid[j - 1]})
+    cheaper = [p for p in grid if p < params["nprobe"]]
+    if cheaper:  # the grid's next cheaper setting misses the target (tuning bisects between the two)
+        s, i = V.search(index, q, 10, {"nprobe": cheaper[-1]})
         assert V.recall_at_k(i, gt[1], 10, s, gt[0]) < 0.95
+        s, i = V.search(index, q, 10, params)
+        assert V.recall_at_k(i, gt[1], 10, s, gt[0]) == rec
     # leave-one-out (queries are indexed vectors; their self-match is not counted): harder
     rows = V.sample_rows(len(x), 200, seed=3)
     loo, rec_loo = V.tune(index, choice, q, lambda qq, kk: S.exact_topk(qq, x, ids, kk), k=10, target=0.95,

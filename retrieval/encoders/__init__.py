@@ -144,7 +144,7 @@ register(
         "lite",
         "retrieval.encoders.lite:LiteEncoder",
         "lite",
-        "offline default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, bridged through WordNet (ConSE)",
+        "offline default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, bridged through WordNet (ConSE); lite:tiles, lite:tiles8 add image views",
     )
 )
 register(

@@ -12,7 +12,9 @@ item's best weighted cosine over the query vectors; concept grounding (lite
 indexes) adds ``concept_weight * sqrt(min(1, sum of weight * p))`` over an image's
 stored WordNet concepts (probability ``p``) that are KG targets (the query's
 linked entities and their hyponyms, ``weight`` decaying with depth), square-rooted by default
-(``SearchOptions.concept_agg``). Hybrid caption fusion
+(``SearchOptions.concept_agg``), plus ``concept_mix`` times that weight x the square root of the
+targets' share in the image's whole class mix, read off its stored vector (:class:`_ConceptMix`).
+Hybrid caption fusion
 replaces the score by the fused one (normalised weighted sum in [0, 1], or
 RRF), so ``min_score`` means a different scale there: see :meth:`search`.
 """
@@ -40,9 +42,10 @@ log = logging.getLogger(__name__)
 EXPAND_MODES = ("auto", "none", "mix", "multi")
 HYBRID_MODES = ("auto", "none", "sum", "rrf")
 # What `auto` resolves to, from benchmarks/results/kg_tuning.json (lite; fashion-mnist, flickr-nouns,
-# emoji): the gain is lite concept grounding (sqrt bonus, concept_weight 0.5); the text-side expansion
-# alone loses mAP on every set. With grounding, multi beats mix on mAP on all three sets (+1%, +0.5%,
-# +7% relative) and on nDCG@10 on two (mix leads fashion-mnist by 0.003), so auto expands with multi.
+# emoji): the gain is lite concept grounding (sqrt bonus of the stored concepts, concept_weight 0.5, plus
+# the class-mix term, concept_mix 2); the text-side expansion alone loses mAP on every set. With grounding,
+# multi beats mix on mAP on all three sets (+0.3%, +0.3%, +2.8% relative) and on nDCG@10 on two (mix
+# leads fashion-mnist by 0.003), so auto expands with multi.
 # Long descriptive queries are expanded and grounded less (ExpansionPolicy.focus_words) and auto
 # expands only queries of at most AUTO_EXPAND_MAX_WORDS content words, when a KG is available
 # (full-caption R@10: benchmarks/results/recall_kg.json). Hybrid: normalised weighted sum when the index has captions
@@ -70,6 +73,11 @@ class SearchOptions:
     caption_weight: float = 0.7  # hybrid: share of the caption list (0.7 measured best of 0.3/0.5/0.7)
     concept_weight: float = 0.5  # lite grounding: weight of the concept bonus (kg_tuning.json: 0.5)
     concept_agg: str = "sqrt"  # bonus = sqrt(mass) ("sqrt": a small mass counts more) or the mass ("sum")
+    # lite: a second grounding term, concept_mix x concept_weight x sqrt(the KG targets' share of the
+    # image's class mix, estimated from its stored vector: _ConceptMix): it sees the 50 classes each
+    # vector mixes, not only the 5 stored concepts (0 = off; kg_tuning.json: 2 with ridge 0.1)
+    concept_mix: float = 2.0
+    concept_mix_ridge: float = 0.1
     rrf_k: int = 60
     norm: str = "minmax"
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
@@ -179,6 +187,7 @@ class Searcher:
         self._expander_error: str | None = None
         self._concepts_read = False  # the store's concepts were scanned into _concept_arrays
         self._concept_arrays: _ConceptArrays | None = None
+        self._concept_mix: tuple[float, Any] | None = None  # (ridge, _ConceptMix or None)
         self._vocab_size = -1  # size of the concept table last handed to the expander
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
         self._n = len(self.index)
@@ -265,6 +274,13 @@ class Searcher:
             self._concept_arrays = _ConceptArrays(ids, rows, vocab) if vocab else None
             self._concepts_read = True
         return self._concept_arrays
+
+    def concept_mix(self) -> "_ConceptMix | None":
+        """The class-mix estimator of a lite encoder (None for other models), made once per ridge."""
+        ridge = float(self.options.concept_mix_ridge)
+        if self._concept_mix is None or self._concept_mix[0] != ridge:
+            self._concept_mix = (ridge, _ConceptMix.from_encoder(self.encoder, ridge))
+        return self._concept_mix[1]
 
     def _set_vocabulary(self) -> None:
         """Tell the expander which concepts this index's images carry (lite): it then expands to the
@@ -419,23 +435,28 @@ class Searcher:
 
         # 2. targets for concept grounding (lite indexes with stored concepts)
         targets: dict[str, tuple[float, list[str]]] = {}
+        mix_g = None  # the targets' class-mix direction (lite, SearchOptions.concept_mix)
         if text is not None and mode != "none" and w["concept"] > 0:
             ct = getattr(self.expander(), "concept_targets", None)
             arr = self.concept_arrays() if ct is not None else None
             if arr is not None:
                 t = time.perf_counter()
-                targets = dict(ct(plan, within=arr.slot.keys()))
+                mix = self.concept_mix() if self.options.concept_mix > 0 else None
+                targets = dict(ct(plan, within=arr.slot.keys() if mix is None else mix.within(arr)))
                 # a long descriptive query is grounded less (ExpansionPolicy.focus_words), as it is expanded less
                 focus = getattr(getattr(self.expander(), "policy", None), "focus", None)
                 if focus is not None:
                     w["concept"] *= focus(text)
+                if mix is not None and targets:
+                    mix_g = mix.direction(targets)
                 timings["ground"] = _ms(t)
 
         # 3. search, fuse, filter, hydrate: fetch more candidates until k hits pass (or all were seen)
         fetch = self._fetch_size(k, len(rows), bool(targets), hyb, bool(filt) or min_score is not None)
         while True:
             t = time.perf_counter()
-            ranked, why = self._candidates(text, image, rows, row_w, targets, hyb, w, min(fetch, max(self._n, 1)))
+            ranked, why = self._candidates(text, image, rows, row_w, targets, hyb, w,
+                                           min(fetch, max(self._n, 1)), mix_g)
             timings["search"] = timings.get("search", 0.0) + _ms(t)
             t = time.perf_counter()
             hits = self._hydrate(ranked, k, filt, min_score)
@@ -480,9 +501,14 @@ class Searcher:
             out.append([(i, s) for s, i in zip(srow, irow) if i >= 0])
         return out
 
-    def _candidates(self, text, image, rows, row_w, targets, hyb, w, fetch):
-        """Fused (id, score) list, best first, and per-id provenance for explanations."""
-        lists = self._vector_lists(rows, fetch)
+    def _candidates(self, text, image, rows, row_w, targets, hyb, w, fetch, mix_g=None):
+        """Fused (id, score) list, best first, and per-id provenance for explanations. ``mix_g``: the
+        concept-mix direction, searched along with the query rows for candidates (see _ground)."""
+        if mix_g is None:
+            lists, mix_list = self._vector_lists(rows, fetch), None
+        else:
+            lists = self._vector_lists(np.vstack([rows, _l2(mix_g[None, :]).astype(np.float32)]), fetch)
+            mix_list = lists.pop()
         if len(lists) == 1 and not targets and hyb == "none":
             return lists[0], None  # the plain case: provenance is built only if --explain asks (_search)
         why: dict[int, dict[str, Any]] = {}
@@ -499,7 +525,7 @@ class Searcher:
                 why.setdefault(i, {})["vector"] = (best[i], raw[best[i]][i])
 
         if targets:
-            vec = self._ground(vec, rows[0], targets, w["concept"], fetch, why)
+            vec = self._ground(vec, rows[0], targets, w["concept"], fetch, why, mix_g, mix_list)
 
         if hyb != "none":
             cq = self._query_vector(text, "caption")
@@ -518,13 +544,15 @@ class Searcher:
             return fused, why
         return vec, why
 
-    def _ground(self, vec, q0, targets, cw, fetch, why):
+    def _ground(self, vec, q0, targets, cw, fetch, why, mix_g=None, mix_list=None):
         """Add the concept bonus; items found only through concepts get their exact cosine.
 
         An image's probability mass inside the targets (weight x p summed over its concepts, capped
         at 1; as retrieval.kg.match_concepts), square-rooted by default, explained by its best
         concept. Vectorised over all items (a category word such as "an animal" targets hundreds of
-        classes: hundreds of thousands of postings on a 100k-item index).
+        classes: hundreds of thousands of postings on a 100k-item index). With ``mix_g`` (lite,
+        SearchOptions.concept_mix) every candidate, and the best ``fetch`` along ``mix_g``
+        (``mix_list``), also gets the bonus of the targets' estimated share of its class mix.
         """
         arr = self.concept_arrays()
         if arr is None:
@@ -534,7 +562,11 @@ class Searcher:
             raise UsageError(f"unknown concept_agg {agg!r}: use sqrt or sum")
         g = arr.ground(targets)
         if g is None:
-            return vec
+            if mix_g is None:
+                return vec
+            scores = dict(vec)
+            self._ground_mix(scores, q0, cw, fetch, why, mix_g, mix_list)
+            return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
         rows, bonus, order = g
         if agg == "sqrt":
             bonus = np.sqrt(bonus)
@@ -559,7 +591,30 @@ class Searcher:
             wnid, p = arr.best(int(rows[pos]), targets, order)
             scores[i] += cw * b
             why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
+        if mix_g is not None:
+            self._ground_mix(scores, q0, cw, fetch, why, mix_g, mix_list)
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
+
+    def _ground_mix(self, scores, q0, cw, fetch, why, mix_g, mix_list) -> None:
+        """In place: add concept_mix x cw x sqrt(share) (or the share, concept_agg "sum") to every
+        candidate in ``scores``, after adding the best ``fetch`` of ``mix_list`` with their cosine."""
+        mix = self.concept_mix()
+        extra = [i for i, _ in (mix_list or [])[:fetch] if i not in scores]
+        ids = np.fromiter(list(scores) + extra, np.int64, len(scores) + len(extra))
+        if not len(ids):
+            return
+        vecs = np.asarray(self.index.get_vectors(ids, kind="image"), np.float32)
+        if extra:
+            for i, sc in zip(extra, (vecs[len(scores):] @ q0).tolist()):
+                scores[i] = float(sc)
+                why.setdefault(i, {})["vector"] = (0, float(sc))
+        share = np.clip(mix.share(vecs, mix_g), 0.0, 1.0)
+        shaped = np.sqrt(share) if self.options.concept_agg == "sqrt" else share
+        bonus = cw * self.options.concept_mix * shaped
+        for i, sh, b in zip(ids.tolist(), share.tolist(), bonus.tolist()):
+            if b > 0:
+                scores[i] += b
+                why.setdefault(i, {})["concept_mix"] = (sh, b)
 
     def _hydrate(self, ranked, k, filt: list[Filter], min_score) -> list[Hit]:
         hits: list[Hit] = []
@@ -608,6 +663,9 @@ class Searcher:
             if "concept" in info:
                 wnid, p, b, path = info["concept"]
                 lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={p:.2f}, +{b:.3f})")
+            if "concept_mix" in info:
+                sh, b = info["concept_mix"]
+                lines.append(f"concept mix: ~{sh:.2f} of its class mix under the query's concepts (+{b:.3f})")
             if hyb != "none":
                 if "caption" in info:
                     r, s = info["caption"]
@@ -764,3 +822,74 @@ class _ConceptArrays:
                  if j >= 0 and self.vocab[j] in targets]
         _, _, wnid, p = min(cands)
         return wnid, p
+
+
+class _ConceptMix:
+    """The share of a set of classes in a lite image's class mix, estimated from its stored vector.
+
+    A lite image vector is ``v = l2(m - a * mu)`` with ``m = l2(x)``, ``x = sum_c w_c T_c``: the class-text
+    table rows ``T_c`` of its top classes mixed by weights ``w_c`` summing to 1, ``mu`` the table's mean
+    and ``a`` the centring share (retrieval/encoders/lite.py, conse_mix). ``m = s v + a mu``, ``s > 0``
+    making ``|m| = 1``; ``g_C = (T'T + ridge I)^-1 T' t_C`` is the ridge least-squares vector whose inner
+    product with each table row is the row's KG target weight (0 off the targets), so ``m . g_C`` is
+    about ``sum_c w_c t_c / |x|``: the targets' share of the mix over the length of the un-normalised
+    mix (a diffuse mix of many unrelated classes is short and counts more; dividing it out by the
+    all-classes estimate scored lower category mAP in an offline exploration). Exact when the table has
+    full column rank and ``ridge`` -> 0; with lite's 1000 classes in 384 dimensions an estimate
+    (tests/test_kg_grounding.py). For multi-view settings (the mean of several views' vectors) it
+    estimates roughly the views' average. Linear in ``m``: one row of ``dual`` per class, so a query's
+    direction is a weighted sum of rows.
+    """
+
+    def __init__(self, table: np.ndarray, class_ids: Sequence[str], center: float, ridge: float):
+        t = np.asarray(table, np.float64)
+        if t.ndim != 2 or len(class_ids) != len(t):
+            raise ValueError(f"class table {t.shape} does not fit {len(class_ids)} class ids")
+        self.slot = {w: j for j, w in enumerate(class_ids)}
+        self.mu = t.mean(axis=0)
+        self.center = float(center)
+        dual = np.linalg.solve(t.T @ t + ridge * np.eye(t.shape[1]), t.T)  # [d, classes]
+        self.dual = dual.T.astype(np.float32)  # [classes, d]: a query's direction is weights @ dual
+        self._within: tuple[Any, frozenset] | None = None
+
+    @classmethod
+    def from_encoder(cls, encoder, ridge: float) -> "_ConceptMix | None":
+        """For a lite encoder (its class table, ImageNet ids and centring share); None otherwise."""
+        if getattr(encoder, "family", "") != "lite":
+            return None
+        from .encoders.lite import imagenet_ancestors
+
+        encoder.load()
+        table = getattr(encoder, "class_table", None)
+        center = getattr(getattr(encoder, "config", None), "center", None)
+        # ImageNet's 1000 class ids in table order (sorted wnids; the shipped WordNet data lists each
+        # class once, so this avoids importing timm just for the ids)
+        ids = sorted(imagenet_ancestors())
+        if table is None or center is None or len(table) != len(ids):
+            return None
+        return cls(table, ids, center, ridge)
+
+    def within(self, arr: "_ConceptArrays") -> frozenset:
+        """The ids grounding looks at: these classes and the index's stored concepts (made once per arr)."""
+        if self._within is None or self._within[0] is not arr:
+            self._within = (arr, frozenset(self.slot) | frozenset(arr.slot))
+        return self._within[1]
+
+    def direction(self, targets: dict[str, tuple[float, Any]]) -> np.ndarray | None:
+        """``g`` for the targets (id -> (weight, path)) that are classes; None when none is."""
+        slot = self.slot
+        pairs = [(slot[wnid], wt) for wnid, (wt, _path) in targets.items() if wnid in slot and wt > 0]
+        if not pairs:
+            return None
+        cols, w = zip(*pairs)
+        dense = np.zeros(len(self.dual), np.float32)
+        dense[list(cols)] = w
+        return dense @ self.dual
+
+    def share(self, vecs: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The estimate (see the class) for each of the image vectors [n, d], unclipped."""
+        v = np.asarray(vecs, np.float64)
+        a = self.center
+        vm = v @ self.mu
+        s = -a * vm + np.sqrt(np.maximum(a * a * (vm * vm - self.mu @ self.mu) + 1.0, 0.0))
+        return s * (v @ g) + a * float(self.mu @ g)

@@ -51,3 +51,41 @@ def test_ground_and_best_match_the_loop():
             assert abs(got[i] - ref_mass[i]) < 1e-12
         for r in got_rows.tolist():
             assert arr.best(r, targets, order) == ref_best[int(arr.ids[r])]
+
+
+def _conse_vectors(table, weights, center):
+    """Image vectors as lite's conse_mix makes them from per-image class weights (rows summing to 1)."""
+    m = weights @ table
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    v = m - center * table.mean(axis=0)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_concept_mix_recovers_the_share_of_the_classes_in_a_vector():
+    """The estimate is the classes' share of the mix over the length of the un-normalised mix."""
+    from retrieval.search import _ConceptMix
+
+    rng = np.random.default_rng(1)
+    n_cls, dim = 40, 64  # fewer classes than dimensions: the ridge solution is exact as ridge -> 0
+    table = rng.normal(size=(n_cls, dim))
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    ids = [f"n{j:08d}" for j in range(n_cls)]
+    w = np.zeros((200, n_cls))
+    for r in range(200):
+        picks = rng.choice(n_cls, 6, replace=False)
+        w[r, picks] = rng.dirichlet(np.ones(6))
+    for center in (0.0, 0.3):
+        mix = _ConceptMix(table, ids, center, ridge=1e-9)
+        vecs = _conse_vectors(table, w, center).astype(np.float32)
+        length = np.linalg.norm(w @ table, axis=1)
+        for _ in range(5):
+            chosen = rng.choice(n_cls, 8, replace=False)
+            targets = {ids[j]: (1.0, ["path"]) for j in chosen}
+            targets["n99999999"] = (1.0, ["path"])  # not a class: ignored
+            got = mix.share(vecs, mix.direction(targets))
+            assert np.allclose(got, w[:, chosen].sum(axis=1) / length, atol=1e-4)
+        # target weights weight the classes' shares
+        targets = {ids[0]: (0.5, []), ids[1]: (1.0, [])}
+        got = mix.share(vecs, mix.direction(targets))
+        assert np.allclose(got, (0.5 * w[:, 0] + w[:, 1]) / length, atol=1e-4)
+    assert mix.direction({"n99999999": (1.0, [])}) is None

@@ -888,21 +888,50 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     if choice.kind in ("ivf", "ivfpq"):
         train_rows = sample_rows(n, int(choice.params.get("train_size", n)), seed=seed)
         train = sample_fn(train_rows)
-    index = build_vectors_index(choice, dim, train, batches_fn(), use_gpu=use_gpu)
+    # HNSW: the tuning queries are held out of the graph until tuning is done. Leave-one-out on indexed
+    # vectors overstates an HNSW graph's recall (a query's own node is a hub among its neighbours): at 1M
+    # clustered vectors efSearch tuned to 0.950 that way gave 0.920 on unseen queries (0.957 vs 0.969 at 100k)
+    held_out = choice.kind == "hnsw" and n >= HOLD_OUT_MIN_FACTOR * n_queries
+    q_rows = sample_rows(n, n_queries, seed=seed + 1, exclude=train_rows) if n > 0 else np.zeros(0, np.int64)
+    build_batches = _without_rows(batches_fn(), q_rows) if held_out else batches_fn()
+    index = build_vectors_index(choice, dim, train, build_batches, use_gpu=use_gpu)
     del train
     params: dict = {}
     recall = 1.0
     nq = 0
     if n > 0:
-        q_rows = sample_rows(n, n_queries, seed=seed + 1, exclude=train_rows)
         queries = sample_fn(q_rows)
         nq = len(queries)
         q_ids = ids_at_rows(batches_fn(), q_rows)
-        gt = exact_search(queries, batches_fn(), k + 1)
         use_rerank = rerank_fn if choice.rerank else None
-        params, recall = tune(index, choice, queries, gt, k=k, target=target, rerank_fn=use_rerank,
-                              query_ids=q_ids)
+        if held_out:
+            gt = exact_search(queries, _without_rows(batches_fn(), q_rows), k)
+            params, recall = tune(index, choice, queries, gt, k=k, target=target, rerank_fn=use_rerank)
+            add_batches(index, [(q_ids, queries)])  # now the graph holds every vector
+        else:
+            gt = exact_search(queries, batches_fn(), k + 1)
+            params, recall = tune(index, choice, queries, gt, k=k, target=target, rerank_fn=use_rerank,
+                                  query_ids=q_ids)
     info = {"choice": choice.to_dict(), "factory": choice.factory, "kind": choice.kind,
             "params": params, "recall_at_k": float(recall), "k": k, "target": target,
-            "n_queries": nq, "rerank": choice.rerank}
+            "n_queries": nq, "rerank": choice.rerank, "tuned_on": "held-out" if held_out else "leave-one-out"}
     return index, info
+
+
+HOLD_OUT_MIN_FACTOR = 10  # hold the tuning queries out of an HNSW graph only when they are <= 10% of it
+
+
+def _without_rows(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: np.ndarray):
+    """The ``(ids, vectors)`` batches minus the vectors at the given (sorted) stream row positions."""
+    rows = np.asarray(rows)
+    start = 0
+    for ids, vecs in batches:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        drop = rows[(rows >= start) & (rows < start + len(ids))] - start
+        start += len(ids)
+        if len(drop):
+            keep = np.ones(len(ids), bool)
+            keep[drop] = False
+            ids, vecs = ids[keep], np.asarray(vecs)[keep]
+        if len(ids):
+            yield ids, vecs

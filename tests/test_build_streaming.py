@@ -122,3 +122,49 @@ def test_sweep_streams_keys_and_removes_gone_ones_in_chunks(tmp_path, monkeypatc
         assert P.sweep(s, seen, chunk=4) == 0 and s.generation == gen + 4  # nothing gone: no write
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["image", "caption"])
+def test_hnsw_is_tuned_on_vectors_held_out_of_the_graph_then_holds_them_all(tmp_path, monkeypatch, kind):
+    """HNSW tuning queries are kept out of the graph while it is tuned (leave-one-out on indexed
+    vectors overstates HNSW recall), their ground truth leaves them out too, and they are added after."""
+    from indexer import vectors as V
+
+    s = _store(tmp_path, n=300, dim=6, dup_every=300)
+    monkeypatch.setattr(I, "TUNE_QUERIES", 20)
+    monkeypatch.setattr(V, "FLAT_MAX_N", 10)  # captions take the auto choice: HNSW here too
+    calls = []
+    real_tune, real_exact = V.tune, I._exact_search
+
+    def spy_tune(index, choice, queries, exact_fn, **kw):
+        calls.append((index.ntotal, kw.get("query_ids")))
+        return real_tune(index, choice, queries, exact_fn, **kw)
+
+    monkeypatch.setattr(V, "tune", spy_tune)
+    try:
+        with s.read() as txn:
+            n = txn.stat(s.db["vecs" if kind == "image" else "capvecs"])["entries"]
+            index, info = I.derive_faiss(s, str(tmp_path), kind, 6, index_type="hnsw", save=False, use_gpu=False)
+            (ntotal_at_tune, query_ids), = calls
+            assert info["kind"] == "hnsw" and info["tuned_on"] == "held-out sample"
+            assert ntotal_at_tune == n - 20 and query_ids is None  # 20 held out, no self-match to drop
+            assert index.ntotal == n  # ... and added afterwards
+            import faiss
+
+            keys, vecs, owners = next(s.iter_vectors(kind, batch=10**6))
+            ids = np.asarray(owners if owners is not None else keys, np.int64)
+            # every stored vector is in the graph once, under its (owner) id
+            assert sorted(faiss.vector_to_array(index.id_map).tolist()) == sorted(ids.tolist())
+            # the exact ground truth with some keys excluded never lists their vectors
+            _gs, gi = real_exact(s, kind, vecs[:3], 300, txn, exclude=keys[:3])
+            if kind == "image":
+                assert not np.isin(gi, ids[:3]).any() and (gi >= 0).sum(axis=1).tolist() == [n - 3] * 3
+            else:
+                assert ((gi >= 0).sum(axis=1) == min(300, n - 3)).all()
+            # a small graph keeps leave-one-out on indexed vectors (too few vectors to hold 10% out)
+            calls.clear()
+            monkeypatch.setattr(I, "TUNE_QUERIES", 50)
+            _index, info = I.derive_faiss(s, str(tmp_path), kind, 6, index_type="hnsw", save=False, use_gpu=False)
+            assert info["tuned_on"] == "indexed sample, leave-one-out" and calls[0][0] == n
+    finally:
+        s.close()

@@ -331,3 +331,19 @@ def test_gpu_matches_cpu(data, kind):
     r_cpu = V.recall_at_k(c[1], gt[1], 10)
     r_gpu = V.recall_at_k(V.search(gpu_built, q, 10, params, rerank_fn=rr)[1], gt[1], 10)
     assert abs(r_cpu - r_gpu) <= 0.02  # GPU-trained index: same quality
+
+
+def test_hnsw_build_and_tune_holds_the_tuning_queries_out_then_adds_them():
+    n = 6000
+    x = S.clustered(n, DIM, n_clusters=30, seed=2)
+    ids = np.arange(n, dtype=np.int64) * 5 + 7
+    index, info = V.build_and_tune(n, DIM, lambda: S.batches(ids, x, 700), lambda rows: x[rows],
+                                   index_type="hnsw", use_gpu=False)
+    assert info["tuned_on"] == "held-out" and info["recall_at_k"] >= 0.95 and index.ntotal == n
+    import faiss
+
+    assert sorted(faiss.vector_to_array(index.id_map).tolist()) == ids.tolist()
+    # small sets keep leave-one-out (holding 500 of them out would tune a different graph)
+    _index, info = V.build_and_tune(3000, DIM, lambda: S.batches(ids[:3000], x[:3000], 700),
+                                    lambda rows: x[rows], index_type="hnsw", use_gpu=False)
+    assert info["tuned_on"] == "leave-one-out"

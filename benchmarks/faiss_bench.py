@@ -204,7 +204,11 @@ def curves(sides, queries, gt, k, n_queries: int = 300) -> None:
 def qps_at_recall(curve: list[dict], recall: float) -> float | None:
     """QPS on a recall/QPS curve at ``recall``: log-QPS interpolated between the two points around it
     (None when the curve never reaches it)."""
-    pts = sorted((c["recall_at_10"], c["qps"]) for c in curve)
+    pts = []  # the Pareto frontier: no other point has both more recall and more QPS
+    for r, q in sorted(((c["recall_at_10"], c["qps"]) for c in curve), key=lambda p: (-p[0], -p[1])):
+        if not pts or q > pts[-1][1]:
+            pts.append((r, q))
+    pts.reverse()
     for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
         if r0 <= recall <= r1:
             w = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)

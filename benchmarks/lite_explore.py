@@ -239,8 +239,9 @@ def _resized(img, w: int, h: int):
     import torch
     from PIL import Image
 
-    x = (np.asarray(img.resize((w, h), Image.BICUBIC), dtype=np.float32) - 127.0) / 128.0
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))[None]).contiguous(
+    from retrieval.encoders.lite import to_chw
+
+    return torch.from_numpy(to_chw(img.resize((w, h), Image.BICUBIC))[None]).contiguous(
         memory_format=torch.channels_last)
 
 

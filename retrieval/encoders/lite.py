@@ -270,9 +270,7 @@ class ImagePreprocess:
     def _squash(self, img) -> np.ndarray:
         from PIL import Image
 
-        img = img.resize((self.size, self.size), Image.BICUBIC)
-        x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return to_chw(img.resize((self.size, self.size), Image.BICUBIC))
 
     def _whole(self, img) -> np.ndarray:
         from PIL import Image
@@ -288,10 +286,13 @@ class ImagePreprocess:
             img.draft("RGB", (nw, nh))
         img = img.resize((nw, nh), Image.BICUBIC)
         left, top = int(round((nw - self.size) / 2.0)), int(round((nh - self.size) / 2.0))
-        img = img.crop((left, top, left + self.size, top + self.size))
-        x = np.asarray(img, dtype=np.float32)
-        x = (x - 127.0) / 128.0
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return to_chw(img.crop((left, top, left + self.size, top + self.size)))
+
+
+def to_chw(img) -> np.ndarray:
+    """A PIL RGB image as the Lite0 weights' input: float32 CHW, (v - 127) / 128 per byte v."""
+    x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def lite0_weights_path() -> Path:

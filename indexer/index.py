@@ -189,8 +189,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         # HNSW: the tuning queries stay out of the graph until it is tuned, then are added. Leave-one-out
         # on indexed vectors overstates an HNSW graph's recall (a query's own node is a hub among its
         # neighbours): at 1M clustered vectors efSearch tuned to 0.950 that way gave 0.920 on unseen queries
-        held_out = (choice.kind == "hnsw" and len(rows) > 0
-                    and n >= getattr(V, "HOLD_OUT_MIN_FACTOR", 10) * len(rows))
+        held_out = V.holds_out(choice, n, len(rows))
         out_keys = keys[rows] if held_out else None
 
         def batches():

@@ -578,9 +578,16 @@ class Searcher:
         # the best-bonus items not among the vector candidates (ties: the first target's, then scan order)
         first = order[arr.cls[rows[cand]]].min(axis=1) if len(cand) else cand
         extra_pos = cand[np.lexsort((cand, first, -bonus[cand]))[:fetch]] if len(cand) else cand
-        if len(extra_pos):
-            extra = row_ids[extra_pos]
-            vecs = np.asarray(self.index.get_vectors(extra, kind="image"), np.float32)
+        extra = row_ids[extra_pos]
+        # one read of the stored vectors: the extras' cosines and, with mix_g, every candidate's class mix
+        mix_ids = extra
+        if mix_g is not None:
+            mix_ids = np.concatenate([np.fromiter(scores, np.int64, len(scores)), extra])
+        mix_vecs = None
+        if len(mix_ids):
+            mix_vecs = np.asarray(self.index.get_vectors(mix_ids, kind="image"), np.float32)
+        if len(extra):
+            vecs = mix_vecs[len(mix_ids) - len(extra):]
             for i, sc in zip(extra.tolist(), (vecs @ q0).tolist()):
                 scores[i] = float(sc)
                 why.setdefault(i, {})["vector"] = (0, float(sc))
@@ -590,17 +597,20 @@ class Searcher:
             scores[i] += cw * b
             why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
         if mix_g is not None:
-            self._ground_mix(scores, cw, why, mix_g)
+            self._ground_mix(scores, cw, why, mix_g, mix_ids, mix_vecs)
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
 
-    def _ground_mix(self, scores, cw, why, mix_g) -> None:
+    def _ground_mix(self, scores, cw, why, mix_g, ids=None, vecs=None) -> None:
         """In place: add concept_mix x cw x sqrt(share) (or the share, concept_agg "sum") to every
-        candidate in ``scores``."""
+        candidate in ``scores`` (``ids`` and their stored ``vecs``, when already read, are those
+        candidates)."""
         mix = self.concept_mix()
-        ids = np.fromiter(scores, np.int64, len(scores))
+        if ids is None:
+            ids = np.fromiter(scores, np.int64, len(scores))
         if not len(ids):
             return
-        vecs = np.asarray(self.index.get_vectors(ids, kind="image"), np.float32)
+        if vecs is None:
+            vecs = np.asarray(self.index.get_vectors(ids, kind="image"), np.float32)
         share = np.clip(mix.share(vecs, mix_g), 0.0, 1.0)
         shaped = np.sqrt(share) if self.options.concept_agg == "sqrt" else share
         bonus = cw * self.options.concept_mix * shaped

@@ -215,7 +215,7 @@ def i2t_ann(index_kind: str, caption_vecs: np.ndarray, image_vecs: np.ndarray, c
     idx = V.build_vectors_index(choice, dim, train, [(ids, caption_vecs)], use_gpu=False)
     rr = (lambda i: caption_vecs[np.clip(np.asarray(i), 0, None)]) if choice.rerank else None
     gt = V.exact_search(image_vecs, [(ids, caption_vecs)], 10)
-    params, _ = V.tune(idx, choice, image_vecs, gt, k=10, rerank_fn=rr)
+    params, _, _ = V.tune(idx, choice, image_vecs, gt, k=10, rerank_fn=rr)
     _, got = V.search(idx, image_vecs, 10, params, rerank_fn=rr)
     caps: list[set[int]] = [set() for _ in range(len(image_vecs))]
     for j, i in enumerate(caption_image):

@@ -46,8 +46,8 @@ def _one(x, ids, queries, gt, k, index_type, max_memory, gpu=False):
     q_rows = V.sample_rows(len(x), 500, seed=1)
     tq = x[q_rows]
     use_rr = rr if choice.rerank else None
-    params, tune_rec = V.tune(index, choice, tq, lambda qq, kk: S.exact_topk(qq, x, ids, kk), k=k,
-                              rerank_fn=use_rr, query_ids=ids[q_rows])
+    params, tune_rec, _low = V.tune(index, choice, tq, lambda qq, kk: S.exact_topk(qq, x, ids, kk), k=k,
+                                    rerank_fn=use_rr, query_ids=ids[q_rows])
     tune_s = time.perf_counter() - t0
     searched = V.to_gpu(index) if gpu else index
     stats, got = single_query(lambda q, kk: V.search(searched, q, kk, params, rerank_fn=use_rr), queries, k,

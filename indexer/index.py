@@ -197,7 +197,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
                 yield (ids if owners is None else owners), vecs
 
         index = V.build_vectors_index(choice, dim, train, batches(), use_gpu=use_gpu)
-        params, recall = {}, 1.0  # search parameters (tuned below); flat has none
+        params, recall, recall_low = {}, 1.0, 1.0  # search parameters (tuned below); flat has none
         if n and choice.kind != "flat":
             queries = train[rows] if train is not None else _sample_vectors(store, kind, keys[rows], dim, txn)
             train = None
@@ -213,13 +213,14 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
                 # recorded recall measures real neighbours. (Caption ids are their items' ids, shared by
                 # several captions, so they cannot be left out.)
                 kw["query_ids"] = sample_ids[rows]
-            params, recall = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
+            params, recall, recall_low = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
             if held_out:
                 V.add_batches(index, [(sample_ids[rows], queries)])  # now the graph holds every vector
     info = {
         "file": FAISS_FILES[kind], "kind": choice.kind, "factory": choice.factory, "params": params,
         "choice": dict(getattr(choice, "params", {}) or {}),
         "rerank": bool(getattr(choice, "rerank", False)), "recall_at_10": round(float(recall), 4),
+        "recall_at_10_low": round(float(recall_low), 4),
         "generation": gen, "n": int(n), "dim": int(dim),
     }
     if choice.kind != "flat" and n:

@@ -120,10 +120,11 @@ def decode_bytes(data: bytes, transform: Callable, max_pixels: int = DEFAULT_MAX
     img.load()
     img = ImageOps.exif_transpose(img)
     img = to_rgb(img)
-    arr = transform(_pad_aspect(img))
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError("decoded image has non-finite values")
+    arr = np.asarray(transform(_pad_aspect(img)))
+    if arr.dtype != np.uint8:  # pixel bytes (lite) stay bytes: a quarter of the pickle to the encoder
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise ValueError("decoded image has non-finite values")
     return arr, width, height
 
 

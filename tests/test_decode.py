@@ -72,6 +72,22 @@ def test_exif_orientation_and_sizes(corpus):
     assert thin.array[0] == 4000 and thin.array[1] == 500  # padded to an 8:1 aspect before the transform
 
 
+def test_pixel_bytes_stay_bytes_and_other_outputs_become_float32(tmp_path):
+    """A uint8 transform output (lite's) reaches the encoder as uint8; anything else as float32,
+    with non-finite values refused."""
+    from PIL import Image
+
+    p = tmp_path / "x.png"
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(p)
+    item = Item(str(p), str(p))
+    u8 = decode_item(item, lambda img: np.asarray(img).transpose(2, 0, 1))
+    assert u8.array.dtype == np.uint8 and u8.array.shape == (3, 6, 8) and u8.array[1, 0, 0] == 200
+    f64 = decode_item(item, lambda img: np.asarray(img, np.float64))
+    assert f64.array.dtype == np.float32 and f64.array[0, 0, 1] == 200
+    bad = decode_item(item, lambda img: np.full((2,), np.nan))
+    assert bad.array is None and bad.reason == "decoded image has non-finite values"
+
+
 def test_modes_become_rgb_with_white_behind_transparency():
     from PIL import Image
 

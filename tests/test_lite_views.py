@@ -13,6 +13,8 @@ from retrieval.encoders.lite import (
     LiteConfig,
     conse_mix,
     conse_views,
+    normalise,
+    to_chw,
     view_box,
 )
 
@@ -37,10 +39,27 @@ def test_views_stack_on_the_channel_axis():
     img = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
     whole = ImagePreprocess(mode="squash")(img)
     multi = ImagePreprocess(mode="squash", views=("whole", "end", "tl"))(img)
-    assert whole.shape == (3, 224, 224) and multi.shape == (9, 224, 224) and multi.dtype == np.float32
+    assert whole.shape == (3, 224, 224) and multi.shape == (9, 224, 224) and multi.dtype == np.uint8
     np.testing.assert_array_equal(multi[:3], whole)
     np.testing.assert_array_equal(multi[3:6], ImagePreprocess(mode="squash")(img.crop((50, 0, 200, 150))))
     assert not np.array_equal(multi[3:6], multi[6:])
+
+
+@pytest.mark.parametrize("mode,views", [("squash", ("whole",)), ("crop", ("whole",)),
+                                        ("squash", ("whole", "start", "middle", "end", "tl", "tr", "bl", "br"))])
+def test_transform_gives_the_pixel_bytes_of_the_float_input(mode, views):
+    """The transform returns uint8 CHW; (v - 127) / 128 of it is, bit for bit, the float32 input the
+    weights take (what the transform returned before, computed here the old way)."""
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (180, 260, 3), dtype=np.uint8))
+    out = ImagePreprocess(mode=mode, views=views)(img)
+    assert out.dtype == np.uint8 and out.shape == (3 * len(views), 224, 224) and out.flags.c_contiguous
+    frame = img.resize((224, 224), Image.BICUBIC) if mode == "squash" else \
+        img.resize((370, 256), Image.BICUBIC).crop((73, 16, 297, 240))  # shorter side 256, centre 224
+    old = np.ascontiguousarray(((np.asarray(frame, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1))
+    np.testing.assert_array_equal(out[:3], np.asarray(frame).transpose(2, 0, 1))
+    assert normalise(out[:3]).dtype == np.float32 and normalise(out[:3]).tobytes() == old.tobytes()
+    assert to_chw(frame).tobytes() == old.tobytes()
 
 
 def _table_and_logits(seed=0, n=6, views=3):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from retrieval.encoders import onnx
+from retrieval.encoders.base import load_image
+from retrieval.encoders.lite import normalise
 from retrieval.errors import ModelError
 
 pytest.importorskip("onnxruntime")
@@ -35,6 +37,38 @@ def test_lite_onnx_equals_torch(lite_encoder, photos_dir, monkeypatch):
     np.testing.assert_allclose(ort_img.vectors, ref_img.vectors, atol=1e-5)
     np.testing.assert_allclose(ort_txt, torch_enc.encode_texts(TEXTS), atol=1e-5)
     assert [[c for c, _ in row] for row in ort_img.concepts] == [[c for c, _ in row] for row in ref_img.concepts]
+    # torch takes the transform's pixel bytes too: normalised in numpy, the same bits as float input
+    u8 = np.stack([torch_enc.image_transform()(load_image(p)) for p in paths])
+    assert u8.dtype == np.uint8
+    np.testing.assert_array_equal(torch_enc.logits(u8), torch_enc.logits(normalise(u8)))
+
+
+@pytest.mark.parametrize("spec", ["lite", "lite:tiles"])
+def test_lite_bytes_graph_gives_the_float_path_vectors_bit_for_bit(lite_encoder, photos_dir, spec):
+    """The exported graph takes uint8 and normalises inside (Cast, Sub 127, Mul 1/128): on real
+    photos its logits, vectors and concepts are exactly those of the float input the transform
+    used to return, which still works (old callers) and runs the float graph, cached apart."""
+    from retrieval.encoders import get_encoder
+
+    enc = lite_encoder if spec == "lite" else get_encoder(spec, device="cpu", cache=False).load()
+    tf = enc.image_transform()
+    u8 = np.stack([tf(load_image(p)) for p in sorted(photos_dir.glob("*.jpg"))])
+    assert u8.dtype == np.uint8 and u8.shape == (9, 3 * len(enc.config.views), 224, 224)
+    f32 = normalise(u8)
+    a, b = enc.encode_image_arrays(u8, with_concepts=True), enc.encode_image_arrays(f32, with_concepts=True)
+    assert a.vectors.tobytes() == b.vectors.tobytes() and a.concepts == b.concepts
+    flat = u8.reshape(-1, 3, 224, 224)
+    assert enc.logits(flat).tobytes() == enc.logits(normalise(flat)).tobytes()
+    assert enc.cnn.session.get_inputs()[0].type == "tensor(uint8)"
+    assert enc.cnn_float.session.get_inputs()[0].type == "tensor(float)"
+    assert enc.cnn.path != enc.cnn_float.path and enc.cnn.path.name.startswith("lite0-u8-")
+    assert [n.op_type for n in _first_nodes(enc.cnn.path, 5) if n.op_type != "Constant"] == ["Cast", "Sub", "Mul"]
+
+
+def _first_nodes(path, n):
+    import onnx as onnx_pkg
+
+    return onnx_pkg.load(str(path), load_external_data=False).graph.node[:n]
 
 
 def _tiny_linear(scale: float = 1.0):

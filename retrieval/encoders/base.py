@@ -167,11 +167,15 @@ class Encoder(ABC):
 
     # -- images ----------------------------------------------------------------
     def image_transform(self) -> Callable[[Any], np.ndarray]:
-        """A picklable callable: RGB PIL image -> float32 CHW array (runs in decode workers)."""
+        """A picklable callable: RGB PIL image -> a numpy array :meth:`encode_image_arrays` accepts
+        (runs in decode workers): float32 CHW, normalised as the model wants (open_clip), or uint8
+        CHW pixel bytes that the encoder normalises itself (lite: less decode CPU, a quarter of the
+        bytes to pickle). Build pipelines keep uint8 as uint8 and turn anything else to float32."""
         raise ModelError(f"{self.spec} has no image tower")
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
-        """Encode a stacked batch of :meth:`image_transform` outputs."""
+        """Encode a stacked batch of :meth:`image_transform` outputs (an encoder whose transform gives
+        uint8 also accepts the equivalent normalised float32 batch, and dispatches on the dtype)."""
         raise ModelError(f"{self.spec} has no image tower")
 
     def encode_images(self, images: Sequence[Any], with_concepts: bool = False) -> np.ndarray | ImageBatch:

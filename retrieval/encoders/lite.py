@@ -233,14 +233,17 @@ def view_box(view: str, w: int, h: int) -> tuple[int, int, int, int]:
 
 
 class ImagePreprocess:
-    """PIL RGB -> float32 CHW, normalised as the Lite0 weights expect: (x*255 - 127) / 128.
+    """PIL RGB -> uint8 CHW: the pixel bytes the Lite0 input is made of (see :func:`normalise`).
+
+    The conversion to the weights' float input happens in the encoder (in the ONNX graph, or in
+    torch): a decode worker then spends no CPU on it and pickles a quarter of the bytes.
 
     ``mode="squash"`` resizes the whole image to 224x224 (bicubic), keeping everything in
     the frame (better for retrieval of whole scenes, see benchmarks/lite_tuning.py);
     ``mode="crop"`` is ImageNet's evaluation transform: shorter side to 256, centre crop 224.
     With more than one of ``views`` (``"whole"`` is the frame above; the others, see :func:`view_box`,
     are squashed to 224x224) the views are stacked on the channel axis: ``[3 * len(views), 224, 224]``.
-    Numpy only, picklable.
+    Numpy only, picklable. ``normalise(ImagePreprocess()(img))`` is the float32 input of before.
     """
 
     def __init__(self, size: int = 224, crop_pct: float = 0.875, mode: str = "crop",
@@ -270,7 +273,7 @@ class ImagePreprocess:
     def _squash(self, img) -> np.ndarray:
         from PIL import Image
 
-        return to_chw(img.resize((self.size, self.size), Image.BICUBIC))
+        return to_chw_u8(img.resize((self.size, self.size), Image.BICUBIC))
 
     def _whole(self, img) -> np.ndarray:
         from PIL import Image
@@ -286,13 +289,28 @@ class ImagePreprocess:
             img.draft("RGB", (nw, nh))
         img = img.resize((nw, nh), Image.BICUBIC)
         left, top = int(round((nw - self.size) / 2.0)), int(round((nh - self.size) / 2.0))
-        return to_chw(img.crop((left, top, left + self.size, top + self.size)))
+        return to_chw_u8(img.crop((left, top, left + self.size, top + self.size)))
+
+
+def to_chw_u8(img) -> np.ndarray:
+    """A PIL RGB image as contiguous uint8 CHW (0.08 ms at 224x224; the layout change costs
+    0.05 ms of it, in uint8: cheaper here than as a Transpose in the graph on 4-byte floats)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Pixel bytes v (uint8, any shape) -> the Lite0 weights' float32 input (v - 127) / 128.
+
+    Exact in float32 (v - 127 is a small integer, 128 a power of two): the same bits as the
+    ``Cast -> Sub 127 -> Mul 1/128`` the exported graph starts with, and as ``to_chw`` gave before
+    the transform returned bytes.
+    """
+    return (np.asarray(x, dtype=np.float32) - 127.0) / 128.0
 
 
 def to_chw(img) -> np.ndarray:
-    """A PIL RGB image as the Lite0 weights' input: float32 CHW, (v - 127) / 128 per byte v."""
-    x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """A PIL RGB image as the Lite0 weights' float input: float32 CHW, (v - 127) / 128 per byte v."""
+    return normalise(to_chw_u8(img))
 
 
 def lite0_weights_path() -> Path:
@@ -353,6 +371,22 @@ def _freeze_for_cpu(model):
         return model
 
 
+def bytes_input(net):
+    """``net`` behind ``Cast -> Sub 127 -> Mul 1/128`` on uint8 input: exactly :func:`normalise`
+    (1/128 is a power of two). The module exported for the ONNX graph that takes pixel bytes."""
+    import torch
+
+    class BytesInput(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net((x.float() - 127.0) * (1.0 / 128.0))
+
+    return BytesInput(net).eval()
+
+
 class LiteEncoder(Encoder):
     family = "lite"
 
@@ -405,52 +439,92 @@ class LiteEncoder(Encoder):
 
     @property
     def cnn(self):
-        """The image tower: an ONNX Runtime session on CPU where it can run, else the torch module."""
+        """The image tower for pixel bytes: an ONNX Runtime session on CPU where it can run (uint8
+        input, normalised inside the graph), else the torch module (float input, see :meth:`logits`)."""
         self.load()
         if self._cnn is None:
-            from . import onnx
-
-            if onnx.wanted(self.device):
-                self._cnn = onnx.load_or_export("lite0", weights_signature([lite0_weights_path()]),
-                                                self._export_cnn, self._check_cnn, tolerance=1e-3)
+            self._cnn = self._ort_cnn(bytes_in=True)
             if self._cnn is None:
                 cnn = load_lite0(self.device)
                 self._cnn = cnn.half() if self.device.startswith("cuda") else cnn
         return self._cnn
 
-    def _export_cnn(self, path: str) -> None:
+    def _ort_cnn(self, bytes_in: bool):
+        """The exported graph taking uint8 (``bytes_in``) or normalised float32 input; None where ONNX
+        Runtime is not used. The two are cached under different names ("lite0-u8", "lite0"): a cache
+        from before the bytes input keeps its float graph, never loaded for bytes."""
+        from . import onnx
+
+        if not onnx.wanted(self.device):
+            return None
+        return onnx.load_or_export("lite0-u8" if bytes_in else "lite0", weights_signature([lite0_weights_path()]),
+                                   lambda path: self._export_cnn(path, bytes_in),
+                                   lambda model: self._check_cnn(model, bytes_in), tolerance=1e-3)
+
+    @property
+    def cnn_float(self):
+        """The ONNX graph for already-normalised float32 batches (old callers), made on first use."""
+        if getattr(self, "_cnn_float", None) is None:
+            self._cnn_float = self._ort_cnn(bytes_in=False)
+        return self._cnn_float
+
+    def _export_cnn(self, path: str, bytes_in: bool = False) -> None:
         import torch
 
         from .onnx import export_module
 
         self._eager = load_lite0("cpu", freeze=False)
-        export_module(self._eager, (torch.zeros(2, 3, 224, 224),), path, ["x"], {"x": {0: "n"}})
+        if bytes_in:
+            module, example = bytes_input(self._eager), torch.zeros(2, 3, 224, 224, dtype=torch.uint8)
+        else:
+            module, example = self._eager, torch.zeros(2, 3, 224, 224)
+        export_module(module, (example,), path, ["x"], {"x": {0: "n"}})
 
-    def _check_cnn(self, model) -> float:
+    def _check_cnn(self, model, bytes_in: bool = False) -> float:
         """Largest logit difference between the exported graph and torch on a seeded batch."""
         import torch
 
-        x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        if bytes_in:
+            x = rng.integers(0, 256, (3, 3, 224, 224), dtype=np.uint8)
+            xf = normalise(x)
+        else:
+            x = xf = rng.uniform(-1, 1, (3, 3, 224, 224)).astype(np.float32)
         eager, self._eager = self._eager, None
         with torch.inference_mode():
-            ref = eager(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
+            ref = eager(torch.from_numpy(xf).contiguous(memory_format=torch.channels_last)).numpy()
         return float(np.abs(model.run(x=x) - ref).max())
 
     def image_transform(self):
         return ImagePreprocess(mode=self.config.resize, views=self.config.views)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """ImageNet classifier logits (float32 numpy, [N, 1000]) for a preprocessed batch."""
+        """ImageNet classifier logits (float32 numpy, [N, 1000]) for a preprocessed batch: uint8
+        pixel bytes (what :meth:`image_transform` gives) or float32 already normalised
+        (:func:`normalise`); the two give the same logits for the same image."""
         from .onnx import OrtModel
 
         self.load()
+        batch = np.asarray(batch)
         cnn = self.cnn
         if isinstance(cnn, OrtModel):
-            return cnn.run(x=np.ascontiguousarray(batch, dtype=np.float32))
+            if batch.dtype == np.uint8:
+                return cnn.run(x=np.ascontiguousarray(batch))
+            if self.cnn_float is not None:
+                return self.cnn_float.run(x=np.ascontiguousarray(batch, dtype=np.float32))
+            if getattr(self, "_cnn_torch", None) is None:  # rare: the float graph would not export
+                self._cnn_torch = load_lite0(self.device)
+            cnn = self._cnn_torch
         import torch
 
         with torch.inference_mode():
-            return cnn(image_batch_tensor(batch, self.device)).float().cpu().numpy()
+            if batch.dtype == np.uint8 and self.device.startswith("cuda"):  # bytes over the bus, normalised there
+                x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                x = ((x.float() - 127.0) / 128.0).half()
+            else:
+                x = image_batch_tensor(normalise(batch) if batch.dtype == np.uint8 else
+                                       np.asarray(batch, dtype=np.float32), self.device)
+            return cnn(x).float().cpu().numpy()
 
     def encode_image_arrays(self, batch: np.ndarray, with_concepts: bool = False) -> ImageBatch:
         v = len(self.config.views)

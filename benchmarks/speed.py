@@ -33,32 +33,26 @@ TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
 
 def _one(x, ids, queries, gt, k, index_type, max_memory, gpu=False):
+    """One index type through the build's own flow (:func:`indexer.vectors.build_and_tune`: choose,
+    build, tune on held-out / left-out stored vectors), then searched with fresh queries."""
     rr = lambda sel: x[np.searchsorted(ids, sel)]  # noqa: E731
     rss0 = _rss()
-    t0 = time.perf_counter()
-    choice = V.choose_index(len(x), x.shape[1], max_memory, index_type)
-    train = None
-    if choice.kind in ("ivf", "ivfpq"):
-        train = x[V.sample_rows(len(x), int(choice.params.get("train_size", len(x))))]
-    index = V.build_vectors_index(choice, x.shape[1], train, S.batches(ids, x), use_gpu=gpu)
-    build_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    q_rows = V.sample_rows(len(x), 500, seed=1)
-    tq = x[q_rows]
-    use_rr = rr if choice.rerank else None
-    params, tune_rec, _low = V.tune(index, choice, tq, lambda qq, kk: S.exact_topk(qq, x, ids, kk), k=k,
-                                    rerank_fn=use_rr, query_ids=ids[q_rows])
-    tune_s = time.perf_counter() - t0
+    index, info = V.build_and_tune(len(x), x.shape[1], lambda: S.batches(ids, x), lambda rows: x[rows],
+                                   max_memory=max_memory, index_type=index_type, k=k, rerank_fn=rr,
+                                   use_gpu=gpu)
+    params = info["params"]
+    use_rr = rr if info["rerank"] else None
     searched = V.to_gpu(index) if gpu else index
     stats, got = single_query(lambda q, kk: V.search(searched, q, kk, params, rerank_fn=use_rr), queries, k,
                               min_seconds=1.0)
     t0 = time.perf_counter()
     V.search(searched, queries, k, params, rerank_fn=use_rr)
     batch_qps = len(queries) / (time.perf_counter() - t0)
-    row = {"index_type": index_type, "kind": choice.kind, "factory": choice.factory, "params": params,
-           "rerank": choice.rerank, "build_s": round(build_s, 3), "tune_s": round(tune_s, 3),
+    row = {"index_type": index_type, "kind": info["kind"], "factory": info["factory"], "params": params,
+           "rerank": info["rerank"], "build_s": info["build_s"], "tune_s": info["tune_s"],
            "index_bytes": _index_bytes(index), "rss_growth_bytes": _rss() - rss0,
-           "tune_recall_at_10": round(float(tune_rec), 4),
+           "tuned_on": info["tuned_on"], "tune_recall_at_10": round(info["recall_at_k"], 4),
+           "tune_recall_at_10_low": round(info["recall_low"], 4),
            "recall_at_10": round(V.recall_at_k(got, gt[1], k), 4), **stats,
            "batch_qps": round(batch_qps, 1), "device": "gpu" if gpu else "cpu"}
     del index, searched

@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
@@ -900,9 +901,11 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     sample and held-out queries; defaults to walking ``batches_fn``).
     ``rerank_fn(ids) -> vectors`` enables exact re-ranking (IVF-PQ).
 
-    Returns ``(index, info)`` where info has choice, params (tuned), recall,
-    n_queries and target — ready for the manifest and :func:`save_atomic` meta.
+    Returns ``(index, info)`` where info has choice, params (tuned), recall (sample mean and lower
+    bound), n_queries, target and the seconds spent building (train + add) and tuning — ready for
+    the manifest and :func:`save_atomic` meta.
     """
+    t_start = time.perf_counter()
     choice = choose_index(n, dim, max_memory, index_type)
     if sample_fn is None:
         def sample_fn(rows):
@@ -928,6 +931,7 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     build_batches = _without_rows(batches_fn(), q_rows) if held_out else batches_fn()
     index = build_vectors_index(choice, dim, train, build_batches, use_gpu=use_gpu)
     del train
+    build_s = time.perf_counter() - t_start
     params: dict = {}
     recall = recall_low = 1.0
     nq = 0
@@ -948,7 +952,8 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     info = {"choice": choice.to_dict(), "factory": choice.factory, "kind": choice.kind,
             "params": params, "recall_at_k": float(recall), "recall_low": float(recall_low), "k": k,
             "target": target, "confidence": TUNE_CONFIDENCE,
-            "n_queries": nq, "rerank": choice.rerank, "tuned_on": "held-out" if held_out else "leave-one-out"}
+            "n_queries": nq, "rerank": choice.rerank, "tuned_on": "held-out" if held_out else "leave-one-out",
+            "build_s": round(build_s, 3), "tune_s": round(time.perf_counter() - t_start - build_s, 3)}
     return index, info
 
 

@@ -65,8 +65,8 @@ def _raw_image_fn(enc):
     if enc.family == "lite":  # lite:tiles stacks its views on the channel axis: one forward per view
         views = len(enc.config.views)
         unstack = lambda b: b.reshape(len(b) * views, 3, *b.shape[2:])  # noqa: E731
-    if enc.family == "lite" and isinstance(enc.cnn, OrtModel):
-        return (lambda x: enc.cnn.run(x=x)), (lambda batch: np.ascontiguousarray(unstack(batch), np.float32))
+    if enc.family == "lite" and isinstance(enc.cnn, OrtModel):  # the graph takes the transform's uint8 bytes
+        return (lambda x: enc.cnn.run(x=x)), (lambda batch: np.ascontiguousarray(unstack(batch)))
     if enc.family == "lite":
         module = enc.cnn
     else:
@@ -78,6 +78,8 @@ def _raw_image_fn(enc):
 
     def to_tensor(batch):
         t = torch.from_numpy(unstack(batch) if enc.family == "lite" else batch).to(enc.device)
+        if t.dtype == torch.uint8:  # lite's pixel bytes: normalised as LiteEncoder.logits does
+            t = (t.float() - 127.0) / 128.0
         if enc.device.startswith("cuda"):
             return t.half()
         return t.contiguous(memory_format=torch.channels_last)

@@ -65,7 +65,10 @@ def _throughput(enc, n=2048, batch=256) -> dict:
         enc.encode_image_arrays(arr)
     torch.cuda.synchronize()
     contract = n / (time.perf_counter() - t)
-    x = torch.from_numpy(arr).cuda().half()
+    x = torch.from_numpy(arr).cuda()
+    if x.dtype == torch.uint8:  # lite's pixel bytes: normalised as LiteEncoder.logits does on the GPU
+        x = (x.float() - 127.0) / 128.0
+    x = x.half()
     model = getattr(enc, "model", None) or getattr(enc, "cnn")
     fwd = model.encode_image if hasattr(model, "encode_image") else model
     with torch.inference_mode():

@@ -70,7 +70,7 @@ def _colour_hist(bench) -> np.ndarray:
     yy, xx = np.mgrid[0:56, 0:56]
     wc = np.exp(-(((yy - 28) / 18.7) ** 2 + ((xx - 28) / 18.7) ** 2) / 2)
     for p in bench.ds.images:
-        rgb = np.clip((tf(load_image(p))[:, ::4, ::4] * 128 + 127) / 255, 0, 1)
+        rgb = tf(load_image(p))[:, ::4, ::4] / 255.0  # the transform gives pixel bytes (uint8 CHW)
         r, g, b = rgb
         mx, mn = rgb.max(0), rgb.min(0)
         d = np.maximum(mx - mn, 1e-6)

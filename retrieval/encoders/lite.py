@@ -457,7 +457,8 @@ class LiteEncoder(Encoder):
 
         if not onnx.wanted(self.device):
             return None
-        return onnx.load_or_export("lite0-u8" if bytes_in else "lite0", weights_signature([lite0_weights_path()]),
+        name = "lite0-u8" if bytes_in else "lite0"
+        return onnx.load_or_export(name, weights_signature([lite0_weights_path()]),
                                    lambda path: self._export_cnn(path, bytes_in),
                                    lambda model: self._check_cnn(model, bytes_in), tolerance=1e-3)
 
@@ -518,7 +519,8 @@ class LiteEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            if batch.dtype == np.uint8 and self.device.startswith("cuda"):  # bytes over the bus, normalised there
+            # on a GPU the bytes cross the bus (a quarter of the float's) and are normalised there
+            if batch.dtype == np.uint8 and self.device.startswith("cuda"):
                 x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
                 x = ((x.float() - 127.0) / 128.0).half()
             else:

@@ -134,6 +134,24 @@ def test_large_batches_run_as_parallel_single_threaded_streams(monkeypatch):
         assert m._single is None  # too few rows to split: the multi-threaded session ran
         np.testing.assert_array_equal(m.run(x=x), ref)
         assert m._single is not None
+        m._single = _CountingSession(m._single)
+        for k in (1, 2, 5):  # slices per stream, fewer where a slice would get under STREAM_MIN_ROWS rows
+            monkeypatch.setenv("KGCLIP_ORT_CHUNKS", str(k))
+            m._single.sizes = []
+            np.testing.assert_array_equal(m.run(x=x), ref)
+            assert sum(m._single.sizes) == 23 and min(m._single.sizes) >= onnx.STREAM_MIN_ROWS
+            assert len(m._single.sizes) == n * min(k, 23 // (n * onnx.STREAM_MIN_ROWS))
+
+
+class _CountingSession:
+    """Records the rows of each run of the wrapped session."""
+
+    def __init__(self, session):
+        self.session, self.sizes = session, []
+
+    def run(self, out, feed):
+        self.sizes.append(len(feed["x"]))
+        return self.session.run(out, feed)
 
 
 def test_backend_setting(monkeypatch):

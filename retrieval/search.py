@@ -504,21 +504,18 @@ class Searcher:
     def _candidates(self, text, image, rows, row_w, targets, hyb, w, fetch, mix_g=None):
         """Fused (id, score) list, best first, and per-id provenance for explanations. ``mix_g``: the
         concept-mix direction (see _ground)."""
-        lists = self._vector_lists(rows, fetch)
-        if len(lists) == 1 and not targets and hyb == "none":
-            return lists[0], None  # the plain case: provenance is built only if --explain asks (_search)
         why: dict[int, dict[str, Any]] = {}
-        if len(lists) == 1:
-            vec = lists[0]
+        if len(rows) == 1:
+            vec = self._vector_lists(rows, fetch)[0]
+            if not targets and hyb == "none":
+                return vec, None  # the plain case: provenance is built only if --explain asks (_search)
             for i, s in vec:
                 why.setdefault(i, {})["vector"] = (0, s)
-        else:
-            weights = [float(x) for x in row_w]
-            vec = fusion.max_fuse(lists, weights)[:fetch]
-            best = fusion.argbest(lists, weights)
-            raw = [dict(lst) for lst in lists]
+        else:  # several query vectors: each id's best weighted score (fusion.max_fuse), on arrays
+            scores, ids = self.index.search(rows, fetch, kind="image")
+            vec, best, raw = fusion.max_fuse_arrays(scores, ids, [float(x) for x in row_w], limit=fetch)
             for i, _ in vec:
-                why.setdefault(i, {})["vector"] = (best[i], raw[best[i]][i])
+                why[i] = {"vector": (best[i], raw[i])}
 
         if targets:
             vec = self._ground(vec, rows[0], targets, w["concept"], fetch, why, mix_g)
@@ -788,7 +785,8 @@ def _ms(t0: float) -> float:
 
 class _ConceptArrays:
     """Items' stored concepts as dense arrays (lite: top-5 WordNet classes per image), for
-    vectorised concept grounding: ids [n], class slots [n, m] (-1 pads), probabilities [n, m]."""
+    vectorised concept grounding: ids [n], class slots [n, m] (-1 pads), probabilities [n, m], and
+    the same entries as postings by class slot (``post_row``/``post_prob`` from ``post_start[j]``)."""
 
     def __init__(self, ids: list[int], rows: list[list[tuple[str, float]]], vocab: list[str]):
         self.vocab = vocab
@@ -801,6 +799,13 @@ class _ConceptArrays:
             for c, (wnid, p) in enumerate(concepts):
                 self.cls[r, c] = self.slot[wnid]
                 self.prob[r, c] = float(p)
+        # postings by class slot (rows in order within a slot): a query reads only its targets' items
+        flat = self.cls.ravel()
+        entries = np.flatnonzero(flat >= 0)
+        by_slot = entries[np.argsort(flat[entries], kind="stable")]
+        self.post_row = (by_slot // max(m, 1)).astype(np.int64)
+        self.post_prob = self.prob.ravel()[by_slot]
+        self.post_start = np.concatenate([[0], np.cumsum(np.bincount(flat[entries], minlength=len(vocab)))])
 
     def ground(self, targets: dict[str, tuple[float, Any]]):
         """(rows with mass > 0, min(mass, 1) per row, each class slot's position in ``targets``) or None."""
@@ -812,7 +817,15 @@ class _ConceptArrays:
                 weight[j], order[j] = float(w), t
         if not weight.any():
             return None
-        mass = np.einsum("ij,ij->i", weight[self.cls], self.prob)
+        # only the target classes' postings are read (a few thousand entries for most queries, not
+        # every item's concepts): 0.1 ms instead of 2.7 ms at 100k items
+        slots = np.flatnonzero(weight[:-1] != 0)
+        start = self.post_start[slots]
+        count = self.post_start[slots + 1] - start
+        offset = np.cumsum(count) - count
+        take = np.arange(int(count.sum())) + np.repeat(start - offset, count)
+        mass = np.bincount(self.post_row[take], weights=np.repeat(weight[slots], count) * self.post_prob[take],
+                           minlength=len(self.ids))
         rows = np.flatnonzero(mass > 0)
         if not len(rows):
             return None

@@ -65,6 +65,29 @@ def test_max_fuse_and_argbest():
         fusion.fuse("avg", [a])
 
 
+def test_max_fuse_arrays_equals_the_list_functions():
+    """The array form the Searcher uses for several query vectors gives max_fuse's list (ties
+    included: few distinct scores, shared ids, -1 padding) and argbest's lists."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        r, f = int(rng.integers(1, 6)), int(rng.integers(1, 12))
+        scores = rng.choice([0.1, 0.25, 0.5, 0.7], size=(r, f)).astype(np.float32)
+        ids = np.stack([rng.choice(30, f, replace=False) for _ in range(r)]).astype(np.int64)
+        ids[rng.random((r, f)) < 0.1] = -1
+        weights = rng.choice([1.0, 0.5, 0.8], size=r).tolist()
+        lists = [[(i, s) for s, i in zip(srow, irow) if i >= 0]
+                 for srow, irow in zip(scores.tolist(), ids.tolist())]
+        limit = int(rng.integers(1, 40))
+        fused, best, raw = fusion.max_fuse_arrays(scores, ids, weights, limit=limit)
+        assert fused == fusion.max_fuse(lists, weights)[:limit]
+        ref_best = fusion.argbest(lists, weights)
+        assert best == {i: ref_best[i] for i, _ in fused}
+        assert raw == {i: dict(lists[ref_best[i]])[i] for i, _ in fused}
+    assert fusion.max_fuse_arrays(np.zeros((2, 0)), np.zeros((2, 0), np.int64), [1.0, 1.0]) == ([], {}, {})
+
+
 def test_ties_are_deterministic():
     assert fusion.max_fuse([[(5, 1.0), (3, 1.0), (4, 1.0)]]) == [(3, 1.0), (4, 1.0), (5, 1.0)]
 

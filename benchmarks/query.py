@@ -145,8 +145,8 @@ def warm_latency(index_dir: str, queries: list[str], expand: str, repeats: int =
 
 
 def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int = 5) -> dict:
-    """Searcher's search stage (no encode, no expansion) vs raw FAISS search, same index, same k,
-    same tuned parameters; hydration (reading the k hits' metadata from LMDB) is timed apart, as
+    """Searcher's search stage (no encode, no expansion) vs raw FAISS search (the faiss index's own
+    ``search`` with the tuned SearchParameters: no kgclip code at all), same index, same k; hydration (reading the k hits' metadata from LMDB) is timed apart, as
     the warm latency's own ``hydrate`` part, and reported with it as well."""
     from retrieval.search import Searcher
 
@@ -159,9 +159,11 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
     qs = queries_like(n_queries, idx.dim, n_base=len(idx), seed=0)  # held-out draws from the index's mixture
     raw, ours, hyd = [], [], []
 
+    sp = vectors.search_parameters(faiss_index, params)
+
     def time_raw(q1):
         t = time.perf_counter()
-        vectors.search(faiss_index, q1, k, params)
+        faiss_index.search(q1, k, params=sp)
         raw.append((time.perf_counter() - t) * 1000)
 
     def time_ours(q1):

@@ -645,8 +645,7 @@ class Index:
         params = info.get("params") or {}
         if kind == "image":
             rerank = (lambda ids: self.get_vectors(ids)) if info.get("rerank") else None
-            s, i = V.search(index, q, k, params, rerank_fn=rerank)
-            return np.asarray(s, np.float32), np.asarray(i, np.int64)
+            return V.search(index, q, k, params, rerank_fn=rerank)  # float32 scores, int64 ids
         fetch = min(max(k * 8, k + 16), max(int(index.ntotal), 1))
         s, i = V.search(index, q, fetch, params)
         out_s = np.full((len(q), k), -np.inf, np.float32)

@@ -34,6 +34,34 @@ class SleepyTransform:
         return SmallPreprocess()(img)
 
 
+class NiceTransform:
+    """Reports the niceness of the process it runs in (picklable)."""
+
+    def __call__(self, img):
+        import os
+
+        return np.array([os.nice(0)], np.float32)
+
+
+@pytest.mark.parametrize("env, added", [(None, 10), ("0", 0), ("3", 3)])
+def test_decode_workers_run_at_a_lower_priority(tmp_path, monkeypatch, env, added):
+    """Workers add DECODE_NICE (or KGCLIP_DECODE_NICE) to the build's niceness, so on a CPU build
+    they take idle moments instead of preempting the encoder's threads."""
+    import os
+
+    from PIL import Image
+
+    if env is None:
+        monkeypatch.delenv("KGCLIP_DECODE_NICE", raising=False)
+    else:
+        monkeypatch.setenv("KGCLIP_DECODE_NICE", env)
+    p = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(p)
+    with DecodePool(NiceTransform(), workers=1) as pool:
+        (out,) = list(pool.imap([Item(str(p), str(p))]))
+    assert out.ok and int(out.array[0]) == min(19, os.nice(0) + added)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")

@@ -33,13 +33,13 @@ DEFAULT_TIMEOUT = 30.0  # seconds per file
 DEFAULT_MAX_BYTES = 512 << 20  # files larger than this are skipped without being read
 DRAFT_SIZE = 448  # JPEGs decode at the smallest 1/2^k scale keeping both sides >= this
 MAX_ASPECT = 8.0  # wider/taller images are padded to this ratio before the model transform
-# Decode workers run at this lower CPU priority (added to the build's niceness; KGCLIP_DECODE_NICE
-# overrides, 0 = same priority). Where the encoder fills every core (a CPU build), a worker that
-# preempts one of its threads stalls the whole batch at the next operator; at a lower priority it
-# takes the cores' idle moments instead and still keeps up. lite build of 500 flickr8k images on 2
-# cores, five alternating runs: 103 img/s at nice 10 against 90 at nice 0 (median; 15 and 19: 92-94).
-# With a GPU or spare cores there is no contention and the setting changes nothing.
-DECODE_NICE = 10
+# Niceness the decode workers add to the build's (KGCLIP_DECODE_NICE; default 0 = the same priority).
+# Where the encoder fills every core (a CPU build), a worker that preempts one of its threads stalls
+# the batch at the next operator; at a lower priority it takes the idle moments instead, but may then
+# fall behind. lite on 2 noisy cores: 500 images, five alternating runs, 103 img/s at nice 10 vs 90 at
+# nice 0; 1000 images, three runs each, 83-95 vs 80-100 with the encoder waiting ~1 s for decodes at
+# nice 10. Not a clear gain, so off by default; with a GPU or spare cores it changes nothing.
+DECODE_NICE = 0
 
 
 def decode_nice() -> int:

@@ -43,10 +43,9 @@ class NiceTransform:
         return np.array([os.nice(0)], np.float32)
 
 
-@pytest.mark.parametrize("env, added", [(None, 10), ("0", 0), ("3", 3)])
-def test_decode_workers_run_at_a_lower_priority(tmp_path, monkeypatch, env, added):
-    """Workers add DECODE_NICE (or KGCLIP_DECODE_NICE) to the build's niceness, so on a CPU build
-    they take idle moments instead of preempting the encoder's threads."""
+@pytest.mark.parametrize("env, added", [(None, 0), ("0", 0), ("3", 3), ("x", 0)])
+def test_decode_workers_priority(tmp_path, monkeypatch, env, added):
+    """Workers add KGCLIP_DECODE_NICE (default DECODE_NICE, 0) to the build's niceness."""
     import os
 
     from PIL import Image

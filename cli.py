@@ -582,12 +582,10 @@ def bench_speed(sizes, index_types, fmt, out):
     """Build/query speed and recall@10 vs exact per index type on seeded synthetic vectors."""
     from benchmarks.run_all import run_speed
 
-    res = run_speed(sizes, index_types)
-    if out:
-        from pathlib import Path
-
-        Path(out).write_text(json.dumps(res, indent=2, default=str) + "\n")
-    click.echo(json.dumps(res, indent=2, default=str) if fmt == "json" else res.get("summary", ""))
+    quiet = click.get_current_context().find_root().params.get("quiet")
+    res = run_speed(sizes, index_types, out=out,
+                    log=None if quiet else (lambda m: click.echo(m[:160], err=True)))
+    click.echo(json.dumps(res, indent=2, default=str) if fmt == "json" else res["summary"])
 
 
 if __name__ == "__main__":

@@ -198,6 +198,27 @@ def _plot_category(res, path: Path) -> bool:
     return _save(plt, fig, ax, path)
 
 
+def speed_table(res: dict, fmt: str = "table") -> str:
+    """One row per size x index type of a :func:`benchmarks.speed.run_synthetic` result (``*`` marks
+    the type ``auto`` picks): build and tuning seconds, the tuned parameter with the tuning sample's
+    recall lower bound, recall@10 on fresh queries, single-query QPS and latency, batch QPS, size."""
+    h = ["n", "type", "factory", "params", "build s", "tune s", "tuned recall (low)", "recall@10",
+         "QPS", "p50 ms", "p95 ms", "batch QPS", "MiB", "device"]
+    rows = []
+    for size in res.get("sizes", []):
+        for r in [*size.get("rows", []), *size.get("gpu_rows", [])]:
+            if "error" in r:
+                rows.append([size["n"], r["index_type"], "error: " + r["error"][:60], *[""] * 11])
+                continue
+            params = ",".join(f"{k}={v}" for k, v in (r.get("params") or {}).items()) or "-"
+            rows.append([size["n"], r["kind"] + ("*" if r.get("is_auto") else ""), r["factory"], params,
+                         r["build_s"], r["tune_s"],
+                         f"{r['tune_recall_at_10']:.3f} ({r.get('tune_recall_at_10_low', 0):.3f})",
+                         r["recall_at_10"], r["qps"], r["latency_ms_p50"], r["latency_ms_p95"],
+                         r["batch_qps"], round(r["index_bytes"] / 2**20, 1), r["device"]])
+    return table(h, rows, fmt)
+
+
 def _plot_speed(speed, path: Path) -> bool:
     """Recall@10 vs QPS per index type, from whatever speed results carry both."""
     plt = _pyplot()
@@ -278,6 +299,10 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
         if d is None:
             continue
         parts += [f"## {name[:-5]}", "", f"Raw results: `results/{name}`.", ""]
+        if name == "speed.json" and d.get("benchmark") == "speed_synthetic":
+            parts += [f"`kgclip bench speed` on seeded clustered {d['dim']}-d vectors, {d['queries']} fresh "
+                      f"queries, faiss {d['faiss']}, {d['threads']} threads, load {d['load_avg_start']:.1f} at "
+                      "the start. `*` marks the type `auto` picks.", "", speed_table(d, "markdown"), ""]
         png = RESULTS / f"{name[:-5]}_recall_qps.png"
         if (name == "speed.json" or name.startswith("faiss_")) and _plot_speed(d, png):
             parts += [f"![recall vs QPS](results/{name[:-5]}_recall_qps.png)", ""]

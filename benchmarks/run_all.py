@@ -28,35 +28,31 @@ def _size(s: str) -> int:
     return int(float(s[:-1] if mult > 1 else s) * mult)
 
 
-def run_speed(sizes="10k,100k", index_types="auto", out_dir: Path = RESULTS) -> dict:
-    """The vectors helper's ``benchmarks.speed`` when present; else ``benchmarks.faiss_bench``
-    (kgclip side only) per size x index type. Returns {"runs": [...], "summary": text}."""
-    try:
-        from benchmarks import speed as sp  # noqa: F401  (owned by the vectors helper)
-    except ImportError:
-        sp = None
-    if sp is not None and hasattr(sp, "main"):
-        argv = ["--sizes", str(sizes), "--index-types", str(index_types)]
-        sp.main(argv)
-        p = out_dir / "speed.json"
-        return json.loads(p.read_text()) if p.is_file() else {"summary": "benchmarks.speed ran"}
-    from benchmarks import faiss_bench
+def run_speed(sizes="10k,100k", index_types="auto", out: Path | None = None, log=None) -> dict:
+    """``kgclip bench speed``: :func:`benchmarks.speed.run_synthetic` over the sizes (``10k``, ``1M``
+    ...) and index types (``auto`` and/or flat, hnsw, ivf, ivfpq; ``auto`` next to explicit kinds
+    only marks which of them auto picks); adds a text ``summary`` table, writes JSON to ``out``."""
+    from benchmarks.report import speed_table
+    from benchmarks.speed import TYPES, run_synthetic
+    from retrieval.errors import UsageError
 
-    runs, lines = [], []
-    for n in [_size(s) for s in str(sizes).split(",") if s.strip()]:
-        for kind in [t.strip() for t in str(index_types).split(",") if t.strip()]:
-            path = out_dir / f"speed_{n}_{kind}.json"
-            faiss_bench.main(["--n", str(n), "--index-type", kind, "--no-autofaiss", "--queries", "200",
-                              "--out", str(path)])
-            d = json.loads(path.read_text())
-            path.unlink()
-            side = (d.get("sides") or [{}])[0]
-            runs.append({"n": n, "index_type": kind, **side})
-            lines.append(f"n={n} {kind}: " + ", ".join(f"{k}={v}" for k, v in side.items()
-                                                         if isinstance(v, (int, float, str)))[:300])
-    res = {"benchmark": "speed", "source": "benchmarks.faiss_bench (kgclip side)", "runs": runs,
-           "summary": "\n".join(lines)}
-    (out_dir / "speed.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    try:
+        ns = [_size(s) for s in str(sizes).split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--sizes {sizes!r}: give comma-separated counts such as 10k,100k,1M") from None
+    if not ns or min(ns) < 100:
+        raise UsageError(f"--sizes {sizes!r}: every size must be at least 100 vectors")
+    kinds = [t.strip() for t in str(index_types).split(",") if t.strip()]
+    bad = [t for t in kinds if t not in ("auto", *TYPES)]
+    if bad or not kinds:
+        raise UsageError(f"--index-types: unknown type {bad[0] if bad else index_types!r}: "
+                         f"use auto, {', '.join(TYPES)}")
+    explicit = [t for t in kinds if t != "auto"]
+    res = run_synthetic(ns, types=explicit or ["auto"], log=log or (lambda m: None))
+    picks = ", ".join(f"{s['n']} -> {s['auto']} ({s['auto_factory']})" for s in res["sizes"])
+    res["summary"] = speed_table(res) + f"\nauto picks: {picks}"
+    if out is not None:
+        Path(out).write_text(json.dumps(res, indent=1, default=str) + "\n")
     return res
 
 
@@ -99,7 +95,8 @@ def main(argv=None):
                 print(f"category set {s} skipped: {e}", file=sys.stderr)
         (RESULTS / "category.json").write_text(json.dumps(cat, indent=2) + "\n")
         if a.speed:
-            run_speed("10k,100k,1M", "auto,flat,hnsw,ivf,ivfpq")
+            run_speed("10k,100k,1M", "flat,hnsw,ivf,ivfpq", out=RESULTS / "speed.json",
+                      log=lambda m: print(m[:200], file=sys.stderr))
         print(f"benchmarks ran in {time.perf_counter() - t:.0f}s", file=sys.stderr)
     print(f"wrote {write_benchmarks_md()}", file=sys.stderr)
 

@@ -172,3 +172,30 @@ def test_category_identical_files_stored_once(tmp_path, colour_images, monkeypat
     m = run_category(["dups"], "fake:v1", ["none"], category_set=cs)["sets"]["dups"]["expand"]["none"]
     # both red files score highest for "red" (ranks 1 and 2): AP 1; "blue": AP 1
     assert m["per_query_AP"] == {"red": 1.0, "blue": 1.0}
+
+
+def test_bench_speed_end_to_end(tmp_path):
+    """`kgclip bench speed` builds each asked type through the build's own flow on seeded clustered
+    vectors, tunes it (held-out recall bound >= 0.95 where it tunes), searches fresh queries, and
+    reports a table, JSON and a file; bad sizes or types are one-line usage errors."""
+    out = tmp_path / "speed.json"
+    r = CliRunner().invoke(main, ["--quiet", "bench", "speed", "--sizes", "2k", "--index-types", "auto,flat,ivf",
+                                  "--format", "json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert json.loads(out.read_text())["sizes"] == res["sizes"]
+    (size,) = res["sizes"]
+    assert size["n"] == 2000 and size["auto"] == "flat"
+    rows = {row["index_type"]: row for row in size["rows"]}
+    assert set(rows) == {"flat", "ivf"}  # auto next to explicit types only marks its pick
+    assert rows["flat"]["is_auto"] and not rows["ivf"]["is_auto"]
+    assert rows["flat"]["recall_at_10"] == 1.0
+    ivf = rows["ivf"]
+    assert ivf["tune_recall_at_10_low"] >= 0.95 and ivf["params"]["nprobe"] >= 1 and ivf["qps"] > 0
+    assert ivf["recall_at_10"] >= 0.9  # fresh queries, not the tuning sample
+    assert "flat*" in res["summary"] and "IVF" in res["summary"]
+    r = CliRunner().invoke(main, ["bench", "speed", "--sizes", "2k", "--index-types", "auto"])
+    assert r.exit_code == 0 and "flat*" in r.output
+    for args in (["--sizes", "lots"], ["--sizes", "10"], ["--index-types", "annoy"]):
+        r = CliRunner().invoke(main, ["bench", "speed", *args])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output

@@ -1,13 +1,14 @@
 """Synthetic part of ``kgclip bench speed``: every index type on seeded clustered vectors.
 
 For each size (default 10k, 100k, 1M) and each index type (flat, hnsw, ivf,
-ivfpq; plus which one ``auto`` picks): build time (train + add), index size,
-RSS growth, tuned search parameter and its recall on indexed vectors, recall@10
-vs exact on held-out queries, single-query QPS and latency p50/p95, and batched
+ivfpq; plus which one ``auto`` picks), built and tuned as a kgclip build does
+(:func:`indexer.vectors.build_and_tune`): build and tuning time, index size,
+RSS growth, tuned search parameter with the tuning sample's recall and its lower
+confidence bound, recall@10 vs exact on fresh queries, single-query QPS and latency p50/p95, and batched
 QPS. A GPU section (flat / ivf / ivfpq searched through a GPU clone) runs when
 faiss sees a GPU.
 
-    python -m benchmarks.speed --sizes 10000,100000,1000000      # committed result, quiet machine
+    python -m benchmarks.speed --sizes 10000,100000,1000000      # results/speed.json (= kgclip bench speed)
     python -m benchmarks.speed --sizes 10000 --dim 128            # quick proof
 
 Library entry point: :func:`run_synthetic` (returns the JSON-able dict).
@@ -104,7 +105,7 @@ def main(argv=None):
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--max-memory", default="16G")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed_synthetic.json"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "speed.json"))
     a = ap.parse_args(argv)
     res = run_synthetic([int(s) for s in a.sizes.split(",")], a.dim, a.types.split(","), a.queries,
                         max_memory=a.max_memory)

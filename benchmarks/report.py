@@ -239,6 +239,25 @@ def _plot_speed(speed, path: Path) -> bool:
             for v in o:
                 walk(v, label)
 
+    if speed.get("benchmark") == "speed_synthetic":  # one point per size and type: no lines across sizes
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        markers = "osD^v"
+        colours = {}
+        for j, size in enumerate(speed.get("sizes", [])):
+            for r in size.get("rows", []):
+                c = colours.setdefault(r["kind"], f"C{len(colours)}")
+                label = r["kind"] if r["kind"] not in ax.get_legend_handles_labels()[1] else None
+                ax.plot([r["qps"]], [r["recall_at_10"]], markers[j % len(markers)], color=c, label=label)
+                n = size["n"]
+                ax.annotate(f"{n // 10**6}M" if n >= 10**6 else f"{n // 1000}k", (r["qps"], r["recall_at_10"]),
+                            fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        if not colours:
+            return False
+        ax.set_xscale("log")
+        ax.set_xlabel("single-query QPS at the tuned parameter")
+        ax.set_ylabel("recall@10 vs exact (fresh queries)")
+        return _save(plt, fig, ax, path)
     walk(speed)
     if not pts:
         return False

@@ -29,7 +29,6 @@ from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
 TRAIN_SAMPLE = 50_000
 TUNE_QUERIES = 500
-EXACT_QUERY_ROWS = 16  # queries merged at a time by the exact (ground-truth) search
 MAX_K = 1 << 20  # most results one Index.search call returns per query
 SEED = 0
 
@@ -83,24 +82,13 @@ def _wipe(index_dir: str) -> None:
 # -- FAISS, derived from the store -------------------------------------------------------
 def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn,
                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the stored vectors (but the keys in ``exclude``), streamed.
+    """Exact inner-product top-k over the stored vectors (but the keys in ``exclude``), streamed
+    (:func:`indexer.vectors.exact_search`; caption vectors answer with their items' ids)."""
+    from . import vectors as V  # numpy only until faiss is needed: also where faiss is missing
 
-    Ties go to the earlier stored vector. Beyond the [n, k] results and one batch's scores
-    ([n, 8192]), only the stored vectors that beat a query's current k-th best are merged,
-    EXACT_QUERY_ROWS queries at a time: no [n, 8192 + k] sort (150 MiB for 500 queries).
-    """
-    q = np.ascontiguousarray(queries, np.float32)
-    best_s = np.full((len(q), k), -np.inf, np.float32)
-    best_i = np.full((len(q), k), -1, np.int64)
-    if k <= 0:
-        return best_s, best_i
-    for ids, vecs, owners in _iter_vectors(store, kind, txn, exclude):
-        ids = ids if owners is None else owners
-        s = q @ vecs.T
-        for r in range(0, len(q), EXACT_QUERY_ROWS):
-            rows = slice(r, r + EXACT_QUERY_ROWS)
-            _merge_top(best_s[rows], best_i[rows], s[rows], ids)
-    return best_s, best_i
+    batches = ((ids if owners is None else owners, vecs)
+               for ids, vecs, owners in _iter_vectors(store, kind, txn, exclude))
+    return V.exact_search(queries, batches, k)
 
 
 def _iter_vectors(store: Store, kind: str, txn, exclude: np.ndarray | None = None):
@@ -113,27 +101,6 @@ def _iter_vectors(store: Store, kind: str, txn, exclude: np.ndarray | None = Non
                 owners = None if owners is None else owners[keep]
         if len(ids):
             yield ids, vecs, owners
-
-
-def _merge_top(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, ids: np.ndarray) -> None:
-    """Merge scores ``s`` [m, b] of stored ``ids`` [b] into each row's top-k (``best_*`` [m, k], in place).
-
-    The same result as a stable sort of each row's [best, s] (a tie goes to the earlier entry),
-    computed over the k bests plus only the entries that beat the row's k-th best: an entry
-    that does not is ranked behind all k bests in that sort.
-    """
-    m, k = best_s.shape
-    rr, cc = np.nonzero(s > best_s[:, -1:])
-    if not len(rr):
-        return
-    row = np.concatenate([np.repeat(np.arange(m), k), rr])
-    score = np.concatenate([best_s.ravel(), s[rr, cc]])
-    ident = np.concatenate([best_i.ravel(), ids[cc]])
-    order = np.lexsort((np.arange(len(row)), -score, row))  # by row, score down, then entry order
-    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))[:-1]])
-    take = order[(starts[:, None] + np.arange(k)).ravel()]
-    best_s[:] = score[take].reshape(m, k)
-    best_i[:] = ident[take].reshape(m, k)
 
 
 def _sample_keys(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray]:

@@ -544,28 +544,54 @@ def search(index, queries: np.ndarray, k: int, params: dict | None = None,
 # --------------------------------------------------------------------------- exact search and tuning
 
 
+EXACT_QUERY_ROWS = 16  # queries merged at a time by exact_search
+
+
 def exact_search(queries: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]], k: int):
-    """Exact top-k by inner product over streamed ``(ids, vectors)`` batches."""
+    """Exact top-k by inner product over streamed ``(ids, vectors)`` batches: (scores float32 [n, k],
+    ids int64 [n, k]), -inf / -1 where fewer than k vectors exist.
+
+    Ties go to the earlier vector in the stream. Beyond the [n, k] results and one batch's scores,
+    only the vectors that beat a query's current k-th best are merged (:func:`merge_top`),
+    EXACT_QUERY_ROWS queries at a time: no [n, batch + k] sort (150 MiB for 500 queries and
+    8192-vector batches).
+    """
     q = _as_f32(queries)
     n = len(q)
     best_s = np.full((n, k), -np.inf, dtype=np.float32)
     best_i = np.full((n, k), -1, dtype=np.int64)
+    if k <= 0:
+        return best_s, best_i
     for ids, vecs in batches:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0:
             continue
-        vecs = _as_f32(vecs, q.shape[1])
-        s = q @ vecs.T
-        cat_s = np.concatenate([best_s, s], axis=1)
-        cat_i = np.concatenate([best_i, np.broadcast_to(ids, (n, len(ids)))], axis=1)
-        kk = min(k, cat_s.shape[1])
-        part = np.argpartition(-cat_s, kk - 1, axis=1)[:, :kk]
-        ps = np.take_along_axis(cat_s, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        best_s = np.take_along_axis(ps, order, axis=1)
-        best_i = np.take_along_axis(np.take_along_axis(cat_i, part, axis=1), order, axis=1)
-    best_i[~np.isfinite(best_s)] = -1
+        s = q @ _as_f32(vecs, q.shape[1]).T
+        for r in range(0, n, EXACT_QUERY_ROWS):
+            rows = slice(r, r + EXACT_QUERY_ROWS)
+            merge_top(best_s[rows], best_i[rows], s[rows], ids)
     return best_s, best_i
+
+
+def merge_top(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, ids: np.ndarray) -> None:
+    """Merge scores ``s`` [m, b] of stored ``ids`` [b] into each row's top-k (``best_*`` [m, k], in place).
+
+    The same result as a stable sort of each row's [best, s] (a tie goes to the earlier entry),
+    computed over the k bests plus only the entries that beat the row's k-th best: an entry
+    that does not is ranked behind all k bests in that sort.
+    """
+    m, k = best_s.shape
+    rr, cc = np.nonzero(s > best_s[:, -1:])
+    if not len(rr):
+        return
+    row = np.concatenate([np.repeat(np.arange(m), k), rr])
+    score = np.concatenate([best_s.ravel(), s[rr, cc]])
+    ident = np.concatenate([best_i.ravel(), ids[cc]])
+    order = np.lexsort((np.arange(len(row)), -score, row))  # by row, score down, then entry order
+    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))[:-1]])
+    take = order[(starts[:, None] + np.arange(k)).ravel()]
+    best_s[:] = score[take].reshape(m, k)
+    best_i[:] = ident[take].reshape(m, k)
 
 
 def recall_at_k(ann_ids: np.ndarray, gt_ids: np.ndarray, k: int,

@@ -9,6 +9,7 @@ import pytest
 
 from indexer import index as I
 from indexer import pipeline as P
+from indexer import vectors as V
 from indexer.store import Store
 
 
@@ -43,7 +44,7 @@ def test_exact_search_merges_small_batches_like_one_sort(tmp_path, monkeypatch, 
     s = _store(tmp_path)
     # batches of 7 stored vectors and 3 queries at a time: many merges, ties across batch boundaries
     monkeypatch.setattr(Store, "iter_vectors", functools.partialmethod(Store.iter_vectors, batch=7))
-    monkeypatch.setattr(I, "EXACT_QUERY_ROWS", 3)
+    monkeypatch.setattr(V, "EXACT_QUERY_ROWS", 3)
     try:
         with s.read() as txn:
             _, vecs, _ = next(s.iter_vectors(kind, batch=10**6))
@@ -128,8 +129,6 @@ def test_sweep_streams_keys_and_removes_gone_ones_in_chunks(tmp_path, monkeypatc
 def test_hnsw_is_tuned_on_vectors_held_out_of_the_graph_then_holds_them_all(tmp_path, monkeypatch, kind):
     """HNSW tuning queries are kept out of the graph while it is tuned (leave-one-out on indexed
     vectors overstates HNSW recall), their ground truth leaves them out too, and they are added after."""
-    from indexer import vectors as V
-
     s = _store(tmp_path, n=300, dim=6, dup_every=300)
     monkeypatch.setattr(I, "TUNE_QUERIES", 20)
     monkeypatch.setattr(V, "FLAT_MAX_N", 10)  # captions take the auto choice: HNSW here too

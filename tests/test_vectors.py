@@ -188,6 +188,15 @@ def test_exact_search_over_batches_matches_brute_force(data):
     np.testing.assert_allclose(s, np.take_along_axis(full, order, 1), rtol=1e-5)
 
 
+def test_exact_search_ties_go_to_the_earlier_vector_and_short_sets_pad():
+    v = np.eye(4, dtype=np.float32)
+    batches = [(np.array([10, 11]), v[[0, 1]]), (np.array([12, 13]), v[[0, 2]])]  # 12 repeats 10's vector
+    s, i = V.exact_search(v[[0]], batches, 3)
+    assert i[0].tolist() == [10, 12, 11] and s[0, :2].tolist() == [1.0, 1.0]
+    s, i = V.exact_search(v[[0]], batches, 6)  # more than the 4 vectors there are
+    assert i[0, 4:].tolist() == [-1, -1] and np.isneginf(s[0, 4:]).all()
+
+
 def test_recall_is_tie_tolerant():
     gt_i = np.array([[1, 2, 3]])
     gt_s = np.array([[0.9, 0.8, 0.7]], dtype=np.float32)

@@ -86,21 +86,20 @@ def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn,
     (:func:`indexer.vectors.exact_search`; caption vectors answer with their items' ids)."""
     from . import vectors as V  # numpy only until faiss is needed: also where faiss is missing
 
-    batches = ((ids if owners is None else owners, vecs)
-               for ids, vecs, owners in _iter_vectors(store, kind, txn, exclude))
-    return V.exact_search(queries, batches, k)
+    return V.exact_search(queries, _iter_vectors(store, kind, txn, exclude), k)
 
 
 def _iter_vectors(store: Store, kind: str, txn, exclude: np.ndarray | None = None):
-    """The store's ``(keys, vectors, owners)`` chunks, without the keys in ``exclude``."""
-    for ids, vecs, owners in store.iter_vectors(kind, txn=txn):
+    """The store's vectors as ``(ids, vectors)`` chunks, as FAISS indexes them (a caption vector
+    under its item's id), without the vectors whose keys are in ``exclude``."""
+    for keys, vecs, owners in store.iter_vectors(kind, txn=txn):
         if exclude is not None and len(exclude):
-            keep = ~np.isin(ids, exclude)
+            keep = ~np.isin(keys, exclude)
             if not keep.all():
-                ids, vecs = ids[keep], vecs[keep]
+                keys, vecs = keys[keep], vecs[keep]
                 owners = None if owners is None else owners[keep]
-        if len(ids):
-            yield ids, vecs, owners
+        if len(keys):
+            yield (keys if owners is None else owners), vecs
 
 
 def _sample_keys(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +158,8 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
         held_out = V.holds_out(choice, n, len(rows))
         out_keys = keys[rows] if held_out else None
 
-        def batches():
-            for ids, vecs, owners in _iter_vectors(store, kind, txn, out_keys):
-                yield (ids if owners is None else owners), vecs
-
-        index = V.build_vectors_index(choice, dim, train, batches(), use_gpu=use_gpu)
+        index = V.build_vectors_index(choice, dim, train, _iter_vectors(store, kind, txn, out_keys),
+                                      use_gpu=use_gpu)
         params, recall, recall_low = {}, 1.0, 1.0  # search parameters (tuned below); flat has none
         if n and choice.kind != "flat":
             queries = train[rows] if train is not None else _sample_vectors(store, kind, keys[rows], dim, txn)

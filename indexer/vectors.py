@@ -757,15 +757,20 @@ def tune(index, choice: IndexChoice, sample_queries: np.ndarray, ground_truth, k
     return best
 
 
+def _rows_in_batches(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: np.ndarray):
+    """Per batch of a streamed ``(ids, vectors)`` walk: ``(ids, vectors, positions)``, the positions
+    within the batch of those of the (sorted) stream ``rows`` that fall in it."""
+    rows = np.asarray(rows)
+    start = 0
+    for ids, vecs in batches:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        yield ids, vecs, rows[(rows >= start) & (rows < start + len(ids))] - start
+        start += len(ids)
+
+
 def ids_at_rows(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
     """Store ids at the given row positions of a streamed ``(ids, vectors)`` walk."""
-    rows = np.asarray(rows)
-    out, start = [], 0
-    for ids, _vecs in batches:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        sel = rows[(rows >= start) & (rows < start + len(ids))] - start
-        out.append(ids[sel])
-        start += len(ids)
+    out = [ids[sel] for ids, _vecs, sel in _rows_in_batches(batches, rows)]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -941,14 +946,8 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     choice = choose_index(n, dim, max_memory, index_type)
     if sample_fn is None:
         def sample_fn(rows):
-            rows = np.asarray(rows)
-            out, start = [], 0
-            for _ids, vecs in batches_fn():
-                vecs = np.asarray(vecs)
-                sel = rows[(rows >= start) & (rows < start + len(vecs))] - start
-                if len(sel):
-                    out.append(vecs[sel])
-                start += len(vecs)
+            out = [np.asarray(vecs)[sel] for _ids, vecs, sel in _rows_in_batches(batches_fn(), rows)
+                   if len(sel)]
             return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
     train = None
     train_rows = None
@@ -1000,12 +999,7 @@ def holds_out(choice: IndexChoice, n: int, n_queries: int) -> bool:
 
 def _without_rows(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: np.ndarray):
     """The ``(ids, vectors)`` batches minus the vectors at the given (sorted) stream row positions."""
-    rows = np.asarray(rows)
-    start = 0
-    for ids, vecs in batches:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        drop = rows[(rows >= start) & (rows < start + len(ids))] - start
-        start += len(ids)
+    for ids, vecs, drop in _rows_in_batches(batches, rows):
         if len(drop):
             keep = np.ones(len(ids), bool)
             keep[drop] = False

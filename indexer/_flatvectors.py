@@ -40,7 +40,7 @@ def holds_out(choice, n, n_queries):
 
 
 def tune(index, choice, sample_queries, exact_fn=None, k=10, target=0.95):
-    return dict(choice.params), 1.0
+    return dict(choice.params), 1.0, 1.0  # (params, recall, its lower bound), as vectors.tune
 
 
 def search(index, queries, k, params=None, rerank_fn=None):

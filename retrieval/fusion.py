@@ -124,9 +124,10 @@ def max_fuse_arrays(scores, ids, weights: Sequence[float] | None = None, limit: 
     s = np.asarray(scores)
     i = np.asarray(ids, np.int64)
     ws = _check_weights([()] * len(s), weights)
-    rows = np.repeat(np.arange(len(s)), s.shape[1] if s.ndim == 2 else 0)
+    per_list = s.shape[1] if s.ndim == 2 else 0
+    rows = np.repeat(np.arange(len(s)), per_list)
     flat_i, raw = i.ravel(), s.astype(np.float64).ravel()
-    v = np.repeat(np.asarray(ws, np.float64), s.shape[1] if s.ndim == 2 else 0) * raw
+    v = np.repeat(np.asarray(ws, np.float64), per_list) * raw
     keep = flat_i >= 0
     rows, flat_i, raw, v = rows[keep], flat_i[keep], raw[keep], v[keep]
     order = np.lexsort((rows, -v, flat_i))  # by id, then fused score down, then the earlier list

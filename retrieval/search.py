@@ -561,7 +561,7 @@ class Searcher:
                 return vec
             scores = dict(vec)
             self._ground_mix(scores, cw, why, mix_g)
-            return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
+            return _best_first(scores, fetch)
         rows, bonus, order = g
         if agg == "sqrt":
             bonus = np.sqrt(bonus)
@@ -595,7 +595,7 @@ class Searcher:
             why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
         if mix_g is not None:
             self._ground_mix(scores, cw, why, mix_g, mix_ids, mix_vecs)
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:fetch]
+        return _best_first(scores, fetch)
 
     def _ground_mix(self, scores, cw, why, mix_g, ids=None, vecs=None) -> None:
         """In place: add concept_mix x cw x sqrt(share) (or the share, concept_agg "sum") to every
@@ -746,6 +746,11 @@ def _make_hit(i: int, score: float, item: dict, rank: int) -> Hit:
     caps = item.get("captions") or []
     return Hit(id=int(i), score=float(score), path=item.get("path"), caption=caps[0] if caps else None,
                metadata=meta, rank=rank)
+
+
+def _best_first(scores: dict[int, float], n: int) -> list[tuple[int, float]]:
+    """The ``n`` best (id, score) pairs, score down then id up (as fusion ranks)."""
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
 def _row_label(row: int, exps, text, image, mode: str = "none") -> str:

@@ -103,6 +103,31 @@ def test_export_is_cached_and_a_damaged_cache_is_replaced():
     assert not [p for p in again.path.parent.iterdir() if ".tmp" in p.name]
 
 
+def test_the_cache_keeps_the_recently_used_graphs_under_its_cap(monkeypatch, tmp_path):
+    """Each new set of weights exports a graph; past KGCLIP_ONNX_CACHE_MB the least recently
+    used ones go (a graph loaded again counts as used), and dead exports' temp files are swept."""
+    import os
+
+    monkeypatch.setenv("KGCLIP_CACHE", str(tmp_path))  # the session's cache holds the lite graphs
+    export, check = _tiny_linear()
+    paths = {}
+    for i, sig in enumerate(("s0", "s1", "s2")):
+        paths[sig] = onnx.load_or_export("tiny", sig, export, check, 1e-5).path
+        os.utime(paths[sig], (1000 + i, 1000 + i))  # exported in this order, long ago
+    assert onnx.load_or_export("tiny", "s0", export, check, 1e-5) is not None  # s0 used again now
+    dead = paths["s0"].with_name("tiny-x.tmp999.onnx")
+    dead.write_bytes(b"half")
+    os.utime(dead, (1000, 1000))
+    size = paths["s0"].stat().st_size
+    monkeypatch.setenv("KGCLIP_ONNX_CACHE_MB", "0")  # 0: no cap
+    assert onnx.prune_cache(keep=paths["s0"]) == [dead]
+    monkeypatch.setattr(onnx, "cache_limit_bytes", lambda: 2 * size + size // 2)  # room for two
+    new = onnx.load_or_export("tiny", "s3", export, check, 1e-5).path
+    left = {p.name for p in new.parent.iterdir() if p.name.startswith("tiny-")}
+    assert left == {new.name, paths["s0"].name}  # s1, s2: least recently used
+    assert onnx.load_or_export("tiny", "s1", export, check, 1e-5) is not None  # pruned: exported again
+
+
 def test_a_mismatching_export_falls_back_and_is_not_cached(monkeypatch):
     export, check = _tiny_linear(scale=2.0)  # "torch" disagrees with the graph
     assert onnx.load_or_export("tiny", "sig-b", export, check, tolerance=1e-5) is None

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +57,57 @@ def model_path(name: str, signature: str) -> Path:
 
     key = hashlib.sha256(f"{name}|{signature}|{EXPORT_VERSION}".encode()).hexdigest()[:16]
     return cache_dir() / "onnx" / f"{name}-{key}.onnx"
+
+
+CACHE_MB_DEFAULT = 2048
+STALE_TMP_S = 3600  # a half-written export this old belongs to a process that died
+
+
+def cache_limit_bytes() -> int:
+    """Cap on the exported graphs kept: KGCLIP_ONNX_CACHE_MB (default 2048; 0 = no cap)."""
+    env = os.environ.get("KGCLIP_ONNX_CACHE_MB", "").strip()
+    mb = int(env) if env.isdigit() else CACHE_MB_DEFAULT
+    return mb * 1024 * 1024
+
+
+def prune_cache(keep: Path) -> list[Path]:
+    """Delete least recently used graphs until the cache fits its cap; never ``keep``.
+
+    Every new set of weights (a fine-tuned checkpoint, a random-init benchmark model) exports a
+    graph of up to 250 MB, so without a cap the cache grows without end. A graph is marked used
+    (mtime) whenever a process loads it, so the ones in use survive; a pruned one is exported
+    again on its next use. Temp files of exports that died are removed too. Returns what went.
+    """
+    limit = cache_limit_bytes()
+    gone: list[Path] = []
+    now = time.time()
+    entries = []
+    for p in keep.parent.iterdir():
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if ".tmp" in p.name:
+            if now - st.st_mtime > STALE_TMP_S:
+                p.unlink(missing_ok=True)
+                gone.append(p)
+        elif p.suffix == ".onnx" and p != keep:
+            entries.append((st.st_mtime, st.st_size, p))
+    if limit <= 0:
+        return gone
+    total = sum(size for _, size, _ in entries) + (keep.stat().st_size if keep.is_file() else 0)
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        total -= size
+        gone.append(p)
+    if gone:
+        log.info("ONNX cache over %d MB: removed %d old graph(s)", limit // 2**20, len(gone))
+    return gone
 
 
 def threads() -> int:
@@ -174,7 +226,10 @@ def load_or_export(name: str, signature: str, export: Callable[[str], None],
     path = model_path(name, signature)
     if path.is_file():
         try:
-            return OrtModel(path)
+            model = OrtModel(path)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: the last graphs a cap would remove
+            return model
         except Exception as e:  # noqa: BLE001 - a damaged cache file: export again
             log.debug("cached %s unusable (%s): exporting again", path, e)
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.onnx")
@@ -189,6 +244,8 @@ def load_or_export(name: str, signature: str, export: Callable[[str], None],
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         model.path = path
+        with contextlib.suppress(OSError):
+            prune_cache(keep=path)
         return model
     except Exception as e:  # noqa: BLE001 - an optimisation only, unless the user insisted
         if backend() == "onnx":

@@ -107,9 +107,11 @@ def ensure_index(images, name: str, model: str, cache: Path, index_type: str = "
             w.writerow([str(Path(p).resolve())])
     mf = d / "index.json"
     complete = mf.is_file() and json.loads(mf.read_text()).get("state") == "complete"
-    stale = complete and _built_fingerprint(d) != _current_fingerprint(model, device)
+    # a cached index made by other weights or another lite configuration measures the old model; one
+    # made before lite's concept profiles measures the old grounding
+    stale = complete and (_built_fingerprint(d) != _current_fingerprint(model, device)
+                          or _lacks_profile(d, model, device))
     if not complete or stale:
-        # a cached index made by other weights or another lite configuration measures the old model
         build_index([str(man)], str(d), model=model, text_model=None, device=device,
                     index_type=index_type, progress=progress, resume=not stale)
     return str(d)
@@ -121,6 +123,20 @@ def _built_fingerprint(index_dir) -> str | None:
     idx = open_index(str(index_dir))
     try:
         return idx.model_fingerprint
+    finally:
+        idx.close()
+
+
+def _lacks_profile(index_dir, model: str, device: str) -> bool:
+    """Whether a fresh build would store concept profiles (lite) that this index has not."""
+    from indexer import open_index
+    from retrieval.encoders import get_encoder
+
+    if not hasattr(get_encoder(model, device=device), "profile"):
+        return False
+    idx = open_index(str(index_dir))
+    try:
+        return not idx.concept_profile
     finally:
         idx.close()
 

@@ -287,6 +287,14 @@ def build_index(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
                 f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
             )
+        if hasattr(encoder, "profile"):  # lite: the soft concept profiles grounding reads (see PROFILE)
+            if old_m is None:
+                from retrieval.encoders.lite import PROFILE
+
+                minfo["profile"] = {"top": PROFILE[0], "temperature": PROFILE[1], "classes": "imagenet-1k"}
+            # an index keeps the kind it was made with: one built before profiles stays without them
+            prof = minfo.get("profile")
+            encoder.profile = (int(prof["top"]), float(prof["temperature"])) if prof else None
         t = time.perf_counter()
         if text_encoder is None:
             tinfo = None
@@ -459,6 +467,8 @@ class Index:
         self.store = store
         self.model_spec = manifest["model"]["spec"]
         self.model_fingerprint = manifest["model"].get("fingerprint")
+        # lite indexes since concept profiles: {"top", "temperature", "classes"}; None before them
+        self.concept_profile = manifest["model"].get("profile")
         tm = manifest.get("text_model") or None
         self.text_model_spec = tm["spec"] if tm else None
         self.text_dim = int(tm["dim"]) if tm else None
@@ -649,6 +659,10 @@ class Index:
 
     def iter_items(self) -> Iterator[tuple[int, dict]]:
         return self.store.iter_items()
+
+    def iter_profiles(self):
+        """(item ids, concept profiles) chunks in id order (lite indexes with profiles)."""
+        return self.store.iter_profiles()
 
     def close(self) -> None:
         self._faiss = {}

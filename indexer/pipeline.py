@@ -116,6 +116,7 @@ class Entry:
     decoded: Decoded | None = None
     vector: np.ndarray | None = None
     concepts: list | None = None
+    profile: tuple | None = None  # lite's soft concept profile (class indexes, probabilities)
     reembed_captions: bool = False
     cap_vecs: np.ndarray | None = None
     reason: str = ""
@@ -201,9 +202,9 @@ def plan_item(store: Store, d: Decoded, batch_hashes: set[str]) -> Entry:
 
 
 def encode_batch(encoder, arrays: list[np.ndarray], with_concepts: bool = True):
-    """Stage: stacked model inputs -> (vectors, concepts or None)."""
+    """Stage: stacked model inputs -> (vectors, concepts or None, concept profiles or None)."""
     out = encoder.encode_image_arrays(np.stack(arrays), with_concepts=with_concepts)
-    return out.vectors, out.concepts
+    return out.vectors, out.concepts, out.profiles
 
 
 def encode_captions(text_encoder, entries: list[Entry]) -> None:
@@ -244,7 +245,7 @@ def write_batch(store: Store, entries: list[Entry], progress: dict | None = None
                 raise NeedsVector(n)
             txn.add_path(it.key, sha256=d.sha256, size=it.size, mtime_ns=it.mtime_ns, width=d.width,
                          height=d.height, vector=e.vector, concepts=e.concepts, captions=it.captions,
-                         cap_vecs=e.cap_vecs, meta=it.meta)
+                         cap_vecs=e.cap_vecs, meta=it.meta, profile=e.profile)
         if progress:
             txn.set_meta("progress", progress)
 
@@ -337,10 +338,11 @@ def run(
             tm.model_load += time.perf_counter() - t
         t = time.perf_counter()
         if new:
-            vecs, concepts = encode_batch(encoder, [e.decoded.array for e in new], with_concepts)
+            vecs, concepts, profiles = encode_batch(encoder, [e.decoded.array for e in new], with_concepts)
             for j, e in enumerate(new):
                 e.vector = vecs[j]
                 e.concepts = concepts[j] if concepts else None
+                e.profile = profiles[j] if profiles else None
         tm.encode += time.perf_counter() - t
         t = time.perf_counter()
         encode_captions(text_encoder, entries)
@@ -353,8 +355,8 @@ def run(
             except NeedsVector as nv:  # rare: its twin was removed in this batch; encode it after all
                 e = entries[nv.index]
                 encoder.load()
-                e.vector, c = encode_batch(encoder, [e.decoded.array], with_concepts)
-                e.vector, e.concepts = e.vector[0], (c[0] if c else None)
+                e.vector, c, prof = encode_batch(encoder, [e.decoded.array], with_concepts)
+                e.vector, e.concepts, e.profile = e.vector[0], (c[0] if c else None), (prof[0] if prof else None)
         tm.write += time.perf_counter() - t
         report.batches += 1
         for e in entries:

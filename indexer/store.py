@@ -3,7 +3,9 @@
 Databases (all in ``INDEX/store.lmdb``):
 
 ``meta``     settings and counters (JSON): model, dims, next ids, generation, sources, state
-``items``    item id (8-byte big-endian) -> {id, path, sha256, width, height, aliases, concepts}
+``items``    item id (8-byte big-endian) -> {id, path, sha256, width, height, aliases, concepts[, profile]}
+             (``profile``: lite's soft concept profile, base64 of uint16 class indexes + float16
+             probabilities; see :func:`pack_profile`)
 ``paths``    path key -> {id, size, mtime_ns, sha256, captions, cap_ids, meta}
 ``hashes``   sha256 hex -> item id (identical content is one item; its other paths are aliases)
 ``vecs``     item id -> float32 image vector
@@ -17,6 +19,7 @@ crash leaves the store at the last committed batch. The map grows when full.
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -41,6 +44,18 @@ def ikey(i: int) -> bytes:
 
 def unikey(b: bytes) -> int:
     return struct.unpack(">Q", bytes(b))[0]
+
+
+def pack_profile(profile) -> str:
+    """(class indexes, probabilities) -> the compact text kept in an item record (4 bytes a class)."""
+    idx, p = profile
+    return base64.b64encode(np.asarray(idx, "<u2").tobytes() + np.asarray(p, "<f2").tobytes()).decode("ascii")
+
+
+def unpack_profile(text: str) -> tuple[np.ndarray, np.ndarray]:
+    b = base64.b64decode(text)
+    n = len(b) // 4
+    return np.frombuffer(b, "<u2", n), np.frombuffer(b, "<f2", n, offset=2 * n)
 
 
 def dumps(obj: Any) -> bytes:
@@ -292,6 +307,28 @@ class Store:
             yield from chunk
             last = chunk[-1][0]
 
+    def iter_profiles(self) -> Iterator[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]:
+        """(item ids, their concept profiles) in id order, in chunks, reading only the items database
+        (items without a profile are left out)."""
+        last = None
+        while True:
+            ids, profs, seen = [], [], 0
+            with self.read() as t:
+                cur = t.cursor(db=self.db["items"])
+                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
+                while ok and seen < 8192:
+                    last, seen = unikey(cur.key()), seen + 1
+                    prof = loads(cur.value()).get("profile")
+                    if prof:
+                        ids.append(last)
+                        profs.append(unpack_profile(prof))
+                    ok = cur.next()
+            if seen == 0:
+                return
+            yield np.asarray(ids, np.int64), profs
+            if not ok:
+                return
+
     def iter_vectors(self, kind: str = "image", batch: int = 8192, txn=None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """Stream (ids, vectors, item_ids) in id order; item_ids is None for image vectors.
@@ -428,15 +465,19 @@ class Txn:
             self.t.delete(ikey(c), db=self.db["capvecs"])
 
     def add_path(self, key: str, *, sha256: str, size: int, mtime_ns: int, width: int, height: int,
-                 vector: np.ndarray | None, concepts=None, captions=(), cap_vecs=None, meta=None) -> int:
+                 vector: np.ndarray | None, concepts=None, captions=(), cap_vecs=None, meta=None,
+                 profile=None) -> int:
         """Add a new path: a new item, or an alias of the item with the same content. Returns the item id."""
         i = self.hash_id(sha256)
         if i is None:
             if vector is None:
                 raise ValueError(f"{key}: new content needs a vector")
             i = self._next("next_id")
-            self._put_item({"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
-                            "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]})
+            rec = {"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
+                   "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]}
+            if profile is not None:
+                rec["profile"] = pack_profile(profile)
+            self._put_item(rec)
             self.t.put(ikey(i), np.asarray(vector, np.float32).tobytes(), db=self.db["vecs"])
             self.t.put(sha256.encode(), ikey(i), db=self.db["hashes"])
         else:

@@ -9,11 +9,13 @@ reuses all of it, so per query only encoding, expansion and search remain.
 Scores: with one query vector and no caption fusion a hit's score is the
 inner product (cosine) with the query. KG ``multi`` expansion keeps each
 item's best weighted cosine over the query vectors; concept grounding (lite
-indexes) adds ``concept_weight * sqrt(min(1, sum of weight * p))`` over an image's
+indexes) adds ``concept_weight * shape(min(1, sum of weight * p))`` over an image's
 stored WordNet concepts (probability ``p``) that are KG targets (the query's
-linked entities and their hyponyms, ``weight`` decaying with depth), square-rooted by default
-(``SearchOptions.concept_agg``), plus ``concept_mix`` times that weight x the square root of the
-targets' share in the image's whole class mix, read off its stored vector (:class:`_ConceptMix`).
+linked entities and their hyponyms, ``weight`` decaying with depth). An index with concept
+profiles (50 classes per image at temperature 2) uses ``shape = log1p(100 m) / log1p(100)`` and
+weight 2; one from before them (its top 5 classes) the square root and weight 0.5, plus
+``concept_mix`` times that weight x the square root of the targets' share in the image's whole
+class mix, read off its stored vector (:class:`_ConceptMix`); see GROUNDING.
 Hybrid caption fusion
 replaces the score by the fused one (normalised weighted sum in [0, 1], or
 RRF), so ``min_score`` means a different scale there: see :meth:`search`.
@@ -33,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import fusion
-from .errors import KGError, KgclipError, ModelError, ModelMismatch, QueryError, UsageError
+from .errors import IndexCorrupt, KGError, KgclipError, ModelError, ModelMismatch, QueryError, UsageError
 from .filters import Filter, matches, parse_filters
 from .types import Hit, QueryPlan, Results
 
@@ -71,17 +73,32 @@ class SearchOptions:
 
     image_weight: float = 0.5  # text+image queries: share of the image vector in the mixed query
     caption_weight: float = 0.7  # hybrid: share of the caption list (0.7 measured best of 0.3/0.5/0.7)
-    concept_weight: float = 0.5  # lite grounding: weight of the concept bonus (kg_tuning.json: 0.5)
-    concept_agg: str = "sqrt"  # bonus = sqrt(mass) ("sqrt": a small mass counts more) or the mass ("sum")
-    # lite: a second grounding term, concept_mix x concept_weight x sqrt(the KG targets' share of the
-    # image's class mix, estimated from its stored vector: _ConceptMix): it sees the 50 classes each
-    # vector mixes, not only the 5 stored concepts (0 = off; kg_tuning.json: 2 with ridge 0.1)
-    concept_mix: float = 2.0
+    # lite grounding. None = the index's kind decides (GROUNDING): a lite index with concept profiles
+    # (50 classes at temperature 2 per image) or one from before them (the top 5 classes at temperature 1).
+    concept_weight: float | None = None  # weight of the concept bonus
+    # bonus = sqrt(mass) ("sqrt": a small mass counts more), the mass ("sum"), or
+    # log1p(concept_log_scale x mass) / log1p(concept_log_scale) ("log": smaller masses count even more)
+    concept_agg: str | None = None
+    concept_log_scale: float = 100.0
+    # a second grounding term, concept_mix x concept_weight x sqrt(the KG targets' share of the image's
+    # class mix, estimated from its stored vector: _ConceptMix; 0 = off): it sees the 50 classes each vector
+    # mixes, which a profile holds anyway
+    concept_mix: float | None = None
     concept_mix_ridge: float = 0.1
+    # which stored concepts ground: "auto" (the profiles where the index has them, else the top 5) or
+    # "top5" (the top 5 even where there are profiles: the grounding of indexes from before them)
+    concept_source: str = "auto"
     rrf_k: int = 60
     norm: str = "minmax"
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
     fetch_factor: int = 4
+
+
+# (concept_agg, concept_weight, concept_mix) where SearchOptions leaves them None, by the index's kind;
+# from benchmarks/results/kg_tuning.json (fashion-mnist, flickr-nouns, emoji category mAP vs no expansion):
+# profiles: log (scale 100), 2.0, no mix term: +23.5 / +6.7 / +23.3%; the top 5 only: sqrt, 0.5, mix 2:
+# +20.1 / +6.9 / +11.3% (the class-mix term was the way to see past the 5 stored classes)
+GROUNDING = {"profile": ("log", 2.0, 0.0), "top5": ("sqrt", 0.5, 2.0)}
 
 
 def _validate_k(k: Any) -> int:
@@ -186,6 +203,7 @@ class Searcher:
         self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
         self._concepts_read = False  # the store's concepts were scanned into _concept_arrays
+        self._concepts_source = False  # ... from the profiles (True) or the top 5 (False)
         self._concept_arrays: _ConceptArrays | None = None
         self._concept_mix: tuple[float, Any] | None = None  # (ridge, _ConceptMix or None)
         self._vocab_size = -1  # size of the concept table last handed to the expander
@@ -261,6 +279,16 @@ class Searcher:
     def concept_arrays(self) -> "_ConceptArrays | None":
         """The items' stored WordNet concepts (lite) as arrays, read once from the store; None when
         the index stores none."""
+        if self._concepts_read and self._concepts_source != self._profiled():
+            self._concepts_read, self._concept_arrays = False, None  # SearchOptions.concept_source changed
+        self._concepts_source = self._profiled()
+        if not self._concepts_read and self._profiled():
+            from .encoders.lite import imagenet_ancestors
+
+            # the lite classes in class-table order (sorted ImageNet ids; no timm import on a query)
+            self._concept_arrays = _ConceptArrays.from_profiles(self.index.iter_profiles(),
+                                                                sorted(imagenet_ancestors()))
+            self._concepts_read = True
         if not self._concepts_read:
             ids: list[int] = []
             rows: list[list[tuple[str, float]]] = []
@@ -372,9 +400,25 @@ class Searcher:
         while len(self._qcache) > self.query_cache:
             self._qcache.popitem(last=False)
 
+    def _profiled(self) -> bool:
+        """Whether grounding reads concept profiles (the index has them, SearchOptions.concept_source)."""
+        src = self.options.concept_source
+        if src not in ("auto", "top5"):
+            raise UsageError(f"unknown concept_source {src!r}: use auto or top5")
+        return src == "auto" and bool(getattr(self.index, "concept_profile", None))
+
+    def grounding(self) -> tuple[str, float, float]:
+        """(concept_agg, concept_weight, concept_mix): SearchOptions' values, or where they are None the
+        defaults for the kind of stored concepts grounding reads (GROUNDING)."""
+        o = self.options
+        agg, cw, mix = GROUNDING["profile" if self._profiled() else "top5"]
+        return (agg if o.concept_agg is None else o.concept_agg,
+                cw if o.concept_weight is None else float(o.concept_weight),
+                mix if o.concept_mix is None else float(o.concept_mix))
+
     def _weights(self, weights) -> dict[str, float]:
         o = self.options
-        w = {"image": o.image_weight, "caption": o.caption_weight, "concept": o.concept_weight}
+        w = {"image": o.image_weight, "caption": o.caption_weight, "concept": self.grounding()[1]}
         if isinstance(weights, (int, float)):
             w["image"] = float(weights)
         elif isinstance(weights, dict):
@@ -441,7 +485,7 @@ class Searcher:
             arr = self.concept_arrays() if ct is not None else None
             if arr is not None:
                 t = time.perf_counter()
-                mix = self.concept_mix() if self.options.concept_mix > 0 else None
+                mix = self.concept_mix() if self.grounding()[2] > 0 else None
                 targets = dict(ct(plan, within=arr.slot.keys() if mix is None else mix.within(arr)))
                 # a long descriptive query is grounded less (ExpansionPolicy.focus_words), as it is expanded less
                 focus = getattr(getattr(self.expander(), "policy", None), "focus", None)
@@ -552,9 +596,6 @@ class Searcher:
         arr = self.concept_arrays()
         if arr is None:
             return vec
-        agg = self.options.concept_agg
-        if agg not in ("sqrt", "sum"):
-            raise UsageError(f"unknown concept_agg {agg!r}: use sqrt or sum")
         g = arr.ground(targets)
         if g is None:
             if mix_g is None:
@@ -563,8 +604,7 @@ class Searcher:
             self._ground_mix(scores, cw, why, mix_g)
             return _best_first(scores, fetch)
         rows, bonus, order = g
-        if agg == "sqrt":
-            bonus = np.sqrt(bonus)
+        bonus = self._shape(bonus)
         scores = dict(vec)
         row_ids = arr.ids[rows]
         in_vec = np.isin(row_ids, np.fromiter(scores, np.int64, len(scores)))
@@ -597,6 +637,18 @@ class Searcher:
             self._ground_mix(scores, cw, why, mix_g, mix_ids, mix_vecs)
         return _best_first(scores, fetch)
 
+    def _shape(self, mass: np.ndarray) -> np.ndarray:
+        """A grounding mass in [0, 1] -> its bonus before the weights (SearchOptions.concept_agg)."""
+        agg = self.grounding()[0]
+        if agg == "sqrt":
+            return np.sqrt(mass)
+        if agg == "sum":
+            return mass
+        if agg == "log":
+            c = float(self.options.concept_log_scale)
+            return np.log1p(c * mass) / np.log1p(c)
+        raise UsageError(f"unknown concept_agg {agg!r}: use sqrt, sum or log")
+
     def _ground_mix(self, scores, cw, why, mix_g, ids=None, vecs=None) -> None:
         """In place: add concept_mix x cw x sqrt(share) (or the share, concept_agg "sum") to every
         candidate in ``scores`` (``ids`` and their stored ``vecs``, when already read, are those
@@ -609,8 +661,10 @@ class Searcher:
         if vecs is None:
             vecs = np.asarray(self.index.get_vectors(ids, kind="image"), np.float32)
         share = np.clip(mix.share(vecs, mix_g), 0.0, 1.0)
-        shaped = np.sqrt(share) if self.options.concept_agg == "sqrt" else share
-        bonus = cw * self.options.concept_mix * shaped
+        # the stored-concept shape, but "log" (tuned for many soft stored concepts) keeps sqrt here
+        agg, _, mix_w = self.grounding()
+        shaped = np.sqrt(share) if agg == "log" else self._shape(share)
+        bonus = cw * mix_w * shaped
         for i, sh, b in zip(ids.tolist(), share.tolist(), bonus.tolist()):
             if b > 0:
                 scores[i] += b
@@ -794,21 +848,58 @@ class _ConceptArrays:
     the same entries as postings by class slot (``post_row``/``post_prob`` from ``post_start[j]``)."""
 
     def __init__(self, ids: list[int], rows: list[list[tuple[str, float]]], vocab: list[str]):
-        self.vocab = vocab
-        self.slot = {w: j for j, w in enumerate(vocab)}
+        slot = {w: j for j, w in enumerate(vocab)}
         m = max((len(r) for r in rows), default=0)
-        self.ids = np.asarray(ids, np.int64)
-        self.cls = np.full((len(rows), m), -1, np.int32)
-        self.prob = np.zeros((len(rows), m), np.float64)
+        cls = np.full((len(rows), m), -1, np.int32)
+        prob = np.zeros((len(rows), m), np.float64)
         for r, concepts in enumerate(rows):
             for c, (wnid, p) in enumerate(concepts):
-                self.cls[r, c] = self.slot[wnid]
-                self.prob[r, c] = float(p)
+                cls[r, c] = slot[wnid]
+                prob[r, c] = float(p)
+        self._init_arrays(np.asarray(ids, np.int64), cls, prob, vocab)
+
+    @classmethod
+    def from_profiles(cls, chunks, class_ids: Sequence[str]) -> "_ConceptArrays | None":
+        """From ``(item ids, [(class indexes, probabilities)])`` chunks (Index.iter_profiles); the
+        vocabulary is the classes some profile holds. Compact dtypes: about 1 KB an item at 100 classes."""
+        ids, cls_parts, prob_parts = [], [], []
+        for chunk_ids, profs in chunks:
+            if not len(chunk_ids):
+                continue
+            m = max(len(c) for c, _ in profs)
+            c = np.full((len(profs), m), -1, np.int32)
+            q = np.zeros((len(profs), m), np.float32)
+            for r, (ci, pi) in enumerate(profs):
+                c[r, : len(ci)], q[r, : len(pi)] = ci, pi
+            ids.append(chunk_ids)
+            cls_parts.append(c)
+            prob_parts.append(q)
+        if not ids:
+            return None
+        m = max(c.shape[1] for c in cls_parts)
+        cls_all = np.concatenate([np.pad(c, ((0, 0), (0, m - c.shape[1])), constant_values=-1) for c in cls_parts])
+        prob = np.concatenate([np.pad(q, ((0, 0), (0, m - q.shape[1]))) for q in prob_parts])
+        if cls_all.max() >= len(class_ids):
+            raise IndexCorrupt(f"a stored concept profile names class {int(cls_all.max())} of {len(class_ids)}")
+        used = np.flatnonzero(np.bincount(cls_all[cls_all >= 0], minlength=len(class_ids)))
+        remap = np.full(len(class_ids) + 1, -1, np.int32)  # class index -> vocabulary slot (-1 stays -1)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        self = cls.__new__(cls)
+        self._init_arrays(np.concatenate(ids), remap[cls_all].astype(np.int16 if len(used) < 2**15 else np.int32),
+                          prob, [class_ids[j] for j in used.tolist()])
+        return self
+
+    def _init_arrays(self, ids: np.ndarray, cls_slots: np.ndarray, prob: np.ndarray, vocab: list[str]) -> None:
+        self.vocab = vocab
+        self.slot = {w: j for j, w in enumerate(vocab)}
+        self.ids = np.asarray(ids, np.int64)
+        self.cls, self.prob = cls_slots, prob
+        m = cls_slots.shape[1] if cls_slots.ndim == 2 else 0
         # postings by class slot (rows in order within a slot): a query reads only its targets' items
         flat = self.cls.ravel()
         entries = np.flatnonzero(flat >= 0)
         by_slot = entries[np.argsort(flat[entries], kind="stable")]
-        self.post_row = (by_slot // max(m, 1)).astype(np.int64)
+        self.post_row = (by_slot // max(m, 1)).astype(np.int32 if len(self.ids) < 2**31 else np.int64)
         self.post_prob = self.prob.ravel()[by_slot]
         self.post_start = np.concatenate([[0], np.cumsum(np.bincount(flat[entries], minlength=len(vocab)))])
 

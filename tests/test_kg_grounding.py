@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from retrieval.kg import Expander, load_graph, match_concepts
@@ -61,8 +64,6 @@ def test_class_mix_share_read_off_the_vector_follows_the_mix(lite_encoder, photo
     share of the query's classes among the top-k classes each lite vector mixes (conse_mix's weights)
     over the length of the un-normalised mix. Not exact with 1000 classes in 384 dimensions, but it
     follows it, and a cat query singles out the cat."""
-    import numpy as np
-
     from retrieval.encoders import load_image
     from retrieval.encoders.lite import conse_mix, imagenet_ancestors, imagenet_classes
     from retrieval.search import _ConceptMix
@@ -89,15 +90,17 @@ def test_class_mix_share_read_off_the_vector_follows_the_mix(lite_encoder, photo
 
 def test_searcher_adds_the_class_mix_bonus_on_a_lite_index(tmp_path, photos_dir, lite_encoder):
     """Through the Searcher (FAISS index, k=3): "an animal" finds the cat and the horse, with a
-    concept-mix line in --explain; concept_mix=0 gives the scores without that bonus."""
+    concept-mix line in --explain; concept_mix=0 gives the scores without that bonus. (Off by default
+    on an index with concept profiles: set here.)"""
     import dataclasses
 
     from indexer import build_index
-    from retrieval.search import Searcher
+    from retrieval.search import SearchOptions, Searcher
 
     build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
                 device="cpu")
-    with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu") as s:
+    with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu",
+                  options=SearchOptions(concept_mix=2.0, concept_weight=0.5)) as s:
         on = s.search("an animal", k=3, explain=True)
         assert {"chelsea.jpg", "horse.jpg"} <= {h.path.rsplit("/", 1)[-1] for h in on.hits}
         assert any(e.startswith("concept mix: ~") for e in on.hits[0].explanation), on.hits[0].explanation
@@ -110,3 +113,106 @@ def test_searcher_adds_the_class_mix_bonus_on_a_lite_index(tmp_path, photos_dir,
             if h.id in bonus:
                 assert next(x.score for x in on.hits if x.id == h.id) == pytest.approx(h.score + bonus[h.id],
                                                                                         abs=2e-3)
+
+
+def _softmax(z, t):
+    z = (z - z.max(axis=1, keepdims=True)) / t
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_dir, lite_encoder):
+    """Every image keeps its 50 most likely ImageNet classes at temperature 2 (class-table order, float16),
+    the manifest says so, and a category query is grounded on them (log shape, no class-mix term)."""
+    import dataclasses
+
+    from indexer import build_index, open_index
+    from retrieval.encoders.lite import PROFILE, imagenet_ancestors
+    from retrieval.errors import UsageError
+    from retrieval.search import GROUNDING, Searcher
+
+    assert list(lite_encoder.class_ids) == sorted(imagenet_ancestors())  # the order search assumes
+    build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
+                device="cpu")
+    idx = open_index(str(tmp_path / "idx"))
+    try:
+        assert idx.concept_profile == {"top": PROFILE[0], "temperature": PROFILE[1], "classes": "imagenet-1k"}
+        ids, profs = zip(*[(i, p) for chunk_ids, ps in idx.iter_profiles() for i, p in zip(chunk_ids, ps)])
+        paths = {int(i): it["path"] for i, it in zip(ids, idx.get(list(ids)))}
+    finally:
+        idx.close()
+    assert len(ids) == len(list(photos_dir.iterdir()))
+    tf = lite_encoder.image_transform()
+    from retrieval.encoders.base import load_image
+
+    logits = lite_encoder.logits(np.stack([tf(load_image(paths[int(i)])) for i in ids]))
+    p = _softmax(logits, PROFILE[1])
+    for r, (cls, prob) in enumerate(profs):
+        assert len(cls) == PROFILE[0] and prob.dtype == np.float16
+        assert cls.tolist() == np.argsort(-p[r], kind="stable")[: PROFILE[0]].tolist()
+        assert np.allclose(prob, p[r, cls], rtol=2e-3, atol=1e-6)
+    assert GROUNDING["profile"][2] == 0.0
+    with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu") as s:
+        assert s.grounding() == GROUNDING["profile"]
+        res = s.search("an animal", k=3, explain=True)
+        assert {"chelsea.jpg", "horse.jpg"} <= {h.path.rsplit("/", 1)[-1] for h in res.hits}
+        lines = [e for h in res.hits for e in h.explanation]
+        assert any(e.startswith("concept: animal -> ") for e in lines)
+        assert not any("concept mix" in e for e in lines)
+        # the grounding of indexes from before profiles, on the same index (side-by-side benchmarks)
+        s.options = dataclasses.replace(s.options, concept_source="top5")
+        assert s.grounding() == GROUNDING["top5"] and len(s.concept_arrays().cls[0]) == 5
+        old = s.search("an animal", k=3, explain=True)
+        assert any(e.startswith("concept mix: ~") for h in old.hits for e in h.explanation)
+        s.options = dataclasses.replace(s.options, concept_source="top50")
+        with pytest.raises(UsageError, match="unknown concept_source 'top50'"):
+            s.search("an animal", k=3)
+
+
+def test_an_index_from_before_profiles_keeps_its_kind_on_update(tmp_path, photos_dir, lite_encoder):
+    """A lite index built before concept profiles (top 5 concepts only) is searched as before (square
+    root and the class-mix term), and an update adds no profiles: one index never mixes two kinds."""
+    import shutil
+
+    from indexer import build_index, open_index
+    from indexer.store import Store
+    from retrieval.search import GROUNDING, Searcher
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    names = sorted(p.name for p in photos_dir.iterdir())
+    for n in names[:-1]:
+        shutil.copy(photos_dir / n, src / n)
+    d = tmp_path / "idx"
+    build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu")
+    # make it the index an older kgclip wrote: no profile in the model record, the manifest or any item
+    st = Store(str(d))
+    try:
+        def strip(txn):
+            model = dict(txn.meta("model"))
+            model.pop("profile")
+            txn.set_meta("model", model)
+            for i in range(txn.meta("next_id")):
+                rec = txn._item(i)
+                rec.pop("profile")
+                txn._put_item(rec)
+        st.write(strip)
+    finally:
+        st.close()
+    man = json.loads((d / "index.json").read_text())
+    man["model"].pop("profile")
+    (d / "index.json").write_text(json.dumps(man))
+    shutil.copy(photos_dir / names[-1], src / names[-1])
+    rep = build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu")
+    assert rep.added == 1
+    idx = open_index(str(d))
+    try:
+        assert idx.concept_profile is None
+        assert [len(i) for i, _ in idx.iter_profiles()] in ([], [0])
+        assert all(it["concepts"] for _, it in idx.iter_items())  # the top 5 are still stored
+    finally:
+        idx.close()
+    with Searcher(str(d), expand="multi", device="cpu") as s:
+        assert s.grounding() == GROUNDING["top5"]
+        res = s.search("an animal", k=3, explain=True)
+    assert any(e.startswith("concept mix: ~") for h in res.hits for e in h.explanation)

@@ -228,17 +228,21 @@ def test_expansion_mix_multi_and_grounding(index):
     assert "linked:" in out and "'warm' -> warm colour [c_warm]" in out and "(w=0.60)" in out
 
 
-def test_grounding_bonus_is_the_square_root_of_the_concept_mass(index):
+def test_grounding_bonus_is_the_square_root_or_log_of_the_concept_mass(index):
     from retrieval.search import SearchOptions
 
+    import math
+
     scores = {}
-    for agg in ("sum", "sqrt"):
+    for agg in ("sum", "sqrt", "log"):
         s = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
-                     options=SearchOptions(concept_agg=agg))
+                     options=SearchOptions(concept_agg=agg, concept_log_scale=50.0))
         scores[agg] = {h.path: h.score for h in s.search("warm", k=3, weights={"concept": 1.0})}
     # red: target weight 0.8 x p 0.9 = mass 0.72; yellow: 0.4 x 0.9 = 0.36 (the same vector part in both runs)
     for path, m in (("/img/red.png", 0.72), ("/img/yellow.png", 0.36)):
         assert scores["sqrt"][path] - scores["sum"][path] == pytest.approx(m ** 0.5 - m, abs=1e-4)
+        log_bonus = math.log1p(50 * m) / math.log1p(50)
+        assert scores["log"][path] - scores["sum"][path] == pytest.approx(log_bonus - m, abs=1e-4)
     bad = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
                    options=SearchOptions(concept_agg="mean"))
     with pytest.raises(UsageError, match="concept_agg"):

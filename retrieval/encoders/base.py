@@ -30,6 +30,9 @@ class ImageBatch:
 
     vectors: np.ndarray
     concepts: list[list[Concept]] | None = None
+    # lite: per image (class indexes into the encoder's ``class_ids``, probabilities) of its soft concept
+    # profile (retrieval.encoders.lite.concept_profiles); None where the encoder has none
+    profiles: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -184,15 +187,16 @@ class Encoder(ABC):
             raise ModelError(f"{self.spec} has no image tower: it encodes text only")
         self.load()
         tf = self.image_transform()
-        out_v, out_c = [], []
+        out_v, out_c, out_p = [], [], []
         for i in range(0, len(images), self.batch_size):
             arr = np.stack([tf(load_image(x)) for x in images[i : i + self.batch_size]])
             b = self.encode_image_arrays(arr, with_concepts=with_concepts)
             out_v.append(b.vectors)
             if with_concepts:
                 out_c.extend(b.concepts or [[] for _ in range(len(arr))])
+                out_p = None if b.profiles is None or out_p is None else out_p + b.profiles
         vecs = np.concatenate(out_v) if out_v else np.zeros((0, self.dim), np.float32)
-        return ImageBatch(vecs, out_c) if with_concepts else vecs
+        return ImageBatch(vecs, out_c, out_p or None) if with_concepts else vecs
 
     # -- texts -----------------------------------------------------------------
     @abstractmethod

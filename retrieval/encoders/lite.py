@@ -60,6 +60,8 @@ class LiteConfig:
     top_k: int = 50  # classes mixed per image
     temperature: float = 2.5  # softmax temperature on the classifier logits (> 1 spreads weight)
     concepts: int = 5  # top classes reported per image
+    # softmax temperature of the reported concepts' probabilities (1 = the classifier's own)
+    concept_temperature: float = 1.0
     prompts: tuple[str, ...] = ("a photo of a {name}.", "{definition}", "{names}: {definition}")
     kinds: int = 0
     kind_min_freq: int = 1
@@ -86,7 +88,7 @@ class LiteConfig:
         return hashlib.sha256(f"LiteConfig({', '.join(parts)})".encode()).hexdigest()[:10]
 
 
-LATE_FIELDS = frozenset({"views"})
+LATE_FIELDS = frozenset({"views", "concept_temperature"})
 VIEWS = ("whole", "start", "middle", "end", "tl", "tr", "bl", "br")
 # named settings selectable as ``lite:NAME``; "" is plain ``lite``
 PRESETS = {
@@ -387,6 +389,27 @@ def bytes_input(net):
     return BytesInput(net).eval()
 
 
+# top classes and temperature of new indexes' concept profiles (benchmarks/results/kg_tuning.json: 50 and
+# 100 classes scored the same, 30 lower; temperature 2 beat 3)
+PROFILE = (50, 2.0)
+
+
+def concept_profiles(logits: np.ndarray, top: int, temperature: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image: (class indexes uint16, probabilities float16) of its ``top`` classes at ``temperature``.
+
+    The grounding signal for category queries: at temperature 2 the top 50 classes hold about a quarter
+    of the probability (flickr8k-1k), and a class 40 places down still says "something of this kind may
+    be here", which a drawing or an out-of-ImageNet photo needs (benchmarks/results/kg_tuning.json: emoji
+    category mAP +23% with these against +11% with the top 5 at temperature 1).
+    """
+    z = (logits - logits.max(axis=1, keepdims=True)) / float(temperature)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    top = min(int(top), p.shape[1])
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :top]
+    return [(irow.astype(np.uint16), prow[irow].astype(np.float16)) for prow, irow in zip(p, idx)]
+
+
 class LiteEncoder(Encoder):
     family = "lite"
 
@@ -399,6 +422,10 @@ class LiteEncoder(Encoder):
                 raise ModelError(f"unknown lite setting {rest!r} in {spec!r}: use lite or one of {names}")
             config = PRESETS[rest]
         self.config = config
+        # the soft concept profile stored per image for KG grounding (indexes built since format 2):
+        # (top classes, softmax temperature); None = only the top ``config.concepts`` classes.
+        # The indexer sets it from the index's record, so one index never mixes two kinds.
+        self.profile: tuple[int, float] | None = None
 
     def _load(self) -> None:
         from .sbert import SbertEncoder
@@ -537,8 +564,8 @@ class LiteEncoder(Encoder):
         logits = logits[:: v]  # concepts come from the first view (the whole frame in the presets)
         concepts = None
         if with_concepts:
-            # reported as the classifier's own probabilities (temperature 1), whatever the mixing temperature
-            z = logits - logits.max(axis=1, keepdims=True)
+            # the classifier's own probabilities (concept_temperature 1), whatever the mixing temperature
+            z = (logits - logits.max(axis=1, keepdims=True)) / float(self.config.concept_temperature)
             p = np.exp(z)
             p /= p.sum(axis=1, keepdims=True)
             c = min(self.config.concepts, p.shape[1])
@@ -546,7 +573,8 @@ class LiteEncoder(Encoder):
             concepts = [
                 [(self.class_ids[j], round(float(prow[j]), 4)) for j in irow] for prow, irow in zip(p, idx)
             ]
-        return ImageBatch(vectors, concepts)
+        profiles = concept_profiles(logits, *self.profile) if with_concepts and self.profile else None
+        return ImageBatch(vectors, concepts, profiles)
 
     # -- texts -----------------------------------------------------------------
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:

@@ -69,7 +69,10 @@ def summary(xs):
 def synthetic_index(index_dir: str, n: int, spec: str, seed: int = 0, concepts: bool = False,
                     batch: int = 5000) -> str:
     """Write an ``n``-item kgclip index whose image vectors are seeded clustered unit vectors
-    (:func:`indexer.synthetic.clustered`) of ``spec``'s dimension."""
+    (:func:`indexer.synthetic.clustered`) of ``spec``'s dimension. With ``concepts`` (lite), each item
+    also gets 5 random ImageNet concepts and a concept profile of the size a lite build stores
+    (its classes random, their probabilities decaying as at temperature 2): search reads what it
+    would read on a real index of that size."""
     from indexer.manifest import new_manifest, write_manifest
     from indexer.store import Store
     from retrieval.encoders import get_encoder
@@ -84,9 +87,12 @@ def synthetic_index(index_dir: str, n: int, spec: str, seed: int = 0, concepts: 
     allvecs = clustered(n, dim, seed=seed)
     wnids = None
     if concepts:
-        from retrieval.encoders.lite import imagenet_classes
+        from retrieval.encoders.lite import PROFILE, imagenet_classes
 
         wnids = [c[0] for c in imagenet_classes()]
+        top = PROFILE[0]
+        decay = np.arange(1, top + 1, dtype=np.float64) ** -0.8
+        decay *= 0.33 / decay.sum()  # the top 100 hold about a third at temperature 2 (flickr8k-1k)
     os.makedirs(index_dir, exist_ok=True)
     store = Store(index_dir, create=True)
     done = 0
@@ -97,19 +103,24 @@ def synthetic_index(index_dir: str, n: int, spec: str, seed: int = 0, concepts: 
         def fn(txn, vecs=vecs, start=done):
             for j in range(len(vecs)):
                 i = start + j
-                cs = None
+                cs = prof = None
                 if wnids is not None:
-                    pick = rng.choice(len(wnids), 5, replace=False)
+                    pick = rng.choice(len(wnids), top, replace=False)
                     p = np.sort(rng.dirichlet(np.ones(5)))[::-1]
-                    cs = [(wnids[c], float(round(q, 4))) for c, q in zip(pick, p)]
+                    cs = [(wnids[c], float(round(q, 4))) for c, q in zip(pick[:5], p)]
+                    prof = (pick.astype(np.uint16), decay.astype(np.float16))
                 txn.add_path(f"/synthetic/{i // 1000:03d}/{i:07d}.jpg", sha256=f"{i:064x}", size=100_000 + i,
                              mtime_ns=1_700_000_000_000_000_000 + i, width=640, height=480, vector=vecs[j],
-                             concepts=cs, meta={"shard": i % 10})
+                             concepts=cs, meta={"shard": i % 10}, profile=prof)
 
         store.write(fn)
         done += m
     store.close()
     model = {"spec": enc.spec, "fingerprint": enc.fingerprint, "dim": dim}
+    if wnids is not None:
+        from retrieval.encoders.lite import profile_record
+
+        model["profile"] = profile_record()
     man = new_manifest(model, None, ["/synthetic"], {"synthetic": True})
     man["state"] = "complete"
     man["counts"] = {"items": n, "paths": n, "captions": 0}

@@ -128,15 +128,16 @@ def _built_fingerprint(index_dir) -> str | None:
 
 
 def _lacks_profile(index_dir, model: str, device: str) -> bool:
-    """Whether a fresh build would store concept profiles (lite) that this index has not."""
+    """Whether a fresh build would store other concept profiles (lite) than this index has."""
     from indexer import open_index
     from retrieval.encoders import get_encoder
+    from retrieval.encoders.lite import profile_record
 
     if not hasattr(get_encoder(model, device=device), "profile"):
         return False
     idx = open_index(str(index_dir))
     try:
-        return not idx.concept_profile
+        return idx.concept_profile != profile_record()
     finally:
         idx.close()
 

@@ -289,9 +289,9 @@ def build_index(
             )
         if hasattr(encoder, "profile"):  # lite: the soft concept profiles grounding reads (see PROFILE)
             if old_m is None:
-                from retrieval.encoders.lite import PROFILE
+                from retrieval.encoders.lite import profile_record
 
-                minfo["profile"] = {"top": PROFILE[0], "temperature": PROFILE[1], "classes": "imagenet-1k"}
+                minfo["profile"] = profile_record()
             # an index keeps the kind it was made with: one built before profiles stays without them
             prof = minfo.get("profile")
             encoder.profile = (int(prof["top"]), float(prof["temperature"])) if prof else None

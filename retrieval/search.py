@@ -12,8 +12,8 @@ item's best weighted cosine over the query vectors; concept grounding (lite
 indexes) adds ``concept_weight * shape(min(1, sum of weight * p))`` over an image's
 stored WordNet concepts (probability ``p``) that are KG targets (the query's
 linked entities and their hyponyms, ``weight`` decaying with depth). An index with concept
-profiles (50 classes per image at temperature 2) uses ``shape = log1p(100 m) / log1p(100)`` and
-weight 2; one from before them (its top 5 classes) the square root and weight 0.5, plus
+profiles (100 classes per image at temperature 2) uses ``shape = log1p(100 m) / log1p(100)`` and
+weight 2.5; one from before them (its top 5 classes) the square root and weight 0.5, plus
 ``concept_mix`` times that weight x the square root of the targets' share in the image's whole
 class mix, read off its stored vector (:class:`_ConceptMix`); see GROUNDING.
 Hybrid caption fusion
@@ -74,7 +74,7 @@ class SearchOptions:
     image_weight: float = 0.5  # text+image queries: share of the image vector in the mixed query
     caption_weight: float = 0.7  # hybrid: share of the caption list (0.7 measured best of 0.3/0.5/0.7)
     # lite grounding. None = the index's kind decides (GROUNDING): a lite index with concept profiles
-    # (50 classes at temperature 2 per image) or one from before them (the top 5 classes at temperature 1).
+    # (100 classes at temperature 2 per image) or one from before them (the top 5 classes at temperature 1).
     concept_weight: float | None = None  # weight of the concept bonus
     # bonus = sqrt(mass) ("sqrt": a small mass counts more), the mass ("sum"), or
     # log1p(concept_log_scale x mass) / log1p(concept_log_scale) ("log": smaller masses count even more)
@@ -96,9 +96,9 @@ class SearchOptions:
 
 # (concept_agg, concept_weight, concept_mix) where SearchOptions leaves them None, by the index's kind;
 # from benchmarks/results/kg_tuning.json (fashion-mnist, flickr-nouns, emoji category mAP vs no expansion):
-# profiles: log (scale 100), 2.0, no mix term: +23.5 / +6.7 / +23.3%; the top 5 only: sqrt, 0.5, mix 2:
+# profiles: log (scale 100), 2.5, no mix term: +25.1 / +6.7 / +24.2%; the top 5 only: sqrt, 0.5, mix 2:
 # +20.1 / +6.9 / +11.3% (the class-mix term was the way to see past the 5 stored classes)
-GROUNDING = {"profile": ("log", 2.0, 0.0), "top5": ("sqrt", 0.5, 2.0)}
+GROUNDING = {"profile": ("log", 2.5, 0.0), "top5": ("sqrt", 0.5, 2.0)}
 
 
 def _validate_k(k: Any) -> int:
@@ -716,7 +716,8 @@ class Searcher:
                     lines.append(f"nearest expansion: {_exp_label(exps[j - 1])} (cos {per_exp[n, j]:.3f})")
             if "concept" in info:
                 wnid, p, b, path = info["concept"]
-                lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={p:.2f}, +{b:.3f})")
+                ptxt = f"{p:.2f}" if p >= 0.01 else f"{p:.1g}"  # a profile's far classes: 0.003, not 0.00
+                lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={ptxt}, +{b:.3f})")
             if "concept_mix" in info:
                 sh, b = info["concept_mix"]
                 lines.append(f"concept mix: ~{sh:.2f} of its class mix under the query's concepts (+{b:.3f})")
@@ -861,7 +862,7 @@ class _ConceptArrays:
     @classmethod
     def from_profiles(cls, chunks, class_ids: Sequence[str]) -> "_ConceptArrays | None":
         """From ``(item ids, [(class indexes, probabilities)])`` chunks (Index.iter_profiles); the
-        vocabulary is the classes some profile holds. Compact dtypes: about 1 KB an item at 100 classes."""
+        vocabulary is the classes some profile holds. Compact dtypes: about 1.4 KB an item at 100 classes."""
         ids, cls_parts, prob_parts = [], [], []
         for chunk_ids, profs in chunks:
             if not len(chunk_ids):

@@ -202,9 +202,8 @@ class Searcher:
         self._text_encoder = None
         self._expander: Any = expander  # an Expander to use instead of loading the KG (tests, reuse)
         self._expander_error: str | None = None
-        self._concepts_read = False  # the store's concepts were scanned into _concept_arrays
-        self._concepts_source = False  # ... from the profiles (True) or the top 5 (False)
-        self._concept_arrays: _ConceptArrays | None = None
+        # the store's concepts as arrays, read once per source: profiles (True) or the top 5 (False)
+        self._concept_arrays: dict[bool, _ConceptArrays | None] = {}
         self._concept_mix: tuple[float, Any] | None = None  # (ridge, _ConceptMix or None)
         self._vocab_size = -1  # size of the concept table last handed to the expander
         self._caption_table: tuple[np.ndarray, list[tuple[int, str]]] | None = None
@@ -279,17 +278,14 @@ class Searcher:
     def concept_arrays(self) -> "_ConceptArrays | None":
         """The items' stored WordNet concepts (lite) as arrays, read once from the store; None when
         the index stores none."""
-        if self._concepts_read and self._concepts_source != self._profiled():
-            self._concepts_read, self._concept_arrays = False, None  # SearchOptions.concept_source changed
-        self._concepts_source = self._profiled()
-        if not self._concepts_read and self._profiled():
+        profiled = self._profiled()
+        if profiled not in self._concept_arrays and profiled:
             from .encoders.lite import imagenet_ancestors
 
             # the lite classes in class-table order (sorted ImageNet ids; no timm import on a query)
-            self._concept_arrays = _ConceptArrays.from_profiles(self.index.iter_profiles(),
-                                                                sorted(imagenet_ancestors()))
-            self._concepts_read = True
-        if not self._concepts_read:
+            self._concept_arrays[True] = _ConceptArrays.from_profiles(self.index.iter_profiles(),
+                                                                      sorted(imagenet_ancestors()))
+        if profiled not in self._concept_arrays:
             ids: list[int] = []
             rows: list[list[tuple[str, float]]] = []
             for n, (item_id, item) in enumerate(self.index.iter_items()):
@@ -299,9 +295,8 @@ class Searcher:
                 ids.append(int(item_id))
                 rows.append(concepts)
             vocab = list(dict.fromkeys(wnid for concepts in rows for wnid, _ in concepts))
-            self._concept_arrays = _ConceptArrays(ids, rows, vocab) if vocab else None
-            self._concepts_read = True
-        return self._concept_arrays
+            self._concept_arrays[False] = _ConceptArrays(ids, rows, vocab) if vocab else None
+        return self._concept_arrays[profiled]
 
     def concept_mix(self) -> "_ConceptMix | None":
         """The class-mix estimator of a lite encoder (None for other models), made once per ridge."""
@@ -438,7 +433,7 @@ class Searcher:
         text = _clean_text(text)
         refresh = getattr(self.index, "refresh_if_updated", None)
         if refresh is not None and refresh():  # an update finished since: serve its generation
-            self._concepts_read, self._concept_arrays = False, None
+            self._concept_arrays = {}
             self._caption_table, self._n = None, len(self.index)
             self._vocab_size = -1
         if text is None and image is None:

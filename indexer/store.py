@@ -3,14 +3,15 @@
 Databases (all in ``INDEX/store.lmdb``):
 
 ``meta``     settings and counters (JSON): model, dims, next ids, generation, sources, state
-``items``    item id (8-byte big-endian) -> {id, path, sha256, width, height, aliases, concepts[, profile]}
-             (``profile``: lite's soft concept profile, base64 of uint16 class indexes + float16
-             probabilities; see :func:`pack_profile`)
+``items``    item id (8-byte big-endian) -> {id, path, sha256, width, height, aliases, concepts}
 ``paths``    path key -> {id, size, mtime_ns, sha256, captions, cap_ids, meta}
 ``hashes``   sha256 hex -> item id (identical content is one item; its other paths are aliases)
 ``vecs``     item id -> float32 image vector
 ``capvecs``  caption id -> item id (8 bytes) + float32 caption vector
 ``fails``    path key -> {reason, size, mtime_ns}
+``profiles`` item id -> lite's soft concept profile: uint16 class indexes then float16 probabilities
+             (raw bytes, so a searcher reads 100k of them in a fraction of a second; stores from
+             before profiles have no such database until a writer opens them)
 
 Every change goes through :meth:`Store.write`, one LMDB transaction that bumps
 the ``generation`` counter; a batch of the build is one such transaction, so a
@@ -19,7 +20,6 @@ crash leaves the store at the last committed batch. The map grows when full.
 
 from __future__ import annotations
 
-import base64
 import errno
 import fcntl
 import json
@@ -33,6 +33,7 @@ import numpy as np
 from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
 
 DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
+OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
 STORE_DIR = "store.lmdb"
 LOCK_FILE = "write.lock"
@@ -46,16 +47,10 @@ def unikey(b: bytes) -> int:
     return struct.unpack(">Q", bytes(b))[0]
 
 
-def pack_profile(profile) -> str:
-    """(class indexes, probabilities) -> the compact text kept in an item record (4 bytes a class)."""
+def pack_profile(profile) -> bytes:
+    """(class indexes, probabilities) -> the raw value kept in ``profiles`` (4 bytes a class)."""
     idx, p = profile
-    return base64.b64encode(np.asarray(idx, "<u2").tobytes() + np.asarray(p, "<f2").tobytes()).decode("ascii")
-
-
-def unpack_profile(text: str) -> tuple[np.ndarray, np.ndarray]:
-    b = base64.b64decode(text)
-    n = len(b) // 4
-    return np.frombuffer(b, "<u2", n), np.frombuffer(b, "<f2", n, offset=2 * n)
+    return np.asarray(idx, "<u2").tobytes() + np.asarray(p, "<f2").tobytes()
 
 
 def dumps(obj: Any) -> bytes:
@@ -150,15 +145,18 @@ class Store:
                     raise IndexLocked(f"{self.path} is open read-only in this process; close its readers first")
                 shared["refs"] += 1
                 self.env, self.db = shared["env"], shared["db"]
+                if not readonly:
+                    self._open_optional(create=True)  # a reader of an older store opened it without them
                 return
             writable = not readonly or os.access(self.path, os.W_OK)
             try:
                 self.env = lmdb.open(
-                    self.path, max_dbs=len(DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
+                    self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
                     readonly=not writable, subdir=True, max_readers=256, metasync=True, sync=True,
                     create=not readonly,
                 )
                 self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
+                self._open_optional(create=not readonly)
             except lmdb.Error as e:
                 if getattr(self, "env", None) is not None:
                     self.env.close()
@@ -174,6 +172,14 @@ class Store:
                 raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
                                    "or rebuild the index with `kgclip build --restart`")
             _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": writable}
+
+    def _open_optional(self, create: bool) -> None:
+        for n in OPTIONAL_DBS:
+            if self.db.get(n) is None:
+                try:
+                    self.db[n] = self.env.open_db(n.encode(), create=create)
+                except self.lmdb.NotFoundError:
+                    self.db[n] = None
 
     def close(self) -> None:
         if getattr(self, "env", None) is not None:
@@ -307,27 +313,34 @@ class Store:
             yield from chunk
             last = chunk[-1][0]
 
-    def iter_profiles(self) -> Iterator[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]:
-        """(item ids, their concept profiles) in id order, in chunks, reading only the items database
-        (items without a profile are left out)."""
+    def iter_profiles(self, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(item ids [k], class indexes [k, top] uint16, probabilities [k, top] float16) chunks in id
+        order; nothing where the store keeps no profiles."""
+        db = self.db.get("profiles")
+        if db is None:
+            return
         last = None
         while True:
-            ids, profs, seen = [], [], 0
+            ids, raw = [], []
             with self.read() as t:
-                cur = t.cursor(db=self.db["items"])
+                cur = t.cursor(db=db)
                 ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
-                while ok and seen < 8192:
-                    last, seen = unikey(cur.key()), seen + 1
-                    prof = loads(cur.value()).get("profile")
-                    if prof:
-                        ids.append(last)
-                        profs.append(unpack_profile(prof))
+                while ok and len(ids) < chunk:
+                    ids.append(unikey(cur.key()))
+                    raw.append(bytes(cur.value()))
                     ok = cur.next()
-            if seen == 0:
+            if not ids:
                 return
-            yield np.asarray(ids, np.int64), profs
+            width = len(raw[0])
+            if width % 4 or any(len(r) != width for r in raw):
+                raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}")
+            m = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), width)
+            top = width // 4
+            yield (np.asarray(ids, np.int64), m[:, : 2 * top].copy().view("<u2"),
+                   m[:, 2 * top :].copy().view("<f2"))
             if not ok:
                 return
+            last = ids[-1]
 
     def iter_vectors(self, kind: str = "image", batch: int = 8192, txn=None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -475,9 +488,9 @@ class Txn:
             i = self._next("next_id")
             rec = {"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
                    "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]}
-            if profile is not None:
-                rec["profile"] = pack_profile(profile)
             self._put_item(rec)
+            if profile is not None:
+                self.t.put(ikey(i), pack_profile(profile), db=self.db["profiles"])
             self.t.put(ikey(i), np.asarray(vector, np.float32).tobytes(), db=self.db["vecs"])
             self.t.put(sha256.encode(), ikey(i), db=self.db["hashes"])
         else:
@@ -522,6 +535,8 @@ class Txn:
             else:
                 self.t.delete(ikey(i), db=self.db["items"])
                 self.t.delete(ikey(i), db=self.db["vecs"])
+                if self.db.get("profiles") is not None:
+                    self.t.delete(ikey(i), db=self.db["profiles"])
                 self.t.delete(rec["sha256"].encode(), db=self.db["hashes"])
         elif key in rec["aliases"]:
             rec["aliases"].remove(key)

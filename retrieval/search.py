@@ -856,33 +856,23 @@ class _ConceptArrays:
 
     @classmethod
     def from_profiles(cls, chunks, class_ids: Sequence[str]) -> "_ConceptArrays | None":
-        """From ``(item ids, [(class indexes, probabilities)])`` chunks (Index.iter_profiles); the
-        vocabulary is the classes some profile holds. Compact dtypes: about 1.4 KB an item at 100 classes."""
-        ids, cls_parts, prob_parts = [], [], []
-        for chunk_ids, profs in chunks:
-            if not len(chunk_ids):
-                continue
-            m = max(len(c) for c, _ in profs)
-            c = np.full((len(profs), m), -1, np.int32)
-            q = np.zeros((len(profs), m), np.float32)
-            for r, (ci, pi) in enumerate(profs):
-                c[r, : len(ci)], q[r, : len(pi)] = ci, pi
-            ids.append(chunk_ids)
-            cls_parts.append(c)
-            prob_parts.append(q)
-        if not ids:
+        """From ``(item ids [k], class indexes [k, top], probabilities [k, top])`` chunks
+        (Index.iter_profiles); the vocabulary is the classes some profile holds. About 1.4 KB an
+        item at 100 classes (slots int16, probabilities float32, postings)."""
+        parts = [c for c in chunks if len(c[0])]
+        if not parts:
             return None
-        m = max(c.shape[1] for c in cls_parts)
-        cls_all = np.concatenate([np.pad(c, ((0, 0), (0, m - c.shape[1])), constant_values=-1) for c in cls_parts])
-        prob = np.concatenate([np.pad(q, ((0, 0), (0, m - q.shape[1]))) for q in prob_parts])
+        ids = np.concatenate([p[0] for p in parts])
+        cls_all = np.concatenate([p[1] for p in parts]).astype(np.int32)
+        prob = np.concatenate([p[2] for p in parts]).astype(np.float32)
         if cls_all.max() >= len(class_ids):
             raise IndexCorrupt(f"a stored concept profile names class {int(cls_all.max())} of {len(class_ids)}")
-        used = np.flatnonzero(np.bincount(cls_all[cls_all >= 0], minlength=len(class_ids)))
-        remap = np.full(len(class_ids) + 1, -1, np.int32)  # class index -> vocabulary slot (-1 stays -1)
+        used = np.flatnonzero(np.bincount(cls_all.ravel(), minlength=len(class_ids)))
+        remap = np.full(len(class_ids), -1, np.int32)  # class index -> vocabulary slot
         remap[used] = np.arange(len(used), dtype=np.int32)
         self = cls.__new__(cls)
-        self._init_arrays(np.concatenate(ids), remap[cls_all].astype(np.int16 if len(used) < 2**15 else np.int32),
-                          prob, [class_ids[j] for j in used.tolist()])
+        self._init_arrays(ids, remap[cls_all].astype(np.int16 if len(used) < 2**15 else np.int32), prob,
+                          [class_ids[j] for j in used.tolist()])
         return self
 
     def _init_arrays(self, ids: np.ndarray, cls_slots: np.ndarray, prob: np.ndarray, vocab: list[str]) -> None:
@@ -890,14 +880,21 @@ class _ConceptArrays:
         self.slot = {w: j for j, w in enumerate(vocab)}
         self.ids = np.asarray(ids, np.int64)
         self.cls, self.prob = cls_slots, prob
-        m = cls_slots.shape[1] if cls_slots.ndim == 2 else 0
-        # postings by class slot (rows in order within a slot): a query reads only its targets' items
-        flat = self.cls.ravel()
-        entries = np.flatnonzero(flat >= 0)
-        by_slot = entries[np.argsort(flat[entries], kind="stable")]
-        self.post_row = (by_slot // max(m, 1)).astype(np.int32 if len(self.ids) < 2**31 else np.int64)
-        self.post_prob = self.prob.ravel()[by_slot]
-        self.post_start = np.concatenate([[0], np.cumsum(np.bincount(flat[entries], minlength=len(vocab)))])
+        # postings by class slot (rows in order within a slot): a query reads only its targets' items.
+        # The transpose of the (rows x slots) sparse matrix, by scipy's counting sort: 0.25 s for 100k
+        # profiles of 100 classes, where a stable argsort took 0.7-1.0 s.
+        import scipy.sparse as sparse
+
+        valid = self.cls >= 0
+        if valid.all():
+            indices, data = self.cls.ravel(), self.prob.ravel()
+        else:
+            indices, data = self.cls[valid], self.prob[valid]
+        indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]) if valid.ndim == 2 else np.zeros(1, np.int64)
+        csc = sparse.csr_matrix((data, indices.astype(np.int32), indptr),
+                                shape=(len(self.ids), max(len(vocab), 1))).tocsc()
+        self.post_row, self.post_prob = csc.indices, csc.data
+        self.post_start = csc.indptr[: len(vocab) + 1].astype(np.int64)
 
     def ground(self, targets: dict[str, tuple[float, Any]]):
         """(rows with mass > 0, min(mass, 1) per row, each class slot's position in ``targets``) or None."""

@@ -105,6 +105,10 @@ def verify_index(index_dir: str, repair: bool = False) -> dict:
             for k in t.cursor(db=db["vecs"]).iternext(values=False):
                 if unikey(k) not in items:
                     bad(f"vector {unikey(k)} has no item", ("vecs", "delete", bytes(k)))
+            if db.get("profiles") is not None:
+                for k in t.cursor(db=db["profiles"]).iternext(values=False):
+                    if unikey(k) not in items:
+                        bad(f"concept profile {unikey(k)} has no item", ("profiles", "delete", bytes(k)))
             for k, v in t.cursor(db=db["hashes"]):
                 if unikey(v) not in items:
                     bad(f"hash {bytes(k).decode()[:12]}.. points to missing item {unikey(v)}",

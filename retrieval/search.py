@@ -625,9 +625,9 @@ class Searcher:
                 why.setdefault(i, {})["vector"] = (0, float(sc))
         for pos in np.concatenate([np.flatnonzero(in_vec), extra_pos]).tolist():
             i, b = int(row_ids[pos]), float(bonus[pos])
-            wnid, p = arr.best(int(rows[pos]), targets, order)
             scores[i] += cw * b
-            why.setdefault(i, {})["concept"] = (wnid, p, cw * b, targets[wnid][1])
+            # which concept explains it is looked up for the hits only (_explain): (row, bonus, targets, order)
+            why.setdefault(i, {})["concept"] = (int(rows[pos]), cw * b, targets, order)
         if mix_g is not None:
             self._ground_mix(scores, cw, why, mix_g, mix_ids, mix_vecs)
         return _best_first(scores, fetch)
@@ -710,7 +710,9 @@ class Searcher:
                 if j > 0 and j - 1 < len(exps):
                     lines.append(f"nearest expansion: {_exp_label(exps[j - 1])} (cos {per_exp[n, j]:.3f})")
             if "concept" in info:
-                wnid, p, b, path = info["concept"]
+                row, b, tg, order = info["concept"]
+                wnid, p = self.concept_arrays().best(row, tg, order)
+                path = tg[wnid][1]
                 ptxt = f"{p:.2f}" if p >= 0.01 else f"{p:.1g}"  # a profile's far classes: 0.003, not 0.00
                 lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={ptxt}, +{b:.3f})")
             if "concept_mix" in info:
@@ -891,10 +893,10 @@ class _ConceptArrays:
         else:
             indices, data = self.cls[valid], self.prob[valid]
         indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]) if valid.ndim == 2 else np.zeros(1, np.int64)
-        csc = sparse.csr_matrix((data, indices.astype(np.int32), indptr),
-                                shape=(len(self.ids), max(len(vocab), 1))).tocsc()
-        self.post_row, self.post_prob = csc.indices, csc.data
-        self.post_start = csc.indptr[: len(vocab) + 1].astype(np.int64)
+        self._csc = sparse.csr_matrix((data, indices.astype(np.int32), indptr),
+                                      shape=(len(self.ids), max(len(vocab), 1))).tocsc()
+        self.post_row, self.post_prob = self._csc.indices, self._csc.data
+        self.post_start = self._csc.indptr[: len(vocab) + 1]
 
     def ground(self, targets: dict[str, tuple[float, Any]]):
         """(rows with mass > 0, min(mass, 1) per row, each class slot's position in ``targets``) or None."""
@@ -906,15 +908,11 @@ class _ConceptArrays:
                 weight[j], order[j] = float(w), t
         if not weight.any():
             return None
-        # only the target classes' postings are read (a few thousand entries for most queries, not
-        # every item's concepts): 0.1 ms instead of 2.7 ms at 100k items
+        # only the target classes' postings are read: their columns of the (items x classes) sparse
+        # matrix times the target weights. A category word over 100-class profiles at 100k items
+        # (400 target classes, about 4M postings): 18 ms, where gathering them by index took 75 ms.
         slots = np.flatnonzero(weight[:-1] != 0)
-        start = self.post_start[slots]
-        count = self.post_start[slots + 1] - start
-        offset = np.cumsum(count) - count
-        take = np.arange(int(count.sum())) + np.repeat(start - offset, count)
-        mass = np.bincount(self.post_row[take], weights=np.repeat(weight[slots], count) * self.post_prob[take],
-                           minlength=len(self.ids))
+        mass = self._csc[:, slots] @ weight[slots]
         rows = np.flatnonzero(mass > 0)
         if not len(rows):
             return None

@@ -153,6 +153,20 @@ def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_di
         assert cls.tolist() == np.argsort(-p[r], kind="stable")[: PROFILE[0]].tolist()
         assert np.allclose(prob, p[r, cls], rtol=2e-3, atol=1e-6)
     assert GROUNDING["profile"][2] == 0.0
+    # verify: a profile whose item is gone is reported and removed by --repair
+    from indexer import verify_index
+    from indexer.store import Store, ikey
+
+    assert verify_index(str(tmp_path / "idx"))["ok"]
+    st = Store(str(tmp_path / "idx"))
+    try:
+        st.write(lambda txn: txn.t.put(ikey(999), bytes(400), db=txn.db["profiles"]))
+    finally:
+        st.close()
+    bad = verify_index(str(tmp_path / "idx"))
+    assert not bad["ok"] and any("concept profile 999 has no item" in p for p in bad["problems"]), bad
+    verify_index(str(tmp_path / "idx"), repair=True)
+    assert verify_index(str(tmp_path / "idx"))["ok"]
     with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu") as s:
         assert s.grounding() == GROUNDING["profile"]
         res = s.search("an animal", k=3, explain=True)

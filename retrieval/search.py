@@ -910,9 +910,11 @@ class _ConceptArrays:
             return None
         # only the target classes' postings are read: their columns of the (items x classes) sparse
         # matrix times the target weights. A category word over 100-class profiles at 100k items
-        # (400 target classes, about 4M postings): 18 ms, where gathering them by index took 75 ms.
+        # (400 target classes, about 4M postings): about 13 ms, where gathering them by index took 75.
         slots = np.flatnonzero(weight[:-1] != 0)
-        mass = self._csc[:, slots] @ weight[slots]
+        # weights in the matrix's own dtype: a float64 vector against float32 profiles made scipy
+        # upcast the whole slice on every query (17.6 vs 6.8 ms for 400 classes)
+        mass = self._csc[:, slots] @ weight[slots].astype(self._csc.dtype)
         rows = np.flatnonzero(mass > 0)
         if not len(rows):
             return None

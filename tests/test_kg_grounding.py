@@ -233,3 +233,31 @@ def test_an_index_from_before_profiles_keeps_its_kind_on_update(tmp_path, photos
         assert s.grounding() == GROUNDING["top5"]
         res = s.search("an animal", k=3, explain=True)
     assert any(e.startswith("concept mix: ~") for h in res.hits for e in h.explanation)
+
+
+def test_update_keeps_one_profile_per_item(tmp_path, photos_dir, lite_encoder):
+    """Removing a file removes its item's profile, a changed file gets a new one, a duplicate none."""
+    import shutil
+
+    from PIL import Image
+
+    from indexer import build_index, open_index, verify_index
+
+    src = tmp_path / "photos"
+    shutil.copytree(photos_dir, src)
+    d = tmp_path / "idx"
+    build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu")
+    names = sorted(p.name for p in src.iterdir())
+    (src / names[0]).unlink()  # removed
+    shutil.copy(src / names[1], src / "copy.jpg")  # a duplicate: an alias, no new item
+    Image.open(src / names[2]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(src / names[2])  # changed
+    rep = build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu")
+    assert (rep.removed, rep.duplicates, rep.added) == (1, 1, 1), rep  # changed content is a new item
+    idx = open_index(str(d))
+    try:
+        items = {i for i, _ in idx.iter_items()}
+        profiled = [int(i) for chunk, _, _ in idx.iter_profiles() for i in chunk]
+    finally:
+        idx.close()
+    assert sorted(profiled) == sorted(items) and len(items) == len(names) - 1
+    assert verify_index(str(d))["ok"]

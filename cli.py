@@ -339,6 +339,16 @@ def kg_embed(model, kg_path, device):
 
 
 # -- build side (indexer) -------------------------------------------------------------------
+def _concepts_row(model: dict) -> list[tuple[str, str]]:
+    """`kgclip info`'s line on what lite grounding reads: concept profiles, or the top 5 of an older index."""
+    prof = model.get("profile")
+    if prof:
+        return [("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
+    if str(model.get("spec", "")).startswith("lite"):
+        return [("concepts", "top 5 classes per image (built before profiles; `kgclip build --restart` adds them)")]
+    return []
+
+
 def _index_arg(index):
     from retrieval.errors import UsageError
 
@@ -447,6 +457,7 @@ def info(index, fmt):
                                                                                  if d["locked"] else "")),
         ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
         ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
+        *_concepts_row(d["model"]),
         ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
         ("skipped files", str(live["failures"])),
     ]

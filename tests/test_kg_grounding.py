@@ -153,6 +153,12 @@ def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_di
         assert cls.tolist() == np.argsort(-p[r], kind="stable")[: PROFILE[0]].tolist()
         assert np.allclose(prob, p[r, cls], rtol=2e-3, atol=1e-6)
     assert GROUNDING["profile"][2] == 0.0
+    from click.testing import CliRunner
+
+    from cli import main
+
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "idx")])
+    assert info.exit_code == 0 and "concepts       profiles: 100 classes per image at temperature 2" in info.output
     # verify: a profile whose item is gone is reported and removed by --repair
     from indexer import verify_index
     from indexer.store import Store, ikey
@@ -229,6 +235,12 @@ def test_an_index_from_before_profiles_keeps_its_kind_on_update(tmp_path, photos
         assert all(it["concepts"] for _, it in idx.iter_items())  # the top 5 are still stored
     finally:
         idx.close()
+    from click.testing import CliRunner
+
+    from cli import main
+
+    info = CliRunner().invoke(main, ["info", str(d)])
+    assert info.exit_code == 0 and "top 5 classes per image (built before profiles" in info.output
     with Searcher(str(d), expand="multi", device="cpu") as s:
         assert s.grounding() == GROUNDING["top5"]
         res = s.search("an animal", k=3, explain=True)

@@ -1,10 +1,14 @@
 """Regenerate benchmarks/results/*.json and BENCHMARKS.md (``make bench``).
 
-    python -m benchmarks.run_all                      # recall + category + report (speed results kept)
+    python -m benchmarks.run_all                      # recall + category (+ full sets) + report (speed results kept)
     python -m benchmarks.run_all --speed              # also the speed sweep (long; wants a quiet machine)
     python -m benchmarks.run_all --report-only        # BENCHMARKS.md from the JSON already there
-    python -m benchmarks.run_all --kg-queries 1000    # more caption queries for the expansion comparison
+    python -m benchmarks.run_all --kg-queries 250     # fewer caption queries for the expansion comparison
     python -m benchmarks.run_all --flickr-index DIR   # reuse a lite index of flickr8k-1k
+
+KG tuning (``python -m benchmarks.kg_tuning``), grounding latency (``benchmarks.concept_mix_latency``),
+query, build and encoder speed have their own commands (benchmarks/README.md): they want a quiet
+machine or take long.
 
 The flickr8k-1k and Fashion-MNIST indexes are built once into the bench cache
 (``$KGCLIP_BENCH_CACHE``, default ~/.cache/kgclip-bench/indexes) and reused.
@@ -60,7 +64,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--speed", action="store_true", help="also run the speed sweep")
-    ap.add_argument("--kg-queries", type=int, default=250,
+    ap.add_argument("--kg-queries", type=int, default=1000,
                     help="caption queries (evenly sampled) for the expansion-mode comparison")
     ap.add_argument("--flickr-index", default=None, help="reuse a lite index of flickr8k-1k's 1000 images")
     ap.add_argument("--sets", default="fashion-mnist,flickr-nouns,emoji")
@@ -81,7 +85,7 @@ def main(argv=None):
         rec = run_recall("flickr8k-1k", ["lite"], ("none",), "all", index=a.flickr_index, progress=True)
         (RESULTS / "recall.json").write_text(json.dumps(rec, indent=2) + "\n")
         idx = a.flickr_index or rec["runs"][0]["index"]
-        rec = run_recall("flickr8k-1k", ["lite"], ("none", "mix", "multi"), "all", index=idx,
+        rec = run_recall("flickr8k-1k", ["lite"], ("none", "auto", "mix", "multi"), "all", index=idx,
                          max_queries=a.kg_queries, progress=True)
         (RESULTS / "recall_kg.json").write_text(json.dumps(rec, indent=2) + "\n")
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
@@ -94,6 +98,14 @@ def main(argv=None):
             except Exception as e:  # e.g. emoji without npm: keep the other sets
                 print(f"category set {s} skipped: {e}", file=sys.stderr)
         (RESULTS / "category.json").write_text(json.dumps(cat, indent=2) + "\n")
+        # the full sets, as a check on the tuning subsets above (the same queries, more images)
+        full = {"benchmark": "category", "model": "lite", "ties": "pessimistic", "sets": {}}
+        for s in [s for s in sets if s in ("fashion-mnist", "emoji")]:
+            try:
+                full["sets"].update(run_category([s], "lite", per_class=100, emoji_every=1, progress=True)["sets"])
+            except Exception as e:
+                print(f"full category set {s} skipped: {e}", file=sys.stderr)
+        (RESULTS / "category_full.json").write_text(json.dumps(full, indent=2) + "\n")
         if a.speed:
             run_speed("10k,100k,1M", "flat,hnsw,ivf,ivfpq", out=RESULTS / "speed.json",
                       log=lambda m: print(m[:200], file=sys.stderr))

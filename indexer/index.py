@@ -661,7 +661,8 @@ class Index:
         return self.store.iter_items()
 
     def iter_profiles(self):
-        """(item ids, concept profiles) chunks in id order (lite indexes with profiles)."""
+        """(item ids, class indexes, probabilities) chunks in id order (lite indexes with profiles;
+        :meth:`indexer.store.Store.iter_profiles`)."""
         return self.store.iter_profiles()
 
     def close(self) -> None:

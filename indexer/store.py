@@ -319,18 +319,7 @@ class Store:
         db = self.db.get("profiles")
         if db is None:
             return
-        last = None
-        while True:
-            ids, raw = [], []
-            with self.read() as t:
-                cur = t.cursor(db=db)
-                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
-                while ok and len(ids) < chunk:
-                    ids.append(unikey(cur.key()))
-                    raw.append(bytes(cur.value()))
-                    ok = cur.next()
-            if not ids:
-                return
+        for ids, raw in self._id_chunks(db, chunk):
             width = len(raw[0])
             if width % 4 or any(len(r) != width for r in raw):
                 raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}")
@@ -338,8 +327,27 @@ class Store:
             top = width // 4
             yield (np.asarray(ids, np.int64), m[:, : 2 * top].copy().view("<u2"),
                    m[:, 2 * top :].copy().view("<f2"))
-            if not ok:
+
+    def _id_chunks(self, db, chunk: int, txn=None) -> Iterator[tuple[list[int], list[bytes]]]:
+        """(item or caption ids, raw values) of an id-keyed database in id order, ``chunk`` at a time,
+        each chunk from one read transaction (or all from ``txn``)."""
+        last = None
+        while True:
+            ids, vals = [], []
+            t = txn if txn is not None else self.read()
+            try:
+                cur = t.cursor(db=db)
+                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
+                while ok and len(ids) < chunk:
+                    ids.append(unikey(cur.key()))
+                    vals.append(bytes(cur.value()))
+                    ok = cur.next()
+            finally:
+                if txn is None:
+                    t.abort()
+            if not ids:
                 return
+            yield ids, vals
             last = ids[-1]
 
     def iter_vectors(self, kind: str = "image", batch: int = 8192, txn=None
@@ -360,33 +368,14 @@ class Store:
     def _vector_rows(self, kind: str, batch: int, txn, with_vectors: bool):
         """Batches of (ids, list of vectors or None, item_ids or None) in id order, each from one read
         transaction (or all from ``txn``)."""
-        db = self.db["vecs" if kind == "image" else "capvecs"]
-        last = None
-        while True:
-            ids, vecs, owners = [], [], []
-            t = txn if txn is not None else self.read()
-            try:
-                cur = t.cursor(db=db)
-                ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
-                while ok and len(ids) < batch:
-                    ids.append(unikey(cur.key()))
-                    if kind == "image":
-                        if with_vectors:
-                            vecs.append(np.frombuffer(bytes(cur.value()), np.float32))
-                    else:
-                        b = bytes(cur.value()) if with_vectors else bytes(cur.value()[:8])
-                        owners.append(unikey(b[:8]))
-                        if with_vectors:
-                            vecs.append(np.frombuffer(b[8:], np.float32))
-                    ok = cur.next()
-            finally:
-                if txn is None:
-                    t.abort()
-            if not ids:
-                return
-            yield (np.asarray(ids, np.int64), vecs if with_vectors else None,
-                   None if kind == "image" else np.asarray(owners, np.int64))
-            last = ids[-1]
+        for ids, vals in self._id_chunks(self.db["vecs" if kind == "image" else "capvecs"], batch, txn):
+            if kind == "image":
+                owners = None
+                vecs = [np.frombuffer(b, np.float32) for b in vals] if with_vectors else None
+            else:
+                owners = np.asarray([unikey(b[:8]) for b in vals], np.int64)
+                vecs = [np.frombuffer(b[8:], np.float32) for b in vals] if with_vectors else None
+            yield np.asarray(ids, np.int64), vecs, owners
 
     def iter_key_chunks(self, db: str, chunk: int = 1000) -> Iterator[list[str]]:
         """The keys of ``db`` ("paths" or "fails") in key order, ``chunk`` at a time.
@@ -486,9 +475,8 @@ class Txn:
             if vector is None:
                 raise ValueError(f"{key}: new content needs a vector")
             i = self._next("next_id")
-            rec = {"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
-                   "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]}
-            self._put_item(rec)
+            self._put_item({"id": i, "path": key, "sha256": sha256, "width": width, "height": height,
+                            "aliases": [], "concepts": [[c, float(p)] for c, p in (concepts or [])]})
             if profile is not None:
                 self.t.put(ikey(i), pack_profile(profile), db=self.db["profiles"])
             self.t.put(ikey(i), np.asarray(vector, np.float32).tobytes(), db=self.db["vecs"])

@@ -892,7 +892,7 @@ class _ConceptArrays:
             indices, data = self.cls.ravel(), self.prob.ravel()
         else:
             indices, data = self.cls[valid], self.prob[valid]
-        indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]) if valid.ndim == 2 else np.zeros(1, np.int64)
+        indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
         self._csc = sparse.csr_matrix((data, indices.astype(np.int32), indptr),
                                       shape=(len(self.ids), max(len(vocab), 1))).tocsc()
         self.post_row, self.post_prob = self._csc.indices, self._csc.data

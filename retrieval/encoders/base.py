@@ -194,7 +194,10 @@ class Encoder(ABC):
             out_v.append(b.vectors)
             if with_concepts:
                 out_c.extend(b.concepts or [[] for _ in range(len(arr))])
-                out_p = None if b.profiles is None or out_p is None else out_p + b.profiles
+                if b.profiles is None:
+                    out_p = None  # profiles for every image or for none
+                elif out_p is not None:
+                    out_p.extend(b.profiles)
         vecs = np.concatenate(out_v) if out_v else np.zeros((0, self.dim), np.float32)
         return ImageBatch(vecs, out_c, out_p or None) if with_concepts else vecs
 

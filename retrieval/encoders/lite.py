@@ -60,8 +60,6 @@ class LiteConfig:
     top_k: int = 50  # classes mixed per image
     temperature: float = 2.5  # softmax temperature on the classifier logits (> 1 spreads weight)
     concepts: int = 5  # top classes reported per image
-    # softmax temperature of the reported concepts' probabilities (1 = the classifier's own)
-    concept_temperature: float = 1.0
     prompts: tuple[str, ...] = ("a photo of a {name}.", "{definition}", "{names}: {definition}")
     kinds: int = 0
     kind_min_freq: int = 1
@@ -88,7 +86,7 @@ class LiteConfig:
         return hashlib.sha256(f"LiteConfig({', '.join(parts)})".encode()).hexdigest()[:10]
 
 
-LATE_FIELDS = frozenset({"views", "concept_temperature"})
+LATE_FIELDS = frozenset({"views"})
 VIEWS = ("whole", "start", "middle", "end", "tl", "tr", "bl", "br")
 # named settings selectable as ``lite:NAME``; "" is plain ``lite``
 PRESETS = {
@@ -407,12 +405,18 @@ def concept_profiles(logits: np.ndarray, top: int, temperature: float) -> list[t
     be here", which a drawing or an out-of-ImageNet photo needs (benchmarks/results/kg_tuning.json: emoji
     category mAP +24% with these against +11% with the top 5 at temperature 1).
     """
-    z = (logits - logits.max(axis=1, keepdims=True)) / float(temperature)
+    idx, p = top_classes(logits, top, temperature)
+    return [(irow.astype(np.uint16), prow[irow].astype(np.float16)) for prow, irow in zip(p, idx)]
+
+
+def top_classes(logits: np.ndarray, top: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's ``top`` class indexes, most likely first, ties by index; softmax(logits / temperature))."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    if temperature != 1.0:
+        z = z / float(temperature)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
-    top = min(int(top), p.shape[1])
-    idx = np.argsort(-p, axis=1, kind="stable")[:, :top]
-    return [(irow.astype(np.uint16), prow[irow].astype(np.float16)) for prow, irow in zip(p, idx)]
+    return np.argsort(-p, axis=1, kind="stable")[:, : min(int(top), p.shape[1])], p
 
 
 class LiteEncoder(Encoder):
@@ -569,12 +573,8 @@ class LiteEncoder(Encoder):
         logits = logits[:: v]  # concepts come from the first view (the whole frame in the presets)
         concepts = None
         if with_concepts:
-            # the classifier's own probabilities (concept_temperature 1), whatever the mixing temperature
-            z = (logits - logits.max(axis=1, keepdims=True)) / float(self.config.concept_temperature)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            c = min(self.config.concepts, p.shape[1])
-            idx = np.argsort(-p, axis=1, kind="stable")[:, :c]
+            # reported as the classifier's own probabilities (temperature 1), whatever the mixing temperature
+            idx, p = top_classes(logits, self.config.concepts)
             concepts = [
                 [(self.class_ids[j], round(float(prow[j]), 4)) for j in irow] for prow, irow in zip(p, idx)
             ]

@@ -59,15 +59,20 @@ def model_path(name: str, signature: str) -> Path:
     return cache_dir() / "onnx" / f"{name}-{key}.onnx"
 
 
+def _env_int(name: str) -> int | None:
+    """A non-negative integer from environment variable ``name``; None when unset or not one."""
+    env = os.environ.get(name, "").strip()
+    return int(env) if env.isdigit() else None
+
+
 CACHE_MB_DEFAULT = 2048
 STALE_TMP_S = 3600  # a half-written export this old belongs to a process that died
 
 
 def cache_limit_bytes() -> int:
     """Cap on the exported graphs kept: KGCLIP_ONNX_CACHE_MB (default 2048; 0 = no cap)."""
-    env = os.environ.get("KGCLIP_ONNX_CACHE_MB", "").strip()
-    mb = int(env) if env.isdigit() else CACHE_MB_DEFAULT
-    return mb * 1024 * 1024
+    mb = _env_int("KGCLIP_ONNX_CACHE_MB")
+    return (CACHE_MB_DEFAULT if mb is None else mb) * 1024 * 1024
 
 
 def prune_cache(keep: Path) -> list[Path]:
@@ -112,9 +117,9 @@ def prune_cache(keep: Path) -> list[Path]:
 
 def threads() -> int:
     """Intra-op threads: KGCLIP_THREADS, else the CPUs this process may use."""
-    env = os.environ.get("KGCLIP_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    n = _env_int("KGCLIP_THREADS")
+    if n:
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -127,10 +132,7 @@ def streams() -> int:
     1 keeps one run with ``threads()`` intra-op threads for every batch (the behaviour before
     streams). See :meth:`OrtModel.run`.
     """
-    env = os.environ.get("KGCLIP_ORT_STREAMS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return threads()
+    return _env_int("KGCLIP_ORT_STREAMS") or threads()
 
 
 STREAM_MIN_ROWS = 4  # a batch is split only when every stream gets at least this many rows
@@ -138,10 +140,7 @@ STREAM_MIN_ROWS = 4  # a batch is split only when every stream gets at least thi
 
 def chunks() -> int:
     """Slices per stream a large batch is cut into: KGCLIP_ORT_CHUNKS, else 2 (see :meth:`OrtModel.run`)."""
-    env = os.environ.get("KGCLIP_ORT_CHUNKS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return 2
+    return _env_int("KGCLIP_ORT_CHUNKS") or 2
 
 _SPIN = [True]
 

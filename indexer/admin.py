@@ -8,7 +8,8 @@ import numpy as np
 
 from retrieval.errors import KgclipError
 
-from .index import FAISS_FILES, derive_faiss, vectors_module
+from . import vectors as V
+from .index import FAISS_FILES, derive_faiss
 from .manifest import read_manifest, write_manifest
 from .store import Store, WriteLock, ikey, loads, unikey
 
@@ -139,7 +140,6 @@ def verify_index(index_dir: str, repair: bool = False) -> dict:
             nxt = int(loads(t.get(b"next_id", db=db["meta"])) or 0)
             if items and max(items) >= nxt:
                 bad(f"id counter {nxt} is not above the largest id {max(items)}", ("meta", "next_id", b"", max(items) + 1))
-        V = vectors_module()
         stale = []
         kinds = ["image"] + (["caption"] if tdim else [])
         for kind in kinds:

@@ -8,7 +8,6 @@ stored vectors (never re-encoding images).
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, QueryError, UsageError
 
 from . import pipeline
+from . import vectors as V
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from .pipeline import BuildReport
@@ -27,27 +27,9 @@ from .sources import source_kind
 from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
 
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
-TRAIN_SAMPLE = 50_000
 TUNE_QUERIES = 500
 MAX_K = 1 << 20  # most results one Index.search call returns per query
 SEED = 0
-
-
-@functools.lru_cache(maxsize=None)
-def vectors_module():
-    """:mod:`indexer.vectors` when it is complete, else the exact Flat stand-in (decided once: this
-    runs before every search)."""
-    try:
-        from . import vectors as v
-
-        if all(hasattr(v, n) for n in ("choose_index", "build_vectors_index", "tune", "search", "save_atomic",
-                                        "load")):
-            return v
-    except ImportError:
-        pass
-    from . import _flatvectors as v
-
-    return v
 
 
 def default_workers() -> int:
@@ -80,121 +62,69 @@ def _wipe(index_dir: str) -> None:
 
 
 # -- FAISS, derived from the store -------------------------------------------------------
-def _exact_search(store: Store, kind: str, queries: np.ndarray, k: int, txn,
-                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the stored vectors (but the keys in ``exclude``), streamed
-    (:func:`indexer.vectors.exact_search`; caption vectors answer with their items' ids)."""
-    from . import vectors as V  # numpy only until faiss is needed: also where faiss is missing
-
-    return V.exact_search(queries, _iter_vectors(store, kind, txn, exclude), k)
-
-
-def _iter_vectors(store: Store, kind: str, txn, exclude: np.ndarray | None = None):
-    """The store's vectors as ``(ids, vectors)`` chunks, as FAISS indexes them (a caption vector
-    under its item's id), without the vectors whose keys are in ``exclude``."""
+def _iter_vectors(store: Store, kind: str, txn):
+    """The store's vectors as ``(ids, vectors)`` chunks in key order, as FAISS indexes them (a caption
+    vector under its item's id)."""
     for keys, vecs, owners in store.iter_vectors(kind, txn=txn):
-        if exclude is not None and len(exclude):
-            keep = ~np.isin(keys, exclude)
-            if not keep.all():
-                keys, vecs = keys[keep], vecs[keep]
-                owners = None if owners is None else owners[keep]
         if len(keys):
             yield (keys if owners is None else owners), vecs
 
 
-def _sample_keys(store: Store, kind: str, size: int, txn) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded uniform sample (reservoir) of the stored vectors' keys: (keys, item ids), ``size`` at most.
+def _rows_reader(store: Store, kind: str, dim: int, txn) -> Callable[[np.ndarray], np.ndarray]:
+    """``rows -> vectors``: the stored vectors at (sorted) positions of :func:`_iter_vectors`' order.
 
-    Keys, not vectors: the reservoir holds 16 bytes a slot and no stored vector stays in memory
-    (:func:`_sample_vectors` reads the few that are needed). Caption keys are caption ids, their
-    item ids the items they describe; image keys are item ids.
+    It walks the keys only (16 bytes a vector) and reads just the vectors asked for, so a training
+    sample or the tuning queries never need a pass over every stored vector.
     """
-    rng = np.random.default_rng(SEED)
-    keys = np.empty(size, np.int64)
-    items = np.empty(size, np.int64)
-    filled = seen = 0
-    for ids, owners in store.iter_vector_keys(kind, txn=txn):
-        owners = ids if owners is None else owners
-        j0 = min(size - filled, len(ids))
-        keys[filled : filled + j0], items[filled : filled + j0] = ids[:j0], owners[:j0]
-        filled += j0
-        seen += j0
-        for j in range(j0, len(ids)):
-            r = rng.integers(0, seen + 1)
-            if r < size:
-                keys[r], items[r] = ids[j], owners[j]
-            seen += 1
-    return keys[:filled], items[:filled]
 
+    def read(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        keys, start = [], 0
+        for ids, _owners in store.iter_vector_keys(kind, txn=txn):
+            keys.append(ids[rows[(rows >= start) & (rows < start + len(ids))] - start])
+            start += len(ids)
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        return store.get_vectors(keys, dim, kind=kind, txn=txn)
 
-def _sample_vectors(store: Store, kind: str, keys: np.ndarray, dim: int, txn) -> np.ndarray:
-    return store.get_vectors(keys, dim, kind=kind, txn=txn)
+    return read
 
 
 def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
                  max_memory: int | None = None, save: bool = True, use_gpu="auto", txn=None):
     """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info).
 
+    The choice, training, held-out tuning and recall measurement are
+    :func:`indexer.vectors.build_and_tune`'s, the flow the FAISS benchmarks measure. Caption
+    vectors take the auto choice and, sharing their item's id, are tuned without leave-one-out.
     ``txn``: a read transaction to take the snapshot from (several kinds derived from one generation).
     """
     from contextlib import nullcontext
 
-    V = vectors_module()
     with (nullcontext(txn) if txn is not None else store.read()) as txn:
         gen = int(store_meta(txn, store, "generation", 0))
         n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
-        choice = V.choose_index(n, dim, max_memory_bytes=max_memory, index_type=index_type if kind == "image"
-                                else "auto")
-        # the sample's keys only; its vectors are read when needed: all of them to train IVF
-        # (TRAIN_SAMPLE x dim at most, dropped once trained), else just the tuning queries
-        keys, sample_ids = _sample_keys(store, kind, min(n, TRAIN_SAMPLE), txn)
-        ivf = n and choice.kind in ("ivf", "ivfpq")
-        train = _sample_vectors(store, kind, keys, dim, txn) if ivf else None
-
-        rows = np.random.default_rng(SEED + 1).choice(len(keys), size=min(TUNE_QUERIES, len(keys)), replace=False)
-        # HNSW: the tuning queries stay out of the graph until it is tuned, then are added. Leave-one-out
-        # on indexed vectors overstates an HNSW graph's recall (a query's own node is a hub among its
-        # neighbours): at 1M clustered vectors efSearch tuned to 0.950 that way gave 0.920 on unseen queries
-        held_out = V.holds_out(choice, n, len(rows))
-        out_keys = keys[rows] if held_out else None
-
-        index = V.build_vectors_index(choice, dim, train, _iter_vectors(store, kind, txn, out_keys),
-                                      use_gpu=use_gpu)
-        params, recall, recall_low = {}, 1.0, 1.0  # search parameters (tuned below); flat has none
-        if n and choice.kind != "flat":
-            queries = train[rows] if train is not None else _sample_vectors(store, kind, keys[rows], dim, txn)
-            train = None
-
-            def exact_fn(q, k):
-                return _exact_search(store, kind, q, k, txn, exclude=out_keys)
-
-            kw = {}
-            if kind == "image" and getattr(choice, "rerank", False):
-                kw["rerank_fn"] = lambda ids: store.get_vectors(ids, dim, kind="image")
-            if kind == "image" and not held_out:
-                # The queries are indexed vectors: leave each one's own id out (leave-one-out), so the
-                # recorded recall measures real neighbours. (Caption ids are their items' ids, shared by
-                # several captions, so they cannot be left out.)
-                kw["query_ids"] = sample_ids[rows]
-            params, recall, recall_low = V.tune(index, choice, queries, exact_fn, k=10, target=0.95, **kw)
-            if held_out:
-                V.add_batches(index, [(sample_ids[rows], queries)])  # now the graph holds every vector
+        rerank = (lambda ids: store.get_vectors(ids, dim, kind="image")) if kind == "image" else None
+        index, tuned = V.build_and_tune(
+            n, dim, lambda: _iter_vectors(store, kind, txn), _rows_reader(store, kind, dim, txn),
+            max_memory=max_memory, index_type=index_type if kind == "image" else "auto",
+            n_queries=TUNE_QUERIES, rerank_fn=rerank, use_gpu=use_gpu, seed=SEED, leave_one_out=kind == "image")
     info = {
-        "file": FAISS_FILES[kind], "kind": choice.kind, "factory": choice.factory, "params": params,
-        "choice": dict(getattr(choice, "params", {}) or {}),
-        "rerank": bool(getattr(choice, "rerank", False)), "recall_at_10": round(float(recall), 4),
-        "recall_at_10_low": round(float(recall_low), 4),
+        "file": FAISS_FILES[kind], "kind": tuned["kind"], "factory": tuned["factory"], "params": tuned["params"],
+        "choice": dict(tuned["choice"]["params"]), "rerank": bool(tuned["rerank"]),
+        "recall_at_10": round(float(tuned["recall_at_k"]), 4),
+        "recall_at_10_low": round(float(tuned["recall_low"]), 4),
         "generation": gen, "n": int(n), "dim": int(dim),
     }
-    if choice.kind != "flat" and n:
-        info["tuned_on"] = "held-out sample" if held_out else "indexed sample, leave-one-out"
+    if tuned["kind"] != "flat" and n:
+        info["tuned_on"] = {"held-out": "held-out sample", "leave-one-out": "indexed sample, leave-one-out",
+                            "indexed": "indexed sample"}[tuned["tuned_on"]]
+        info.update(n_queries=tuned["n_queries"], build_s=tuned["build_s"], tune_s=tuned["tune_s"])
     if save:
         V.save_atomic(index, os.path.join(index_dir, FAISS_FILES[kind]), gen)
     return index, info
 
 
 def _faiss_generation(index_dir: str, kind: str) -> int | None:
-    V = vectors_module()
     p = os.path.join(index_dir, FAISS_FILES[kind])
     if hasattr(V, "read_meta"):  # the sidecar alone: no need to read the index
         meta = V.read_meta(p) if os.path.exists(p) else None
@@ -481,7 +411,6 @@ class Index:
 
     # -- FAISS loading / deriving ------------------------------------------------------
     def _load(self, rebuild: bool = True) -> None:
-        V = vectors_module()
         gen = self.store.generation
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
         stale = []
@@ -537,7 +466,6 @@ class Index:
         try:
             if self.store.generation != gen:
                 return  # the store moved on while this reader derived: the next open derives again
-            V = vectors_module()
             for kind in kinds:
                 V.save_atomic(self._faiss[kind], os.path.join(self.path, FAISS_FILES[kind]), gen)
             try:
@@ -612,7 +540,6 @@ class Index:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if k > MAX_K:  # FAISS allocates [n, k] results up front: a huge k would exhaust memory
             raise QueryError(f"k={k} is more results than one search can return (at most {MAX_K})")
-        V = vectors_module()
         index = self._faiss[kind]
         info = self._info.get(kind, {})
         params = info.get("params") or {}

@@ -293,9 +293,7 @@ def run(
         from tqdm import tqdm
 
         bar = tqdm(total=todo, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1, desc="indexing")
-        _say = say
         say = lambda s: bar.write(s, file=sys.stderr)  # noqa: E731
-        del _say
 
     skips: list[Skip] = []
 

@@ -55,7 +55,7 @@ import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -929,7 +929,7 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
                    sample_fn: Callable[[np.ndarray], np.ndarray] | None = None, *,
                    max_memory: int | str | None = None, index_type: str = "auto", k: int = 10,
                    target: float = 0.95, n_queries: int = 500, rerank_fn=None, use_gpu="auto",
-                   seed: int = 0):
+                   seed: int = 0, leave_one_out: bool = True):
     """Choose, build and tune an index over a store's vectors.
 
     ``batches_fn()`` returns a fresh iterator of ``(ids, vectors)`` in store
@@ -937,6 +937,12 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     ``sample_fn(rows)`` returns the vectors at those row positions (train
     sample and held-out queries; defaults to walking ``batches_fn``).
     ``rerank_fn(ids) -> vectors`` enables exact re-ranking (IVF-PQ).
+    ``leave_one_out``: when the tuning queries stay in the index (not held out), leave each one's own
+    id out of both result lists. Off where ids are shared by several vectors (caption vectors carry
+    their item's id): dropping an id would drop the query's sibling captions too.
+
+    This is the one build flow: ``kgclip build`` (:func:`indexer.index.derive_faiss`, over the store)
+    and the benchmarks (over arrays) both run it.
 
     Returns ``(index, info)`` where info has choice, params (tuned), recall (sample mean and lower
     bound), n_queries, target and the seconds spent building (train + add) and tuning — ready for
@@ -976,14 +982,19 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
             params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
                                               rerank_fn=use_rerank)
             add_batches(index, [(q_ids, queries)])  # now the graph holds every vector
-        else:
+        elif leave_one_out:
             gt = exact_search(queries, batches_fn(), k + 1)
             params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
                                               rerank_fn=use_rerank, query_ids=q_ids)
+        else:
+            gt = exact_search(queries, batches_fn(), k)
+            params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
+                                              rerank_fn=use_rerank)
     info = {"choice": choice.to_dict(), "factory": choice.factory, "kind": choice.kind,
             "params": params, "recall_at_k": float(recall), "recall_low": float(recall_low), "k": k,
             "target": target, "confidence": TUNE_CONFIDENCE,
-            "n_queries": nq, "rerank": choice.rerank, "tuned_on": "held-out" if held_out else "leave-one-out",
+            "n_queries": nq, "rerank": choice.rerank,
+            "tuned_on": "held-out" if held_out else ("leave-one-out" if leave_one_out else "indexed"),
             "build_s": round(build_s, 3), "tune_s": round(time.perf_counter() - t_start - build_s, 3)}
     return index, info
 

@@ -141,7 +141,7 @@ def run_demo(
         echo(render_table([expanded]) + "\n")
         ran["expand"] = {"none": [Path(h.path).name for h in plain], mode: [Path(h.path).name for h in expanded]}
 
-        echo(f"Why? --explain shows the linked entity, the expansions and what each hit matched:\n")
+        echo("Why? --explain shows the linked entity, the expansions and what each hit matched:\n")
         echo(f"$ kgclip search {_show(index_dir)} {EXPLAIN_QUERY!r} -k 2 --explain")
         res = s.search(EXPLAIN_QUERY, k=2, explain=True)
         echo(render_table([res], explain=True) + "\n")

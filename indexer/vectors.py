@@ -972,7 +972,7 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     params: dict = {}
     recall = recall_low = 1.0
     nq = 0
-    if n > 0:
+    if n > 0 and choice.kind != "flat":  # exact: nothing to tune, recall 1 by construction
         queries = sample_fn(q_rows)
         nq = len(queries)
         q_ids = ids_at_rows(batches_fn(), q_rows)
@@ -994,7 +994,8 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
             "params": params, "recall_at_k": float(recall), "recall_low": float(recall_low), "k": k,
             "target": target, "confidence": TUNE_CONFIDENCE,
             "n_queries": nq, "rerank": choice.rerank,
-            "tuned_on": "held-out" if held_out else ("leave-one-out" if leave_one_out else "indexed"),
+            "tuned_on": "exact" if choice.kind == "flat" else (
+                "held-out" if held_out else ("leave-one-out" if leave_one_out else "indexed")),
             "build_s": round(build_s, 3), "tune_s": round(time.perf_counter() - t_start - build_s, 3)}
     return index, info
 

@@ -169,6 +169,7 @@ def test_auto_small_set_is_exact(data):
     x, ids = data
     index, info = _build(x, ids, "auto")
     assert info["kind"] == "flat" and info["recall_at_k"] == 1.0
+    assert info["tuned_on"] == "exact" and info["n_queries"] == 0  # no exact search to tune an exact index
     q = x[:5]
     s, i = V.search(index, q, 3, info["params"])
     assert (i[:, 0] == ids[:5]).all()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,8 @@ from indexer.decode import DecodePool, decode_item, to_rgb
 from indexer.sources import Item, Skip, iter_folder
 from tests.corpus import make_hostile_corpus, png_bytes
 from tests.fakes import SmallPreprocess
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class SizeTransform:
@@ -31,6 +37,18 @@ class SleepyTransform:
     def __call__(self, img):
         if img.size[0] == self.hang_width:
             time.sleep(3600)
+        return SmallPreprocess()(img)
+
+
+class CrashingTransform:
+    """Kills its process on images of one width: stands in for a native decoder that segfaults."""
+
+    def __init__(self, crash_width: int):
+        self.crash_width = crash_width
+
+    def __call__(self, img):
+        if img.size[0] == self.crash_width:
+            os._exit(139)
         return SmallPreprocess()(img)
 
 
@@ -162,3 +180,64 @@ def test_pool_preserves_order_and_times_out_a_hanging_file(tmp_path):
     assert "timed out" in out[2].reason
     assert pool.restarts == 1
     assert elapsed < 60  # bounded: not the transform's hour
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pool_reports_a_file_that_kills_its_decoder_at_once_and_goes_on(tmp_path, workers):
+    """A worker that dies (a native decoder crash) is noticed when its pipe closes, not after the
+    per-file timeout: that file is reported, the items queued behind it go to a new worker, in order."""
+    from PIL import Image
+
+    items = []
+    for w in (10, 11, 77, 12, 13, 14, 15, 77, 16):
+        p = tmp_path / f"{w}-{len(items)}.png"
+        Image.new("RGB", (w, 10), (w, w, w)).save(p)
+        items.append(Item(str(p), str(p)))
+    with DecodePool(CrashingTransform(77), workers=workers, timeout=120.0, window=4) as pool:
+        t0 = time.monotonic()
+        out = list(pool.imap(items))
+        elapsed = time.monotonic() - t0
+    assert [o.item.key for o in out] == [i.key for i in items]
+    assert [o.ok for o in out] == [w != 77 for w in (10, 11, 77, 12, 13, 14, 15, 77, 16)]
+    assert all("crashed" in o.reason for o in out if not o.ok)
+    assert [o.width for o in out if o.ok] == [10, 11, 12, 13, 14, 15, 16]
+    assert pool.restarts == 2 and elapsed < 60  # not the 120 s timeout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_decoder_stuck_on_a_file_dies_with_a_killed_build(tmp_path):
+    """SIGKILL of the build (no cleanup runs) must not leave its decode worker hanging on a file."""
+    from PIL import Image
+
+    p = tmp_path / "hang.png"
+    Image.new("RGB", (99, 10)).save(p)
+    code = (
+        "import sys, threading\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from indexer.decode import DecodePool\n"
+        "from indexer.sources import Item\n"
+        "from tests.test_decode import SleepyTransform\n"
+        "pool = DecodePool(SleepyTransform(99), workers=1, timeout=600)\n"
+        f"it = pool.imap([Item({str(p)!r}, {str(p)!r})])\n"
+        "threading.Timer(1, lambda: print(pool._procs[0].proc.pid, flush=True)).start()\n"
+        "next(it)\n"
+    )
+    build = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        worker = int(build.stdout.readline())
+        assert _alive(worker)
+    finally:
+        build.kill()
+        build.wait()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

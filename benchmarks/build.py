@@ -52,24 +52,47 @@ def _flickr_list(n: int, tmp: Path) -> Path:
     return lst
 
 
-def raw_encode_rate(encoder, paths: list[Path], batch_size: int, reps: int = 1) -> float:
-    """Images per second of encode_image_arrays alone, on arrays decoded beforehand."""
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by this process and by its reaped children."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _decoded(encoder, paths: list[Path]) -> list[np.ndarray]:
+    """The model inputs of ``paths``, decoded here, one after another."""
     from indexer.decode import decode_item
     from indexer.sources import Item
 
     tf = encoder.image_transform()
-    arrays = [decode_item(Item(str(p), str(p)), tf).array for p in paths]
+    return [decode_item(Item(str(p), str(p)), tf).array for p in paths]
+
+
+def raw_encode_rate(encoder, paths: list[Path], batch_size: int, reps: int = 1, cpu: dict | None = None) -> float:
+    """Images per second of encode_image_arrays alone, on arrays decoded beforehand.
+
+    ``cpu``: filled with the CPU milliseconds per image of the serial decode (``decode_ms``) and of
+    the encode (``encode_ms``, all of its threads)."""
+    c0 = cpu_seconds()[0]
+    arrays = _decoded(encoder, paths)
+    c1 = cpu_seconds()[0]
     encoder.encode_image_arrays(np.stack(arrays[:batch_size]), with_concepts=True)  # warm-up (and lazy class ids)
-    t0 = time.perf_counter()
+    c2, t0 = cpu_seconds()[0], time.perf_counter()
     for _ in range(reps):
         for i in range(0, len(arrays), batch_size):
             encoder.encode_image_arrays(np.stack(arrays[i : i + batch_size]), with_concepts=True)
-    return reps * len(arrays) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    if cpu is not None:
+        cpu["decode_ms"] = 1e3 * (c1 - c0) / len(arrays)
+        cpu["encode_ms"] = 1e3 * (cpu_seconds()[0] - c2) / (reps * len(arrays))
+    return reps * len(arrays) / wall
 
 
 def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: str, tmp: Path) -> dict:
     from indexer import build_index
     from retrieval.encoders import get_encoder
+    from retrieval.encoders.onnx import no_spinning
 
     # its own instance for the raw rate: the build loads the model as `kgclip build` does (ONNX Runtime
     # sessions created for a build do not spin, see retrieval.encoders.onnx.no_spinning)
@@ -80,14 +103,21 @@ def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: 
     load_s = time.perf_counter() - t0
     lst = _flickr_list(n, tmp)
     paths = [Path(p) for p in lst.read_text().split()]
-    raw = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
+    cpu_raw: dict = {}
+    raw = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size, cpu=cpu_raw)
     idx = tmp / f"idx-{spec.replace(':', '_').replace('/', '_')}"
     built = get_encoder(spec, device=device, batch_size=batch_size).load()  # the instance build_index gets
-    _ = built.fingerprint  # (loaded outside the timed build, as raw's was; lite's CNN loads on first batch)
-    t0 = time.perf_counter()
+    _ = built.fingerprint
+    # loaded outside the timed build, as raw's was: lite's CNN (and its second ONNX session for batch
+    # streams) loads on its first batch, so one warm-up batch runs here, its sessions made as a build
+    # makes them (not spinning)
+    with no_spinning():
+        built.encode_image_arrays(np.stack(_decoded(built, paths[:batch_size])), with_concepts=True)
+    c0, t0 = cpu_seconds(), time.perf_counter()
     rep = build_index([str(lst)], str(idx), model=spec, text_model=None, batch_size=batch_size, workers=workers,
                       device=device, progress=False, quiet=True, resume=False)
     wall = time.perf_counter() - t0
+    c1 = cpu_seconds()  # the decode workers are reaped when the build ends: their CPU is in the children's
     rate = rep.added / wall
     raw_after = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
     raw_mean = (raw + raw_after) / 2  # before and after the build: drift on a shared machine shows here
@@ -99,6 +129,21 @@ def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: 
         "build_per_s": round(rate, 2), "build_wall_s": round(wall, 2),
         "ratio_build_to_raw": round(rate / raw_mean, 3), "timings": rep.timings.to_dict(),
     }
+    # Where the CPU goes. A build must at least spend the raw encode's CPU plus a serial decode's, and
+    # can neither run on more cores than the machine has nor encode faster than raw: its wall time per
+    # image is at least max(raw wall, (encode + decode CPU) / cores), which bounds the ratio any overlap
+    # of decoding and encoding can reach on this machine (ratio_bound).
+    main_ms, workers_ms = (1e3 * (c1[i] - c0[i]) / max(rep.added, 1) for i in (0, 1))
+    enc_ms, dec_ms = cpu_raw["encode_ms"], cpu_raw["decode_ms"]
+    out["cpu_ms_per_image"] = {
+        "raw_encode": round(enc_ms, 2), "serial_decode": round(dec_ms, 2),
+        "build_main": round(main_ms, 2), "build_decode_workers": round(workers_ms, 2),
+        "build_overhead": round(main_ms + workers_ms - enc_ms - dec_ms, 2),
+    }
+    out["cores_busy"] = {"raw_encode": round(enc_ms * raw / 1e3, 2),
+                         "build": round((main_ms + workers_ms) * rate / 1e3, 2)}
+    raw_wall_ms = 1e3 / raw
+    out["ratio_bound"] = round(raw_wall_ms / max(raw_wall_ms, (enc_ms + dec_ms) / (os.cpu_count() or 1)), 3)
     one_run = _raw_one_run(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
     if one_run is not None:
         # the same forward as one multi-threaded run per batch (KGCLIP_ORT_STREAMS=1): the ratio is

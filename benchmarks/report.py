@@ -219,6 +219,28 @@ def speed_table(res: dict, fmt: str = "table") -> str:
     return table(h, rows, fmt)
 
 
+def build_tables(res: dict, fmt: str = "table") -> str:
+    """benchmarks/build.py: throughput next to the raw encode rate (with where the CPU went), and memory."""
+    parts = []
+    rows = []
+    for r in res.get("throughput", []):
+        cpu = r.get("cpu_ms_per_image", {})
+        drift = "->".join(f"{x:.0f}" for x in r.get("raw_encode_before_after", []))
+        rows.append([r["model"], r["images"], r["raw_encode_per_s"], drift, r["build_per_s"], r["ratio_build_to_raw"],
+                     r.get("ratio_bound", ""), cpu.get("raw_encode", ""), cpu.get("build_main", ""),
+                     cpu.get("serial_decode", ""), cpu.get("build_decode_workers", ""),
+                     r.get("cores_busy", {}).get("build", "")])
+    if rows:
+        parts.append(table(["model", "images", "raw img/s", "raw before->after", "build img/s", "build/raw", "bound", "CPU ms raw encode",
+                            "CPU ms build main", "CPU ms decode serial", "CPU ms decode workers", "cores busy"],
+                           rows, fmt))
+    mem = [[m["n"], m["peak_rss_main_mib"], m["peak_anon_main_mib"], m["peak_rss_tree_mib"], m["build_s"]]
+           for m in res.get("memory", [])]
+    if mem:
+        parts.append(table(["items", "peak RSS MiB", "own (anon) MiB", "tree MiB", "build s"], mem, fmt))
+    return "\n\n".join(parts)
+
+
 def _plot_speed(speed, path: Path) -> bool:
     """Recall@10 vs QPS per index type, from whatever speed results carry both."""
     plt = _pyplot()
@@ -322,6 +344,12 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
             parts += [f"`kgclip bench speed` on seeded clustered {d['dim']}-d vectors, {d['queries']} fresh "
                       f"queries, faiss {d['faiss']}, {d['threads']} threads, load {d['load_avg_start']:.1f} at "
                       "the start. `*` marks the type `auto` picks.", "", speed_table(d, "markdown"), ""]
+        if name == "build.json":
+            parts += ["End-to-end `build_index` rate next to the raw encode rate measured in the same run "
+                      "(target 0.80; raw is measured before and after the build, and a big drift between the two "
+                      "makes the ratio unreliable); `bound` is what a perfect overlap could reach on this machine "
+                      "(see benchmarks/build.py). Memory: a `fake:v1` build of N synthetic images.", "",
+                      build_tables(d, "markdown"), ""]
         png = RESULTS / f"{name[:-5]}_recall_qps.png"
         if (name == "speed.json" or name.startswith("faiss_")) and _plot_speed(d, png):
             parts += [f"![recall vs QPS](results/{name[:-5]}_recall_qps.png)", ""]

@@ -31,25 +31,23 @@ class SizeTransform:
 class SleepyTransform:
     """Hangs on images of one width: stands in for a decoder stuck on a hostile file."""
 
-    def __init__(self, hang_width: int):
-        self.hang_width = hang_width
+    def __init__(self, width: int):
+        self.width = width
+
+    def trap(self):
+        time.sleep(3600)
 
     def __call__(self, img):
-        if img.size[0] == self.hang_width:
-            time.sleep(3600)
+        if img.size[0] == self.width:
+            self.trap()
         return SmallPreprocess()(img)
 
 
-class CrashingTransform:
-    """Kills its process on images of one width: stands in for a native decoder that segfaults."""
+class CrashingTransform(SleepyTransform):
+    """Kills its process on images of one width instead: a native decoder that segfaults."""
 
-    def __init__(self, crash_width: int):
-        self.crash_width = crash_width
-
-    def __call__(self, img):
-        if img.size[0] == self.crash_width:
-            os._exit(139)
-        return SmallPreprocess()(img)
+    def trap(self):
+        os._exit(139)
 
 
 class NiceTransform:

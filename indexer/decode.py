@@ -228,7 +228,7 @@ def _worker_main(feed, results, current, transform, max_pixels, max_bytes) -> No
     Items waiting in ``feed`` are taken into a local queue before each decode, so that pipe stays
     nearly empty and the main process never blocks sending to it. Results leave through a sender
     thread: while the main process is busy encoding and not reading, decoding goes on (a pipe holds
-    only one or two 150 KB results). ``current`` (shared memory) holds the sequence number of the
+    only a few 150 KB results). ``current`` (shared memory) holds the sequence number of the
     item being decoded, so a crash or a hang is pinned on the right file even when results of earlier
     items had not left the process yet.
     """
@@ -271,12 +271,10 @@ def _worker_main(feed, results, current, transform, max_pixels, max_bytes) -> No
         return
     finally:
         out.put(None)
-        sender.join()
+        sender.join(1.0)  # not forever: with no reader left, its last send may never finish
 
 
 SEND_AHEAD_BYTES = 32 << 10  # pickled items queued to one busy worker: far below a pipe's buffer
-
-
 RESULTS_PIPE_BYTES = 1 << 20  # Linux's default most (fs.pipe-max-size): six 150 KB lite inputs
 
 

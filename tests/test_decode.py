@@ -180,8 +180,8 @@ def test_pool_preserves_order_and_times_out_a_hanging_file(tmp_path):
     assert elapsed < 60  # bounded: not the transform's hour
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_pool_reports_a_file_that_kills_its_decoder_at_once_and_goes_on(tmp_path, workers):
+@pytest.mark.parametrize("workers,start", [(1, "fork"), (2, "fork"), (2, "spawn")])
+def test_pool_reports_a_file_that_kills_its_decoder_at_once_and_goes_on(tmp_path, workers, start):
     """A worker that dies (a native decoder crash) is noticed when its pipe closes, not after the
     per-file timeout: that file is reported, the items queued behind it go to a new worker, in order."""
     from PIL import Image
@@ -191,7 +191,7 @@ def test_pool_reports_a_file_that_kills_its_decoder_at_once_and_goes_on(tmp_path
         p = tmp_path / f"{w}-{len(items)}.png"
         Image.new("RGB", (w, 10), (w, w, w)).save(p)
         items.append(Item(str(p), str(p)))
-    with DecodePool(CrashingTransform(77), workers=workers, timeout=120.0, window=4) as pool:
+    with DecodePool(CrashingTransform(77), workers=workers, timeout=120.0, window=4, start_method=start) as pool:
         t0 = time.monotonic()
         out = list(pool.imap(items))
         elapsed = time.monotonic() - t0

@@ -10,7 +10,10 @@ What it measures (side by side in one run, so the ratios hold on a busy machine)
    decoded beforehand, same batch size) and the end-to-end ``build_index`` rate
    (scan + decode in worker processes + encode + LMDB writes + FAISS), with the
    model already loaded. Target: build rate >= 80% of the raw encode rate, i.e.
-   decoding and writing are hidden behind encoding.
+   decoding and writing are hidden behind encoding. Each row also says where the
+   CPU went (``cpu_ms_per_image``: raw encode, serial decode, the build's main
+   process and decode workers; ``cores_busy``) and ``ratio_bound``, the most any
+   overlap of decoding and encoding could reach on this machine.
 2. Peak memory of a build over N synthetic images (distinct noise PNGs) for each
    N in ``--rss-n``: a child process builds with the ``fake:v1`` encoder (so the
    pipeline, not a model, is measured); its RSS and that of its whole process

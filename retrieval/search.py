@@ -841,9 +841,10 @@ def _ms(t0: float) -> float:
 
 
 class _ConceptArrays:
-    """Items' stored concepts as dense arrays (lite: top-5 WordNet classes per image), for
-    vectorised concept grounding: ids [n], class slots [n, m] (-1 pads), probabilities [n, m], and
-    the same entries as postings by class slot (``post_row``/``post_prob`` from ``post_start[j]``)."""
+    """Items' stored concepts as dense arrays (lite: the top 5 WordNet classes per image, or its concept
+    profile), for vectorised concept grounding: ids [n], class slots [n, m] (-1 pads), probabilities
+    [n, m], and the same entries as a sparse (items x slots) matrix in columns (``_csc``), so a query
+    reads only its target classes' postings."""
 
     def __init__(self, ids: list[int], rows: list[list[tuple[str, float]]], vocab: list[str]):
         slot = {w: j for j, w in enumerate(vocab)}
@@ -895,8 +896,6 @@ class _ConceptArrays:
         indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
         self._csc = sparse.csr_matrix((data, indices.astype(np.int32), indptr),
                                       shape=(len(self.ids), max(len(vocab), 1))).tocsc()
-        self.post_row, self.post_prob = self._csc.indices, self._csc.data
-        self.post_start = self._csc.indptr[: len(vocab) + 1]
 
     def ground(self, targets: dict[str, tuple[float, Any]]):
         """(rows with mass > 0, min(mass, 1) per row, each class slot's position in ``targets``) or None."""

@@ -103,13 +103,12 @@ def verify_index(index_dir: str, repair: bool = False) -> dict:
                     pr = loads(t.get(p.encode(), db=db["paths"]))
                     if pr is None or pr["id"] != i:
                         bad(f"item {i}: path {p} has no record pointing to it")
-            for k in t.cursor(db=db["vecs"]).iternext(values=False):
-                if unikey(k) not in items:
-                    bad(f"vector {unikey(k)} has no item", ("vecs", "delete", bytes(k)))
-            if db.get("profiles") is not None:
-                for k in t.cursor(db=db["profiles"]).iternext(values=False):
+            for name, what in (("vecs", "vector"), ("profiles", "concept profile")):  # id-keyed, per item
+                if db.get(name) is None:  # an older store has no profiles
+                    continue
+                for k in t.cursor(db=db[name]).iternext(values=False):
                     if unikey(k) not in items:
-                        bad(f"concept profile {unikey(k)} has no item", ("profiles", "delete", bytes(k)))
+                        bad(f"{what} {unikey(k)} has no item", (name, "delete", bytes(k)))
             for k, v in t.cursor(db=db["hashes"]):
                 if unikey(v) not in items:
                     bad(f"hash {bytes(k).decode()[:12]}.. points to missing item {unikey(v)}",

@@ -975,21 +975,17 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     if n > 0 and choice.kind != "flat":  # exact: nothing to tune, recall 1 by construction
         queries = sample_fn(q_rows)
         nq = len(queries)
-        q_ids = ids_at_rows(batches_fn(), q_rows)
-        use_rerank = rerank_fn if choice.rerank else None
+        # the queries' own ids: to add the held-out ones afterwards, or to leave each one out of its results
+        q_ids = ids_at_rows(batches_fn(), q_rows) if held_out or leave_one_out else None
+        self_ids = q_ids if leave_one_out and not held_out else None
         if held_out:
             gt = exact_search(queries, _without_rows(batches_fn(), q_rows), k)
-            params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
-                                              rerank_fn=use_rerank)
+        else:  # leave-one-out ground truth needs one more column, the query itself
+            gt = exact_search(queries, batches_fn(), k + (self_ids is not None))
+        params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
+                                          rerank_fn=rerank_fn if choice.rerank else None, query_ids=self_ids)
+        if held_out:
             add_batches(index, [(q_ids, queries)])  # now the graph holds every vector
-        elif leave_one_out:
-            gt = exact_search(queries, batches_fn(), k + 1)
-            params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
-                                              rerank_fn=use_rerank, query_ids=q_ids)
-        else:
-            gt = exact_search(queries, batches_fn(), k)
-            params, recall, recall_low = tune(index, choice, queries, gt, k=k, target=target,
-                                              rerank_fn=use_rerank)
     info = {"choice": choice.to_dict(), "factory": choice.factory, "kind": choice.kind,
             "params": params, "recall_at_k": float(recall), "recall_low": float(recall_low), "k": k,
             "target": target, "confidence": TUNE_CONFIDENCE,

@@ -89,23 +89,21 @@ def main(argv=None):
                          max_queries=a.kg_queries, progress=True)
         (RESULTS / "recall_kg.json").write_text(json.dumps(rec, indent=2) + "\n")
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
-        cat = {"benchmark": "category", "model": "lite", "ties": "pessimistic", "sets": {}}
-        for s in sets:
-            try:
-                r = run_category([s], "lite", index=idx if s == "flickr-nouns" else None,
-                                 per_class=a.per_class, emoji_every=a.emoji_every, progress=True)
-                cat["sets"].update(r["sets"])
-            except Exception as e:  # e.g. emoji without npm: keep the other sets
-                print(f"category set {s} skipped: {e}", file=sys.stderr)
-        (RESULTS / "category.json").write_text(json.dumps(cat, indent=2) + "\n")
+
+        def categories(names, out: str, label: str, **kw) -> None:
+            res = {"benchmark": "category", "model": "lite", "ties": "pessimistic", "sets": {}}
+            for s in names:
+                try:
+                    res["sets"].update(run_category([s], "lite", index=idx if s == "flickr-nouns" else None,
+                                                    progress=True, **kw)["sets"])
+                except Exception as e:  # e.g. emoji without npm: keep the other sets
+                    print(f"{label} {s} skipped: {e}", file=sys.stderr)
+            (RESULTS / out).write_text(json.dumps(res, indent=2) + "\n")
+
+        categories(sets, "category.json", "category set", per_class=a.per_class, emoji_every=a.emoji_every)
         # the full sets, as a check on the tuning subsets above (the same queries, more images)
-        full = {"benchmark": "category", "model": "lite", "ties": "pessimistic", "sets": {}}
-        for s in [s for s in sets if s in ("fashion-mnist", "emoji")]:
-            try:
-                full["sets"].update(run_category([s], "lite", per_class=100, emoji_every=1, progress=True)["sets"])
-            except Exception as e:
-                print(f"full category set {s} skipped: {e}", file=sys.stderr)
-        (RESULTS / "category_full.json").write_text(json.dumps(full, indent=2) + "\n")
+        categories([s for s in sets if s in ("fashion-mnist", "emoji")], "category_full.json", "full category set",
+                   per_class=100, emoji_every=1)
         if a.speed:
             run_speed("10k,100k,1M", "flat,hnsw,ivf,ivfpq", out=RESULTS / "speed.json",
                       log=lambda m: print(m[:200], file=sys.stderr))

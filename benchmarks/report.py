@@ -334,7 +334,8 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
                   "Targets: category/hypernym mAP +20% relative on at least two sets, and at most 1 point of "
                   "text->image R@10 lost on full-caption queries.", "", table(h, r, "markdown"), "", text, ""]
     others = ["speed.json", *sorted(p.name for p in RESULTS.glob("faiss_*.json")), "build.json",
-              "search_quality.json", "query.json", "kg.json", "encoders.json", "lite_tuning.json"]
+              "search_quality.json", "query.json", "query_mpnet.json", "kg.json", "encoders.json",
+              "encoders_mpnet.json", "lite_tuning.json"]
     for name in others:
         d = _load(name)
         if d is None:

@@ -90,11 +90,11 @@ def main(argv=None):
         (RESULTS / "recall_kg.json").write_text(json.dumps(rec, indent=2) + "\n")
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
 
-        def categories(names, out: str, label: str, **kw) -> None:
-            res = {"benchmark": "category", "model": "lite", "ties": "pessimistic", "sets": {}}
+        def categories(names, out: str, label: str, model: str = "lite", flickr_index=idx, **kw) -> None:
+            res = {"benchmark": "category", "model": model, "ties": "pessimistic", "sets": {}}
             for s in names:
                 try:
-                    res["sets"].update(run_category([s], "lite", index=idx if s == "flickr-nouns" else None,
+                    res["sets"].update(run_category([s], model, index=flickr_index if s == "flickr-nouns" else None,
                                                     progress=True, **kw)["sets"])
                 except Exception as e:  # e.g. emoji without npm: keep the other sets
                     print(f"{label} {s} skipped: {e}", file=sys.stderr)
@@ -104,6 +104,15 @@ def main(argv=None):
         # the full sets, as a check on the tuning subsets above (the same queries, more images)
         categories([s for s in sets if s in ("fashion-mnist", "emoji")], "category_full.json", "full category set",
                    per_class=100, emoji_every=1)
+        # lite:mpnet (all-mpnet-base-v2 text tower; make bench installs it): the zero-shot recall protocol
+        # and the category subsets, with and without expansion
+        try:
+            rec = run_recall("flickr8k-1k", ["lite:mpnet"], ("none",), "all", progress=True)
+            (RESULTS / "recall_mpnet.json").write_text(json.dumps(rec, indent=2) + "\n")
+            categories(sets, "category_mpnet.json", "lite:mpnet category set", model="lite:mpnet",
+                       flickr_index=rec["runs"][0]["index"], per_class=a.per_class, emoji_every=a.emoji_every)
+        except Exception as e:  # noqa: BLE001 - e.g. the mpnet parts not installed: keep the rest
+            print(f"lite:mpnet runs skipped: {e}", file=sys.stderr)
         if a.speed:
             run_speed("10k,100k,1M", "flat,hnsw,ivf,ivfpq", out=RESULTS / "speed.json",
                       log=lambda m: print(m[:200], file=sys.stderr))

@@ -89,6 +89,9 @@ def main(ctx, debug, quiet):
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
+    from retrieval.encoders.base import set_progress
+
+    set_progress(not quiet)  # one-time model preparation (e.g. lite:mpnet's class table) shows a bar
 
 
 @main.command()

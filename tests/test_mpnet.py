@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -204,3 +205,27 @@ def test_missing_parts_fail_the_cli_with_one_line(tmp_path, photos_dir):
     err = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(err) == 1 and "(none is installed): run make mpnet" in err[0], r.output
     assert not (tmp_path / "i").exists()  # no half-made index left behind
+
+
+def test_the_one_time_class_table_shows_a_bar_on_a_terminal_unless_quiet(shipped, monkeypatch):
+    import io
+
+    from retrieval.encoders import base
+    from retrieval.encoders.lite import LiteEncoder, cache_dir
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for on in (True, False):
+        enc = LiteEncoder("lite:mpnet", "mpnet", device="cpu")
+        (cache_dir() / "lite" / f"classes-{enc.fingerprint.split('#')[1]}.npy").unlink(missing_ok=True)
+        err = Terminal()
+        monkeypatch.setattr(sys, "stderr", err)
+        base.set_progress(on)
+        try:
+            enc.load()
+        finally:
+            base.set_progress(True)
+        assert ("lite:mpnet: class descriptions (once)" in err.getvalue()) == on
+        assert enc.class_table.shape == (1000, 32)

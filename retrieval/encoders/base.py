@@ -23,6 +23,22 @@ DEVICES = ("auto", "cpu", "cuda")
 # (WordNet synset id such as "n02123045", probability)
 Concept = tuple[str, float]
 
+# one-time model preparation (a class table, an unpacked model) may show a progress bar on a terminal's
+# stderr; the CLI turns it off with -q
+_PROGRESS = {"on": True}
+
+
+def set_progress(on: bool) -> None:
+    """Allow (the default) or forbid progress bars for one-time model preparation."""
+    _PROGRESS["on"] = bool(on)
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr, shown only on a terminal and when :func:`set_progress` allows it."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="text", leave=False, disable=None if _PROGRESS["on"] else True)
+
 
 @dataclass
 class ImageBatch:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
-from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
+from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, progress_bar, weights_signature
 from .sbert import resolve_sbert_path
 
 
@@ -467,7 +467,13 @@ class LiteEncoder(Encoder):
                 return table
         prompts = class_prompts(self.config)
         flat = [t for per in prompts for t in per]
-        emb = self.text.encode_texts(flat).reshape(1000, len(self.config.prompts), -1)
+        # once per machine and model; with all-mpnet-base-v2 about 100 s on 2 cores, so say so on a terminal
+        parts = []
+        with progress_bar(len(flat), f"{self.spec}: class descriptions (once)") as bar:
+            for i in range(0, len(flat), 512):
+                parts.append(self.text.encode_texts(flat[i : i + 512]))
+                bar.update(len(parts[-1]))
+        emb = np.concatenate(parts).reshape(1000, len(self.config.prompts), -1)
         table = build_class_table(emb, self.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")

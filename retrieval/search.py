@@ -351,16 +351,22 @@ class Searcher:
         k = _validate_k(k)
         if not texts:
             return []
-        t0 = time.perf_counter()
         hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
-        self.prime(texts, captions=hyb != "none")
-        per = round((time.perf_counter() - t0) * 1000 / len(texts), 3)
+        sides = 2 if hyb != "none" else 1
+        # a chunk's vectors (one per model side) must all fit in the query cache until searched: a batch
+        # primed whole would evict its first queries and encode them again one by one
+        step = max(1, self.query_cache // sides) if self.query_cache > 0 else len(texts)
         out = []
-        for t in texts:
-            r = self._search(t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
-                             kw.get("explain", False), kw.get("hybrid"), kw.get("expand"))
-            r.timings_ms["encode_batch_share"] = per
-            out.append(r)
+        for s in range(0, len(texts), step):
+            chunk = texts[s : s + step]
+            t0 = time.perf_counter()
+            self.prime(chunk, captions=sides == 2)
+            per = round((time.perf_counter() - t0) * 1000 / len(chunk), 3)
+            for t in chunk:
+                r = self._search(t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
+                                 kw.get("explain", False), kw.get("hybrid"), kw.get("expand"))
+                r.timings_ms["encode_batch_share"] = per
+                out.append(r)
         return out
 
     # -- query-vector cache: a warm process encodes each distinct query once -------------------

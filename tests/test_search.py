@@ -358,6 +358,22 @@ def test_query_cache_encodes_each_text_once(index, monkeypatch):
     assert calls == [["red"], ["red"]]
 
 
+@pytest.mark.parametrize("hybrid", ["none", "sum"])
+def test_search_many_beyond_the_cache_encodes_each_text_once(index, monkeypatch, hybrid):
+    # a batch larger than the query cache used to be primed whole, its first queries evicted before
+    # their search and then encoded again one by one (the stdin batch path, kgclip bench recall)
+    s = Searcher(index, expand="none", hybrid=hybrid, query_cache=4)
+    texts = [f"{c} {i}" for i, c in enumerate(["red", "blue", "green"] * 4)]
+    seen = []
+    for enc in {id(s.encoder): s.encoder, id(s.text_encoder): s.text_encoder}.values():
+        real = enc.encode_queries
+        monkeypatch.setattr(enc, "encode_queries", lambda t, real=real: seen.extend(t) or real(t))
+    out = s.search_many(texts, k=1)
+    assert len(out) == len(texts)
+    assert sorted(seen) == sorted(texts * (2 if hybrid == "sum" else 1))  # each once per model side
+    assert [r.query for r in out] == texts
+
+
 def test_auto_expands_short_queries_only(index):
     from retrieval.search import is_short_query
 

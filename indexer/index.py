@@ -126,13 +126,8 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
 
 def _faiss_generation(index_dir: str, kind: str) -> int | None:
     p = os.path.join(index_dir, FAISS_FILES[kind])
-    if hasattr(V, "read_meta"):  # the sidecar alone: no need to read the index
-        meta = V.read_meta(p) if os.path.exists(p) else None
-        return None if meta is None else meta.get("generation")
-    try:
-        return V.load(p)[1]
-    except Exception:  # noqa: BLE001 - missing or unreadable
-        return None
+    meta = V.read_meta(p) if os.path.exists(p) else None  # the sidecar alone: no need to read the index
+    return None if meta is None else meta.get("generation")
 
 
 def store_meta(txn, store: Store, key: str, default=None):

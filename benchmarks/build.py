@@ -107,7 +107,8 @@ def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: 
     lst = _flickr_list(n, tmp)
     paths = [Path(p) for p in lst.read_text().split()]
     cpu_raw: dict = {}
-    raw = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size, cpu=cpu_raw)
+    raw_paths = paths[: max(2 * batch_size, 64)]  # the raw rate's images, the same for each of its runs
+    raw = raw_encode_rate(enc, raw_paths, batch_size, cpu=cpu_raw)
     idx = tmp / f"idx-{spec.replace(':', '_').replace('/', '_')}"
     built = get_encoder(spec, device=device, batch_size=batch_size).load()  # the instance build_index gets
     _ = built.fingerprint
@@ -122,7 +123,7 @@ def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: 
     wall = time.perf_counter() - t0
     c1 = cpu_seconds()  # the decode workers are reaped when the build ends: their CPU is in the children's
     rate = rep.added / wall
-    raw_after = raw_encode_rate(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
+    raw_after = raw_encode_rate(enc, raw_paths, batch_size)
     raw_mean = (raw + raw_after) / 2  # before and after the build: drift on a shared machine shows here
     shutil.rmtree(idx, ignore_errors=True)
     out = {
@@ -147,7 +148,7 @@ def throughput(spec: str, n: int, batch_size: int, workers: int | None, device: 
                          "build": round((main_ms + workers_ms) * rate / 1e3, 2)}
     raw_wall_ms = 1e3 / raw
     out["ratio_bound"] = round(raw_wall_ms / max(raw_wall_ms, (enc_ms + dec_ms) / (os.cpu_count() or 1)), 3)
-    one_run = _raw_one_run(enc, paths[: min(len(paths), max(2 * batch_size, 64))], batch_size)
+    one_run = _raw_one_run(enc, raw_paths, batch_size)
     if one_run is not None:
         # the same forward as one multi-threaded run per batch (KGCLIP_ORT_STREAMS=1): the ratio is
         # taken against the faster of the two raw rates, so batch streams cannot flatter it

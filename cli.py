@@ -171,9 +171,9 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         if image is None or query is not None:
             raise UsageError("--captions searches captions by image: give --image PATH and no text QUERY")
         from retrieval.explain import render_captions
-        from retrieval.search import Searcher
+        from indexer import open_searcher
 
-        with Searcher(index, expand="none", device=device, model=model) as s:
+        with open_searcher(index, expand="none", device=device, model=model) as s:
             rows = s.search_captions(image, k=k)
         click.echo(render_captions(os.path.basename(image), rows, fmt))
         return
@@ -193,12 +193,12 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
 
     from retrieval.explain import render
     from retrieval.filters import parse_filters
-    from retrieval.search import Searcher
+    from indexer import open_searcher
 
     parsed = parse_filters(filters)  # usage errors before any model loads
     kw = dict(k=k, filters=parsed, min_score=min_score, explain=explain, hybrid=hybrid,
               weights={"image": image_weight, "caption": caption_weight})
-    with Searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model) as s:
+    with open_searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model) as s:
         if batch:
             results = s.search_many(queries, **kw)
         else:
@@ -216,7 +216,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
 @handle_errors
 def demo(workdir, model, device):
     """Build a small index over bundled photos and run a few searches (offline)."""
-    from retrieval.demo import run_demo
+    from indexer.demo import run_demo
 
     quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     run_demo(workdir, model=model, device=device, echo=click.echo, progress=not quiet)

@@ -132,10 +132,10 @@ def synthetic_index(index_dir: str, n: int, spec: str, seed: int = 0, concepts: 
 
 # -- 1 + 2: warm latency and overhead ----------------------------------------------------------
 def warm_latency(index_dir: str, queries: list[str], expand: str, repeats: int = 1) -> dict:
-    from retrieval.search import Searcher
+    from indexer import open_searcher
 
     t0 = time.perf_counter()
-    s = Searcher(index_dir, expand=expand, device="cpu", query_cache=0)  # every query is encoded
+    s = open_searcher(index_dir, expand=expand, device="cpu", query_cache=0)  # every query is encoded
     s.warm()
     s.search(queries[0], k=10)  # the first query pays for lazy tables (concept table, KG linker)
     warm_s = time.perf_counter() - t0
@@ -161,9 +161,9 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
     """Searcher's search stage (no encode, no expansion) vs raw FAISS search (the faiss index's own
     ``search`` with the tuned SearchParameters: no kgclip code at all), same index, same k; hydration (reading the k hits' metadata from LMDB) is timed apart, as
     the warm latency's own ``hydrate`` part, and reported with it as well."""
-    from retrieval.search import Searcher
+    from indexer import open_searcher
 
-    s = Searcher(index_dir, expand="none", device="cpu", query_cache=0)
+    s = open_searcher(index_dir, expand="none", device="cpu", query_cache=0)
     idx = s.index
     faiss_index, params = faiss_handle(idx)
     from indexer import vectors
@@ -238,9 +238,9 @@ def cold_cli(index_dir: str, query: str = "a cat", runs: int = 3) -> dict:
     code = (
         "import time,sys\n"
         "t=time.perf_counter()\nimport cli\nt_cli=time.perf_counter()-t\n"
-        "t=time.perf_counter()\nfrom retrieval.search import Searcher\nimport torch, faiss\n"
+        "t=time.perf_counter()\nfrom indexer import open_searcher\nimport torch, faiss\n"
         "t_imp=time.perf_counter()-t\n"
-        "t=time.perf_counter()\ns=Searcher(sys.argv[1], device='cpu')\nt_open=time.perf_counter()-t\n"
+        "t=time.perf_counter()\ns=open_searcher(sys.argv[1], device='cpu')\nt_open=time.perf_counter()-t\n"
         "t=time.perf_counter()\ns.encoder.load()\nt_model=time.perf_counter()-t\n"
         "t=time.perf_counter()\nmode=s.resolve_expand()\nt_kg=time.perf_counter()-t\n"
         "t=time.perf_counter()\nr=s.search(sys.argv[2], k=5)\nt_q=time.perf_counter()-t\n"
@@ -262,7 +262,7 @@ def cold_cli(index_dir: str, query: str = "a cat", runs: int = 3) -> dict:
 def small_real_index(workdir: str, spec: str = "lite") -> str:
     """A ``spec`` index over the demo photos (real images, real encoder)."""
     from indexer import build_index
-    from retrieval.demo import demo_images
+    from indexer.demo import demo_images
 
     photos = Path(workdir) / "photos"
     demo_images(photos)

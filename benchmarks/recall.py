@@ -254,10 +254,10 @@ def drop_i2t_if_sampled(metrics: dict, res: dict) -> dict:
 def open_checked(idir: str, items: list[str], device: str, check_fingerprint: bool, what: str):
     """(a Searcher on ``idir``, each item's store id); one clear error when the index lacks some of
     the ``what``'s (dataset's, set's) images."""
+    from indexer import open_searcher
     from retrieval.errors import UsageError
-    from retrieval.search import Searcher
 
-    s = Searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint)
+    s = open_searcher(idir, expand="none", device=device, check_fingerprint=check_fingerprint)
     id_col, missing = _rows(s.index, items)
     if missing:
         s.close()

@@ -629,3 +629,16 @@ def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -
         store.close()
         raise
     return idx
+
+
+def open_searcher(index_dir: str, **kwargs):
+    """Open ``index_dir`` and a warm :class:`retrieval.search.Searcher` over it (which closes the index
+    on ``close()``); ``kwargs`` go to the Searcher (expand, kg, device, hybrid, model, ...)."""
+    from retrieval.search import Searcher
+
+    idx = open_index(index_dir)
+    try:
+        return Searcher(idx, owns_index=True, **kwargs)
+    except BaseException:
+        idx.close()
+        raise

@@ -161,6 +161,7 @@ class Searcher:
         check_fingerprint: bool = True,
         expander: Any = None,
         query_cache: int = 256,
+        owns_index: bool = False,
     ):
         if expand not in EXPAND_MODES:
             raise UsageError(f"unknown --expand {expand!r}: use one of {', '.join(EXPAND_MODES)}")
@@ -168,7 +169,7 @@ class Searcher:
             raise UsageError(f"unknown --hybrid {hybrid!r}: use one of {', '.join(HYBRID_MODES)}")
         self.query_cache = int(query_cache)  # distinct query texts whose vectors are kept (0 = off)
         self._qcache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._owned = not _is_index(index)  # close() closes only an index this Searcher opened
+        self._owned = owns_index or not _is_index(index)  # close() closes only an index handed over or opened here
         self.index = open_any_index(index)
         try:
             self._setup(expand, kg, device, hybrid, model, options, check_fingerprint, expander)

@@ -136,12 +136,13 @@ def test_category_metrics_hand_computed(dataset, tmp_path, colour_images):
 def test_fast_plain_scores_equal_searcher_scores(dataset, tmp_path, colour_images):
     """score_matrix's matrix-product path for --expand none gives the Searcher's own scores."""
     from benchmarks.recall import ExactIndex, _rows, ensure_index, score_matrix
+    from indexer import open_searcher
     from retrieval.search import Searcher
 
     images = [colour_images / f"{c}.png" for c in IMAGES]
     idir = ensure_index(images, "colours", "fake:v1", tmp_path / "idx")
     queries = ["red", "a blue thing", "green yellow", "zebra"]
-    with Searcher(idir, expand="none") as base:
+    with open_searcher(idir, expand="none") as base:
         id_col, missing = _rows(base.index, images)
         assert not missing
         ex = Searcher(ExactIndex(base.index), expand="none", check_fingerprint=False)

@@ -81,7 +81,7 @@ def test_demo_rerun_reuses_the_index(demo_run):
 def test_demo_images_are_real_photos(tmp_path):
     from PIL import Image
 
-    from retrieval.demo import demo_images
+    from indexer.demo import demo_images
 
     got = demo_images(tmp_path)
     names = {p.stem for p, _ in got}

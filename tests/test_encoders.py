@@ -196,7 +196,7 @@ def test_lite_reports_wordnet_concepts(lite_encoder, photos_dir):
 
 
 def test_lite_class_table_is_cached(lite_encoder):
-    from retrieval.encoders.lite import cache_dir
+    from retrieval.paths import cache_dir
 
     files = list((cache_dir() / "lite").glob("classes-*.npy"))
     assert files, "class-text table should be cached on disk"

@@ -95,11 +95,12 @@ def test_searcher_adds_the_class_mix_bonus_on_a_lite_index(tmp_path, photos_dir,
     import dataclasses
 
     from indexer import build_index
-    from retrieval.search import SearchOptions, Searcher
+    from indexer import open_searcher
+    from retrieval.search import SearchOptions
 
     build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
                 device="cpu")
-    with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu",
+    with open_searcher(str(tmp_path / "idx"), expand="multi", device="cpu",
                   options=SearchOptions(concept_mix=2.0, concept_weight=0.5)) as s:
         on = s.search("an animal", k=3, explain=True)
         assert {"chelsea.jpg", "horse.jpg"} <= {h.path.rsplit("/", 1)[-1] for h in on.hits}
@@ -129,7 +130,8 @@ def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_di
     from indexer import build_index, open_index
     from retrieval.encoders.lite import PROFILE, imagenet_ancestors
     from retrieval.errors import UsageError
-    from retrieval.search import GROUNDING, Searcher
+    from indexer import open_searcher
+    from retrieval.search import GROUNDING
 
     assert list(lite_encoder.class_ids) == sorted(imagenet_ancestors())  # the order search assumes
     build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
@@ -173,7 +175,7 @@ def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_di
     assert not bad["ok"] and any("concept profile 999 has no item" in p for p in bad["problems"]), bad
     verify_index(str(tmp_path / "idx"), repair=True)
     assert verify_index(str(tmp_path / "idx"))["ok"]
-    with Searcher(str(tmp_path / "idx"), expand="multi", device="cpu") as s:
+    with open_searcher(str(tmp_path / "idx"), expand="multi", device="cpu") as s:
         assert s.grounding() == GROUNDING["profile"]
         res = s.search("an animal", k=3, explain=True)
         assert {"chelsea.jpg", "horse.jpg"} <= {h.path.rsplit("/", 1)[-1] for h in res.hits}
@@ -197,7 +199,8 @@ def test_an_index_from_before_profiles_keeps_its_kind_on_update(tmp_path, photos
 
     from indexer import build_index, open_index
     from indexer.store import Store
-    from retrieval.search import GROUNDING, Searcher
+    from indexer import open_searcher
+    from retrieval.search import GROUNDING
 
     src = tmp_path / "photos"
     src.mkdir()
@@ -241,7 +244,7 @@ def test_an_index_from_before_profiles_keeps_its_kind_on_update(tmp_path, photos
 
     info = CliRunner().invoke(main, ["info", str(d)])
     assert info.exit_code == 0 and "top 5 classes per image (built before profiles" in info.output
-    with Searcher(str(d), expand="multi", device="cpu") as s:
+    with open_searcher(str(d), expand="multi", device="cpu") as s:
         assert s.grounding() == GROUNDING["top5"]
         res = s.search("an animal", k=3, explain=True)
     assert any(e.startswith("concept mix: ~") for h in res.hits for e in h.explanation)

@@ -143,7 +143,7 @@ def test_missing_part_names_the_package(shipped, monkeypatch):
 
 
 def test_damaged_parts_are_a_clear_error_and_leave_nothing(shipped):
-    from retrieval.encoders.lite import cache_dir
+    from retrieval.paths import cache_dir
     from retrieval.encoders.sbert import resolve_sbert_path
 
     models = cache_dir() / "models"
@@ -213,7 +213,8 @@ def test_the_one_time_class_table_shows_a_bar_on_a_terminal_unless_quiet(shipped
     import io
 
     from retrieval.encoders import base
-    from retrieval.encoders.lite import LiteEncoder, cache_dir
+    from retrieval.encoders.lite import LiteEncoder
+    from retrieval.paths import cache_dir
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -30,15 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
+from ..paths import cache_dir
 from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, progress_bar, weights_signature
 from .sbert import resolve_sbert_path
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("KGCLIP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kgclip"
-    )
-    return Path(root)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ModelError
+from ..paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ def wanted(device: str) -> bool:
 
 def model_path(name: str, signature: str) -> Path:
     """Where the exported graph for ``name`` with weights ``signature`` lives in the cache."""
-    from .lite import cache_dir
 
     key = hashlib.sha256(f"{name}|{signature}|{EXPORT_VERSION}".encode()).hexdigest()[:16]
     return cache_dir() / "onnx" / f"{name}-{key}.onnx"

@@ -20,15 +20,12 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
+from ..paths import offline
 from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
 
 log = logging.getLogger(__name__)
 
 HUB_PROBE_TIMEOUT_S = 3.0
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("KGCLIP_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def _hub_reachable(url: str | None = None) -> bool:
@@ -85,7 +82,7 @@ def resolve_pretrained(model: str, tag: str) -> tuple[str, dict]:
         f"({{why}}): download {where} on a machine with internet, or pass a local file as "
         f"open_clip:{model}@/path/to/weights.safetensors"
     )
-    if _offline():
+    if offline():
         raise WeightsNotFound(how.format(why="offline mode is set"))
     if not _hub_reachable(cfg.get("url") if not cfg.get("hf_hub") else None):
         raise WeightsNotFound(how.format(why="the model hub is unreachable"))

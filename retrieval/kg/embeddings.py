@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..encoders.lite import cache_dir
+from ..paths import cache_dir
 from .graph import Graph
 
 MAX_CHUNKS = 32

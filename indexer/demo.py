@@ -93,11 +93,10 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Build (or reuse) the demo index and print a tour. Returns what it ran, for tests."""
-    from indexer import build_index
+    from retrieval.errors import ModelMismatch
+    from retrieval.explain import render_table
 
-    from .errors import ModelMismatch
-    from .explain import render_table
-    from .search import Searcher
+    from .index import build_index, open_searcher
 
     workdir = Path(workdir)
     photos, index_dir = workdir / "photos", workdir / "index"
@@ -119,7 +118,7 @@ def run_demo(
     echo(f"indexed {getattr(report, 'items', len(images))} photos ({what}) in {build_s:.1f} s\n")
 
     ran: dict = {"index": str(index_dir), "queries": {}}
-    with Searcher(str(index_dir), expand="auto", device=device) as s:
+    with open_searcher(str(index_dir), expand="auto", device=device) as s:
         for q in QUERIES:
             echo(f"$ kgclip search {_show(index_dir)} {q!r} -k 3")
             res = s.search(q, k=3, expand="none")

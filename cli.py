@@ -402,7 +402,7 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
     """
     from indexer import build_index
     from indexer.decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
-    from indexer.vectors import parse_memory
+    from indexer.faiss import parse_memory
 
     quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     report = build_index(

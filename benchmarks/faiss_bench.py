@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from indexer import synthetic as S
-from indexer import vectors as V
+from indexer import faiss as V
 
 
 def _rss() -> int:

@@ -1,4 +1,4 @@
-"""GPU vs CPU check for indexer.vectors (flat / ivf / ivfpq training + search).
+"""GPU vs CPU check for indexer.faiss (flat / ivf / ivfpq training + search).
 
 Runs on any machine: without a GPU build of faiss (or without a GPU) it runs
 the CPU side, reports ``"gpu": "skipped"`` and exits 0. With a GPU it checks,
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from indexer import synthetic as S
-from indexer import vectors as V
+from indexer import faiss as V
 
 
 def main(argv=None) -> int:

@@ -166,7 +166,7 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
     s = open_searcher(index_dir, expand="none", device="cpu", query_cache=0)
     idx = s.index
     faiss_index, params = faiss_handle(idx)
-    from indexer import vectors
+    from indexer import faiss as vectors
     from indexer.synthetic import queries_like
 
     qs = queries_like(n_queries, idx.dim, n_base=len(idx), seed=0)  # held-out draws from the index's mixture

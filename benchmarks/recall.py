@@ -226,7 +226,7 @@ def ann_ids(searcher, queries, id_col: dict[int, int], expand: str, k: int = 10)
 def i2t_ann(index_kind: str, caption_vecs: np.ndarray, image_vecs: np.ndarray, caption_image, ks=(1, 5, 10)):
     """Image->text recall over an ANN index of ``index_kind`` built (and tuned) over caption vectors."""
     from benchmarks.metrics import recall_from_ids
-    from indexer import vectors as V
+    from indexer import faiss as V
 
     n, dim = caption_vecs.shape
     choice = V.choose_index(n, dim, index_type=index_kind)

@@ -2,7 +2,7 @@
 
 For each size (default 10k, 100k, 1M) and each index type (flat, hnsw, ivf,
 ivfpq; plus which one ``auto`` picks), built and tuned as a kgclip build does
-(:func:`indexer.vectors.build_and_tune`): build and tuning time, index size,
+(:func:`indexer.faiss.tune.build_and_tune`): build and tuning time, index size,
 RSS growth, tuned search parameter with the tuning sample's recall and its lower
 confidence bound, recall@10 vs exact on fresh queries, single-query QPS and latency p50/p95, and batched
 QPS. A GPU section (flat / ivf / ivfpq searched through a GPU clone) runs when
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from indexer import synthetic as S
-from indexer import vectors as V
+from indexer import faiss as V
 
 from .faiss_bench import _index_bytes, _rss, single_query
 
@@ -34,7 +34,7 @@ TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 
 
 def _one(x, ids, queries, gt, k, index_type, max_memory, gpu=False):
-    """One index type through the build's own flow (:func:`indexer.vectors.build_and_tune`: choose,
+    """One index type through the build's own flow (:func:`indexer.faiss.tune.build_and_tune`: choose,
     build, tune on held-out / left-out stored vectors), then searched with fresh queries."""
     rr = lambda sel: x[np.searchsorted(ids, sel)]  # noqa: E731
     rss0 = _rss()

@@ -19,7 +19,7 @@ import numpy as np
 from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, QueryError, UsageError
 
 from . import pipeline
-from . import vectors as V
+from . import faiss as V
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from .pipeline import BuildReport
@@ -94,7 +94,7 @@ def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: 
     """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info).
 
     The choice, training, held-out tuning and recall measurement are
-    :func:`indexer.vectors.build_and_tune`'s, the flow the FAISS benchmarks measure. Caption
+    :func:`indexer.faiss.tune.build_and_tune`'s, the flow the FAISS benchmarks measure. Caption
     vectors take the auto choice and, sharing their item's id, are tuned without leave-one-out.
     ``txn``: a read transaction to take the snapshot from (several kinds derived from one generation).
     """

@@ -1,6 +1,6 @@
 """Seeded synthetic clustered vectors with exact ground truth (faiss contrib style).
 
-Used by tests and benchmarks of :mod:`indexer.vectors`: uniform random vectors
+Used by tests and benchmarks of :mod:`indexer.faiss`: uniform random vectors
 have no neighbourhood structure (every ANN index looks bad on them), real
 embeddings are clustered with a low intrinsic dimension, so the generator
 draws a Gaussian mixture whose within-cluster spread lives mostly in a shared

@@ -84,7 +84,8 @@ def store_digests(store) -> tuple[int, str, str]:
 
 def _install() -> None:
     import indexer.store as st
-    import indexer.vectors as vec
+    import indexer.faiss.files as vec
+    import retrieval.atomic as atomic
 
     orig_write = st.Store.write
 
@@ -112,7 +113,7 @@ def _install() -> None:
     vec._write_index = write_index
 
     class _OsProxy:
-        """``os`` for indexer.vectors, with a pause after the index file's rename."""
+        """``os`` for retrieval.atomic, with a pause after the index file's rename."""
 
         def __getattr__(self, name):
             return getattr(os, name)
@@ -127,7 +128,7 @@ def _install() -> None:
             elif str(dst).endswith(".faiss.json"):
                 event("faiss-end", path=str(dst))
 
-    vec.os = _OsProxy()
+    atomic.os = _OsProxy()
     event("start")
     atexit.register(lambda: event("exit"))
 

@@ -318,7 +318,7 @@ def reader_probe(index_dir: Path, query: np.ndarray | None = None, writer_alive:
     ids it searches must be exactly the store's items at the generation it reports.
     """
     from indexer import open_index
-    from indexer.vectors import load
+    from indexer.faiss import load
     from retrieval.errors import IndexNotFound, KgclipError
 
     out = {"ok": True, "state": "searched", "problems": []}

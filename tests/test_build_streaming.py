@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import pytest
 
 from indexer import index as I
 from indexer import pipeline as P
-from indexer import vectors as V
+from indexer import faiss as V
 from indexer.store import Store
 
 
@@ -44,7 +45,7 @@ def test_exact_search_merges_small_batches_like_one_sort(tmp_path, monkeypatch, 
     s = _store(tmp_path)
     # batches of 7 stored vectors and 3 queries at a time: many merges, ties across batch boundaries
     monkeypatch.setattr(Store, "iter_vectors", functools.partialmethod(Store.iter_vectors, batch=7))
-    monkeypatch.setattr(V, "EXACT_QUERY_ROWS", 3)
+    monkeypatch.setattr(V.exact, "EXACT_QUERY_ROWS", 3)
     try:
         with s.read() as txn:
             _, vecs, _ = next(s.iter_vectors(kind, batch=10**6))
@@ -127,7 +128,7 @@ def test_hnsw_is_tuned_on_vectors_held_out_of_the_graph_then_holds_them_all(tmp_
     vectors overstates HNSW recall), their ground truth leaves them out too, and they are added after."""
     s = _store(tmp_path, n=300, dim=6, dup_every=300)
     monkeypatch.setattr(I, "TUNE_QUERIES", 20)
-    monkeypatch.setattr(V, "FLAT_MAX_N", 10)  # captions take the auto choice: HNSW here too
+    monkeypatch.setattr(V.choose, "FLAT_MAX_N", 10)  # captions take the auto choice: HNSW here too
     calls, held = [], []
     real_tune = V.tune
 
@@ -142,7 +143,7 @@ def test_hnsw_is_tuned_on_vectors_held_out_of_the_graph_then_holds_them_all(tmp_
         held.append(not ((gt_i == np.array(own)[:, None]) & np.isclose(gt_s, self_s)).any())
         return real_tune(index, choice, queries, gt, **kw)
 
-    monkeypatch.setattr(V, "tune", spy_tune)
+    monkeypatch.setattr(importlib.import_module("indexer.faiss.tune"), "tune", spy_tune)  # the module, not V.tune
     keys, all_vecs, owners = next(s.iter_vectors(kind, batch=10**6))
     all_ids = np.asarray(owners if owners is not None else keys, np.int64)
     try:

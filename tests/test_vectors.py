@@ -1,4 +1,4 @@
-"""indexer.vectors: index choice, tuned recall, search/rerank, removals, atomic save/load.
+"""indexer.faiss: index choice, tuned recall, search/rerank, removals, atomic save/load.
 
 Seeded synthetic clustered vectors with exact ground truth (indexer.synthetic);
 small n so the whole file runs in seconds.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from indexer import synthetic as S
-from indexer import vectors as V
+from indexer import faiss as V
 from retrieval.errors import IndexCorrupt, IndexNotFound, UsageError
 
 G = 1 << 30
@@ -298,7 +298,7 @@ def test_crash_mid_write_keeps_old_file(tmp_path, data, monkeypatch):
             f.write(b"half a faiss file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(V, "_write_index", broken_write)
+    monkeypatch.setattr(V.files, "_write_index", broken_write)
     with pytest.raises(OSError, match="disk full"):
         V.save_atomic(_flat(x, ids), p, generation=2)
     monkeypatch.undo()

@@ -1,0 +1,116 @@
+"""Save and load FAISS files with their sidecar.
+
+:func:`save_atomic` writes the index with :func:`retrieval.atomic.atomic_write`, then a sidecar
+``<file>.json`` that records the store generation the file covers plus its size and CRC32;
+:func:`load` returns ``generation=None`` when the sidecar is missing or does not match the file
+(the caller then rebuilds the index from the store).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import numpy as np
+
+from retrieval.atomic import atomic_write, atomic_write_json, remove_stale_temps
+from retrieval.errors import IndexCorrupt, IndexNotFound
+
+from .build import to_cpu
+from .choose import IndexChoice
+
+SIDECAR_FORMAT = 1
+
+
+def _sidecar(path: str) -> str:
+    return str(path) + ".json"
+
+
+def _crc_file(path: str) -> tuple[int, int]:
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return crc, size
+
+
+def _write_index(index, path: str) -> None:
+    import faiss
+
+    faiss.write_index(index, path)
+
+
+def save_atomic(index, path, generation: int, meta: dict | None = None) -> None:
+    """Write ``index`` to ``path`` atomically and record the store generation
+    (and ``meta``, e.g. the choice and tuned parameters) in ``path + '.json'``.
+
+    A crash at any point leaves the previous file readable; a crash between the
+    two renames leaves a sidecar that does not match the file, which
+    :func:`load` reports as ``generation=None`` (stale: rebuild).
+    """
+    index = to_cpu(index)
+    path = os.fspath(path)
+    d, base = os.path.split(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    remove_stale_temps(d, base)  # the index file's and the sidecar's (".<base>.json.*.tmp")
+    written: dict = {}
+
+    def write(tmp: str) -> None:
+        _write_index(index, tmp)
+        written["crc32"], written["size"] = _crc_file(tmp)
+
+    atomic_write(path, write)
+    info = {"format": SIDECAR_FORMAT, "generation": int(generation), "ntotal": int(index.ntotal),
+            "dim": int(index.d), "size": written["size"], "crc32": written["crc32"], "meta": meta or {}}
+    atomic_write_json(_sidecar(path), info, default=_json_default)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, IndexChoice):
+        return o.to_dict()
+    raise TypeError(type(o).__name__)
+
+
+def read_meta(path) -> dict | None:
+    """The sidecar of a saved index (generation, ntotal, size, crc32, meta), or
+    None when missing or unreadable. Does not read the index itself."""
+    try:
+        with open(_sidecar(os.fspath(path))) as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT else None
+    except (OSError, ValueError):
+        return None
+
+
+def load(path, verify: bool = True):
+    """Read a saved index -> ``(index, generation)``.
+
+    ``generation`` is None when the sidecar is missing or (with ``verify``)
+    its size/CRC do not match the file: the file is then of unknown coverage
+    and should be rebuilt from the store.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise IndexNotFound(f"{path}: FAISS index file is missing")
+    try:
+        import faiss
+
+        index = faiss.read_index(path)
+    except Exception as exc:
+        raise IndexCorrupt(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0][:120]})") from None
+    info = read_meta(path)
+    generation = None
+    if info is not None and info.get("ntotal") == index.ntotal:
+        generation = info.get("generation")
+        if verify:
+            crc, size = _crc_file(path)
+            if size != info.get("size") or crc != info.get("crc32"):
+                generation = None
+    return index, generation

@@ -10,10 +10,11 @@ Importing this package is cheap: numpy only; lmdb, faiss and the models load on 
 
 from __future__ import annotations
 
-from .index import Index, build_index, open_index, open_searcher, update_index
+from .build import BuildOptions, build_index, update_index
+from .index import Index, open_index, open_searcher
 from .pipeline import BuildInterrupted, BuildReport
 
-__all__ = ["build_index", "update_index", "open_index", "open_searcher", "Index", "BuildReport", "BuildInterrupted",
+__all__ = ["build_index", "update_index", "BuildOptions", "open_index", "open_searcher", "Index", "BuildReport", "BuildInterrupted",
            "index_info", "verify_index"]
 
 

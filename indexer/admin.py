@@ -9,7 +9,7 @@ import numpy as np
 from retrieval.errors import KgclipError
 
 from . import faiss as V
-from .index import FAISS_FILES, derive_faiss
+from .derive import FAISS_FILES, derive_faiss
 from .manifest import read_manifest, write_manifest
 from .store import Store, WriteLock, ikey, loads, unikey
 

@@ -96,7 +96,8 @@ def run_demo(
     from retrieval.errors import ModelMismatch
     from retrieval.explain import render_table
 
-    from .index import build_index, open_searcher
+    from .build import build_index
+    from .index import open_searcher
 
     workdir = Path(workdir)
     photos, index_dir = workdir / "photos", workdir / "index"

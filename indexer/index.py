@@ -1,390 +1,36 @@
-"""Build, update, open, inspect and verify an index directory.
+"""Open an index folder for reading: :class:`Index`, :func:`open_index`, :func:`open_searcher`.
 
-``INDEX/store.lmdb`` is the source of truth; ``INDEX/image.faiss`` and
-``INDEX/caption.faiss`` are derived from it and record the store generation
-they cover. :func:`open_index` rebuilds a stale or missing FAISS file from the
-stored vectors (never re-encoding images).
+``INDEX/store.lmdb`` is the source of truth; ``INDEX/image.faiss`` and ``INDEX/caption.faiss`` are
+derived from it and record the store generation they cover. :func:`open_index` derives a stale or
+missing FAISS file again from the stored vectors (never re-encoding images). Building and updating
+are :mod:`indexer.build`'s; ``verify`` is :mod:`indexer.admin`'s.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import time
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError, ModelMismatch, QueryError, UsageError
+from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UsageError
 
-from . import pipeline
 from . import faiss as V
-from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
-from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .pipeline import BuildReport
-from .sources import source_kind
-from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
+from .derive import FAISS_FILES, derive_faiss, faiss_generation, store_meta
+from .manifest import read_manifest, rebuild_command, write_manifest
+from .store import Store, WriteLock
 
-FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
-TUNE_QUERIES = 500
 MAX_K = 1 << 20  # most results one Index.search call returns per query
-SEED = 0
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def _model_info(enc) -> dict:
-    return {"spec": enc.spec, "fingerprint": enc.fingerprint, "dim": int(enc.dim)}
-
-
-def _same_model(a: dict | None, b: dict | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.get("fingerprint") == b.get("fingerprint") and a.get("dim") == b.get("dim")
-
-
-def _is_index_dir(d: str) -> bool:
-    return os.path.isfile(os.path.join(d, MANIFEST)) or os.path.isdir(os.path.join(d, STORE_DIR))
-
-
-def _wipe(index_dir: str) -> None:
-    for name in os.listdir(index_dir):
-        if name == LOCK_FILE:
-            continue
-        p = os.path.join(index_dir, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.unlink(p)
-
-
-# -- FAISS, derived from the store -------------------------------------------------------
-def _iter_vectors(store: Store, kind: str, txn):
-    """The store's vectors as ``(ids, vectors)`` chunks in key order, as FAISS indexes them (a caption
-    vector under its item's id)."""
-    for keys, vecs, owners in store.iter_vectors(kind, txn=txn):
-        if len(keys):
-            yield (keys if owners is None else owners), vecs
-
-
-def _rows_reader(store: Store, kind: str, dim: int, txn) -> Callable[[np.ndarray], np.ndarray]:
-    """``rows -> vectors``: the stored vectors at (sorted) positions of :func:`_iter_vectors`' order.
-
-    It walks the keys only (16 bytes a vector) and reads just the vectors asked for, so a training
-    sample or the tuning queries never need a pass over every stored vector.
-    """
-
-    def read(rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        keys, start = [], 0
-        for ids, _owners in store.iter_vector_keys(kind, txn=txn):
-            keys.append(ids[rows[(rows >= start) & (rows < start + len(ids))] - start])
-            start += len(ids)
-        keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        return store.get_vectors(keys, dim, kind=kind, txn=txn)
-
-    return read
-
-
-def derive_faiss(store: Store, index_dir: str, kind: str, dim: int, index_type: str = "auto",
-                 max_memory: int | None = None, save: bool = True, use_gpu="auto", txn=None):
-    """Build the FAISS index of ``kind`` from one snapshot of the store; returns (faiss index, info).
-
-    The choice, training, held-out tuning and recall measurement are
-    :func:`indexer.faiss.tune.build_and_tune`'s, the flow the FAISS benchmarks measure. Caption
-    vectors take the auto choice and, sharing their item's id, are tuned without leave-one-out.
-    ``txn``: a read transaction to take the snapshot from (several kinds derived from one generation).
-    """
-    from contextlib import nullcontext
-
-    with (nullcontext(txn) if txn is not None else store.read()) as txn:
-        gen = int(store_meta(txn, store, "generation", 0))
-        n = txn.stat(store.db["vecs" if kind == "image" else "capvecs"])["entries"]
-        rerank = (lambda ids: store.get_vectors(ids, dim, kind="image")) if kind == "image" else None
-        index, tuned = V.build_and_tune(
-            n, dim, lambda: _iter_vectors(store, kind, txn), _rows_reader(store, kind, dim, txn),
-            max_memory=max_memory, index_type=index_type if kind == "image" else "auto",
-            n_queries=TUNE_QUERIES, rerank_fn=rerank, use_gpu=use_gpu, seed=SEED, leave_one_out=kind == "image")
-    info = {
-        "file": FAISS_FILES[kind], "kind": tuned["kind"], "factory": tuned["factory"], "params": tuned["params"],
-        "choice": dict(tuned["choice"]["params"]), "rerank": bool(tuned["rerank"]),
-        "recall_at_10": round(float(tuned["recall_at_k"]), 4),
-        "recall_at_10_low": round(float(tuned["recall_low"]), 4),
-        "generation": gen, "n": int(n), "dim": int(dim),
-    }
-    if tuned["kind"] != "flat" and n:
-        info["tuned_on"] = {"held-out": "held-out sample", "leave-one-out": "indexed sample, leave-one-out",
-                            "indexed": "indexed sample"}[tuned["tuned_on"]]
-        info.update(n_queries=tuned["n_queries"], build_s=tuned["build_s"], tune_s=tuned["tune_s"])
-    if save:
-        V.save_atomic(index, os.path.join(index_dir, FAISS_FILES[kind]), gen)
-    return index, info
-
-
-def _faiss_generation(index_dir: str, kind: str) -> int | None:
-    p = os.path.join(index_dir, FAISS_FILES[kind])
-    meta = V.read_meta(p) if os.path.exists(p) else None  # the sidecar alone: no need to read the index
-    return None if meta is None else meta.get("generation")
-
-
-def store_meta(txn, store: Store, key: str, default=None):
-    from .store import loads
-
-    v = loads(txn.get(key.encode(), db=store.db["meta"]))
-    return default if v is None else v
-
-
-# -- build / update ------------------------------------------------------------------------
-def build_index(
-    sources: Sequence[str],
-    index_dir: str,
-    model: str = "lite",
-    text_model: str | None = "sbert:minilm",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    index_type: str = "auto",
-    max_memory: int | None = None,
-    resume: bool = True,
-    progress: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    timeout_per_file: float = DEFAULT_TIMEOUT,
-    root: str | None = None,
-    base: str | None = None,
-    stop_after_batches: int | None = None,
-    log: Callable[[str], None] | None = None,
-    map_size: int | None = None,
-    quiet: bool = False,
-) -> BuildReport:
-    """Index ``sources`` into ``index_dir``; re-running continues or updates (``resume=False`` starts over).
-
-    The result equals a fresh build of the same files: unchanged files keep their
-    ids and vectors, new or changed ones are encoded, gone ones are removed.
-    """
-    from retrieval.encoders import get_encoder
-
-    t_all = time.perf_counter()
-    sources = [os.path.abspath(os.fspath(s)) for s in sources]
-    if not sources:
-        raise UsageError("no sources given: name at least one folder, file list, manifest or .tar shard")
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1 (got {batch_size})")
-    for s in sources:
-        source_kind(s)  # a clear error for a missing source, before anything is written
-    index_dir = os.path.abspath(os.fspath(index_dir))
-    if os.path.exists(index_dir) and not os.path.isdir(index_dir):
-        raise UsageError(f"{index_dir} exists and is not a folder")
-    if os.path.isdir(index_dir) and os.listdir(index_dir) and not _is_index_dir(index_dir) \
-            and os.listdir(index_dir) != [LOCK_FILE]:
-        raise UsageError(f"{index_dir} is a non-empty folder that is not a kgclip index; choose another -i")
-    created = not os.path.exists(index_dir)
-    fresh = created or not [n for n in os.listdir(index_dir) if n != LOCK_FILE]
-    os.makedirs(index_dir, exist_ok=True)
-    say = log or (lambda s: print(s, file=sys.stderr))
-
-    encoder = get_encoder(model, device=device, batch_size=batch_size)
-    text_encoder = get_encoder(text_model, device=device, batch_size=max(batch_size, 64)) if text_model else None
-    if not encoder.has_images:
-        raise UsageError(f"{model} encodes text only; pick an image model for --model")
-
-    lock = WriteLock(index_dir).acquire()
-    store = None
-    try:
-        if not resume:
-            _wipe(index_dir)
-        t_load = time.perf_counter()
-        store = Store(index_dir, create=True, map_size=map_size)
-        stored = store.all_meta()
-        old_m, old_t = stored.get("model"), stored.get("text_model", "unset")
-        # a known model is not loaded just to learn its dim: loading waits until something needs encoding
-        minfo = dict(old_m) if old_m and old_m.get("fingerprint") == encoder.fingerprint else _model_info(encoder)
-        t_load = time.perf_counter() - t_load
-        if old_m is not None and not _same_model(old_m, minfo) and old_m.get("spec") == minfo["spec"]:
-            raise ModelMismatch(
-                f"{index_dir} was built with {old_m.get('fingerprint')}, but {minfo['spec']} is now "
-                f"{minfo['fingerprint']} (its weights or configuration changed): rebuild with --restart"
-            )
-        if old_m is not None and not _same_model(old_m, minfo):
-            raise ModelMismatch(
-                f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
-                f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
-            )
-        if hasattr(encoder, "profile"):  # lite: the soft concept profiles grounding reads (see PROFILE)
-            if old_m is None:
-                from retrieval.encoders.lite import profile_record
-
-                minfo["profile"] = profile_record()
-            # an index keeps the kind it was made with: one built before profiles stays without them
-            prof = minfo.get("profile")
-            encoder.profile = (int(prof["top"]), float(prof["temperature"])) if prof else None
-        t = time.perf_counter()
-        if text_encoder is None:
-            tinfo = None
-        elif isinstance(old_t, dict) and old_t.get("fingerprint") == text_encoder.fingerprint:
-            tinfo = dict(old_t)
-        else:
-            tinfo = _model_info(text_encoder)  # loads it (dim)
-        t_load += time.perf_counter() - t
-        if old_m is not None and old_t != "unset" and not _same_model(old_t, tinfo):
-            was = old_t["spec"] if old_t else "no text model"
-            now = tinfo["spec"] if tinfo else "no text model"
-            raise ModelMismatch(f"{index_dir} was built with text model {was}; you asked for {now}: "
-                                "use --restart or another index folder")
-        if resume and stored.get("sources"):
-            # building into an existing index adds sources; the index keeps mirroring all of them
-            sources = list(stored["sources"]) + [x for x in sources if x not in stored["sources"]]
-        options = {"batch_size": batch_size, "index_type": index_type, "max_memory": max_memory,
-                   "max_pixels": max_pixels, "timeout_per_file": timeout_per_file, "root": root,
-                   "base": os.path.abspath(base) if base else None}
-
-        def init(txn):
-            txn.set_meta("format_version", 1)
-            txn.set_meta("model", minfo)
-            txn.set_meta("text_model", tinfo)
-            txn.set_meta("sources", sources)
-            txn.set_meta("options", options)
-            txn.set_meta("state", "building")
-
-        store.write(init, bump=False)
-        try:
-            manifest = read_manifest(index_dir)
-        except IndexNotFound:
-            manifest = new_manifest(minfo, tinfo, sources, options)
-            write_manifest(index_dir, manifest)
-        except IndexCorrupt:
-            manifest = new_manifest(minfo, tinfo, sources, options)  # the store is the truth: rewrite it
-            write_manifest(index_dir, manifest)
-
-        report = BuildReport(index_dir)
-        report.timings.model_load = t_load
-        from retrieval.encoders.onnx import no_spinning
-
-        try:
-            with no_spinning():  # ONNX Runtime threads that spin would take CPU from the decode workers
-                pipeline.run(
-                    store, encoder, text_encoder, sources, root=root, base=base, batch_size=batch_size,
-                    workers=default_workers() if workers is None else workers, timeout=timeout_per_file,
-                    max_pixels=max_pixels, progress=progress and not quiet, log=say,
-                    stop_after_batches=stop_after_batches, report=report,
-                )
-        except KeyboardInterrupt:
-            say(f"interrupted after {report.batches} committed batches: run the same command again to continue")
-            raise
-        t = time.perf_counter()
-        faiss_info = {}
-        gen = store.generation
-        kinds = [("image", minfo["dim"], index_type)] + ([("caption", tinfo["dim"], "auto")] if tinfo else [])
-        for kind, dim, itype in kinds:
-            old = (manifest.get("faiss") or {}).get(kind)
-            if old and old.get("generation") == gen and _faiss_generation(index_dir, kind) == gen \
-                    and (manifest.get("options") or {}).get("index_type") == index_type \
-                    and (manifest.get("options") or {}).get("max_memory") == max_memory:
-                faiss_info[kind] = old  # nothing changed since it was derived
-                continue
-            _, faiss_info[kind] = derive_faiss(store, index_dir, kind, dim, itype, max_memory)
-        if tinfo is not None:
-            pass
-        else:
-            p = os.path.join(index_dir, FAISS_FILES["caption"])
-            if os.path.exists(p):
-                os.unlink(p)
-        report.timings.faiss += time.perf_counter() - t
-        store.write(lambda txn: txn.set_meta("state", "complete"), bump=False)
-        report.timings.total = time.perf_counter() - t_all
-        _fill_counts(store, report)
-        report.faiss = faiss_info
-        manifest.update(
-            model=minfo, text_model=tinfo, sources=sources, options=options, state="complete",
-            generation=store.generation, faiss=faiss_info,
-            counts={"items": report.items, "paths": report.paths, "captions": report.captions,
-                    "failures": report.failures_total},
-            failures=_failure_summary(store),
-            timings=report.timings.to_dict(),
-            updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            last_build={k: v for k, v in report.to_dict().items() if k not in ("timings", "faiss", "index_dir")},
-        )
-        write_manifest(index_dir, manifest)
-        if not quiet:
-            say(report.summary())
-        return report
-    except BaseException:
-        # a first build that failed before committing anything (a malformed manifest, a model that
-        # cannot load, Ctrl-C during the scan) leaves no half-made index folder behind
-        if fresh and store is not None and store.count("items") == 0 and store.count("fails") == 0:
-            store.close()
-            store = None
-            _wipe(index_dir)
-            try:
-                os.unlink(lock.path)  # while still holding it
-            except OSError:
-                pass
-            lock.release()
-            lock = None
-            if created:
-                _remove_empty_dir(index_dir)
-        raise
-    finally:
-        if store is not None:
-            store.close()
-        if lock is not None:
-            lock.release()
-
-
-def _remove_empty_dir(path: str) -> None:
-    """Remove ``path`` if it is empty (another process may have started using it meanwhile)."""
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
-
-
-def _fill_counts(store: Store, report: BuildReport) -> None:
-    report.items = store.count("items")
-    report.paths = store.count("paths")
-    report.captions = store.count("capvecs")
-    report.failures_total = store.count("fails")
-
-
-def _failure_summary(store: Store, examples: int = 20) -> dict:
-    reasons: dict[str, int] = {}
-    sample = []
-    for key, f in store.iter_failures():
-        r = pipeline.reason_kind(f["reason"])
-        reasons[r] = reasons.get(r, 0) + 1
-        if len(sample) < examples:
-            sample.append({"path": key, "reason": f["reason"]})
-    return {"total": sum(reasons.values()), "by_reason": reasons, "examples": sample}
-
-
-def update_index(index_dir: str, **kwargs) -> BuildReport:
-    """Re-scan the index's sources: encode new/changed files, drop gone ones (same models as the build)."""
-    index_dir = os.path.abspath(os.fspath(index_dir))
-    m = read_manifest(index_dir)
-    store = Store(index_dir, readonly=True)
-    try:
-        sources = store.meta("sources") or m.get("sources") or []
-        options = store.meta("options") or m.get("options") or {}
-        model = (store.meta("model") or m["model"])["spec"]
-        tm = store.all_meta().get("text_model", "unset")
-        text = (tm if tm != "unset" else m.get("text_model")) or None
-    finally:
-        store.close()
-    for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root", "base"):
-        if k in options and options[k] is not None and kwargs.get(k) is None:
-            kwargs[k] = options[k]
-    kwargs.pop("model", None)
-    kwargs.pop("text_model", None)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return build_index(sources, index_dir, model=model, text_model=text["spec"] if text else None,
-                       resume=True, **kwargs)
-
-
-# -- the read side ---------------------------------------------------------------------------
 class Index:
-    """An opened index: FAISS search over store ids, metadata and vectors from LMDB."""
+    """An opened index: FAISS search over store ids, metadata and vectors from LMDB.
+
+    What a Searcher reads (``retrieval.types.IndexReader``): ``path``, ``model_spec``,
+    ``model_fingerprint``, ``text_model_spec``, ``manifest``, ``counts``, ``len()``, :meth:`search`,
+    :meth:`get`, :meth:`get_vectors`, :meth:`iter_items`, :meth:`iter_profiles`,
+    :meth:`refresh_if_updated` and :meth:`close`.
+    """
 
     def __init__(self, path: str, manifest: dict, store: Store):
         self.path = path
@@ -493,7 +139,7 @@ class Index:
             self._seen_txnid = txnid
             return False
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
-        if any(_faiss_generation(self.path, k) != gen for k in kinds):
+        if any(faiss_generation(self.path, k) != gen for k in kinds):
             return False
         try:
             if read_manifest(self.path).get("generation") != gen:
@@ -514,6 +160,11 @@ class Index:
     # -- queries -------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.store.count("items")
+
+    @property
+    def counts(self) -> dict:
+        """The manifest's counts as of the last build (items, paths, captions, failures)."""
+        return dict(self.manifest.get("counts") or {})
 
     def search(self, queries, k: int = 10, kind: str = "image"):
         """Top-k (scores float32 [n,k], ids int64 [n,k]); -1 ids pad missing results.
@@ -601,26 +252,18 @@ class Index:
         return f"Index({self.path!r}, model={self.model_spec!r}, items={len(self)}, generation={self.generation})"
 
 
-def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -> Index:
-    """Open an index for reading; a different ``model`` is a :class:`ModelMismatch`.
+def open_index(index_dir: str, rebuild: bool = True) -> Index:
+    """Open an index for reading (the model check is the Searcher's: :func:`open_searcher` ``model=``).
 
-    Stale or missing FAISS files are derived again from the store (and saved when
-    no writer holds the index).
+    Stale or missing FAISS files are derived again from the store (and saved when no writer holds
+    the index). An index of an older format, or a lite index without concept profiles, is an
+    :class:`IndexCorrupt` naming the rebuild command.
     """
     index_dir = os.path.abspath(os.fspath(index_dir))
-    m = read_manifest(index_dir)
-    if model is not None:
-        from retrieval.encoders import canonical_spec
-
-        want = canonical_spec(model)
-        have = m["model"]["spec"]
-        try:
-            have_c = canonical_spec(have)
-        except KgclipError:
-            have_c = have
-        if want != have_c:
-            raise ModelMismatch(f"{index_dir} was built with model {have}, not {model}: search it with its own "
-                                "model or rebuild the index")
+    m = read_manifest(index_dir)  # an older format version: the error names the rebuild command
+    if str(m["model"]["spec"]).split(":")[0] == "lite" and not m["model"].get("profile"):
+        raise IndexCorrupt(f"{index_dir} is a lite index without concept profiles: rebuild it with "
+                           f"`{rebuild_command(index_dir)}`")
     store = Store(index_dir, readonly=True)
     idx = Index(index_dir, m, store)
     try:
@@ -631,14 +274,15 @@ def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -
     return idx
 
 
-def open_searcher(index_dir: str, **kwargs):
+def open_searcher(index_dir: str, model: str | None = None, **kwargs):
     """Open ``index_dir`` and a warm :class:`retrieval.search.Searcher` over it (which closes the index
-    on ``close()``); ``kwargs`` go to the Searcher (expand, kg, device, hybrid, model, ...)."""
+    on ``close()``). ``model``: the model the caller expects; the Searcher raises :class:`ModelMismatch`
+    when the index was built with another. ``kwargs`` go to the Searcher (expand, kg, device, hybrid, ...)."""
     from retrieval.search import Searcher
 
     idx = open_index(index_dir)
     try:
-        return Searcher(idx, owns_index=True, **kwargs)
+        return Searcher(idx, owns_index=True, model=model, **kwargs)
     except BaseException:
         idx.close()
         raise

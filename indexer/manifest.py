@@ -14,9 +14,14 @@ import time
 from retrieval.errors import IndexCorrupt, IndexNotFound
 
 FORMAT = "kgclip-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: lite indexes always hold concept profiles (1: the top-5 concepts only)
 MANIFEST = "index.json"
 METRIC = "inner_product"
+
+
+def rebuild_command(index_dir: str) -> str:
+    """The command that rebuilds an index from scratch (named by errors about old or broken indexes)."""
+    return f"kgclip build SOURCES -i {index_dir} --restart"
 
 
 def manifest_path(index_dir: str) -> str:
@@ -97,7 +102,8 @@ def read_manifest(index_dir: str) -> dict:
             f"{p}: index format version {v} is newer than this kgclip supports ({FORMAT_VERSION}); upgrade kgclip"
         )
     if v < FORMAT_VERSION:
-        raise IndexCorrupt(f"{p}: unknown old index format version {v}; rebuild it with `kgclip build --restart`")
+        raise IndexCorrupt(f"{p}: index format version {v} is older than this kgclip's ({FORMAT_VERSION}); "
+                           f"rebuild it with `{rebuild_command(index_dir)}`")
     for key in ("model", "metric"):
         if key not in m:
             raise IndexCorrupt(f"{p}: manifest is missing {key!r}")

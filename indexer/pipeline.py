@@ -289,7 +289,7 @@ def run(
     tm.scan += time.perf_counter() - t0
 
     bar = None
-    if progress:
+    if progress and _on_terminal(sys.stderr):  # redirected to a file or a pipe: no bar lines in it
         from tqdm import tqdm
 
         bar = tqdm(total=todo, unit="img", file=sys.stderr, dynamic_ncols=True, smoothing=0.1, desc="indexing")
@@ -406,6 +406,13 @@ def run(
     tm.sweep += time.perf_counter() - t
     tm.total += time.perf_counter() - t_start
     return report
+
+
+def _on_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def sweep(store: Store, seen, chunk: int = 1000) -> int:

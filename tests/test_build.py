@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from indexer import BuildInterrupted, build_index, open_index, update_index, verify_index
+from indexer import BuildInterrupted, build_index, open_index, open_searcher, update_index, verify_index
 from indexer.manifest import read_manifest
 from indexer.store import WriteLock
 from retrieval.encoders import get_encoder
@@ -75,7 +75,7 @@ def test_build_open_search_get(tmp_path):
         assert ix.search(enc.encode_queries(["red"]), k=0)[1].shape == (1, 0)
         np.testing.assert_allclose(np.linalg.norm(ix.get_vectors(ids[0, :8]), axis=1), 1, atol=1e-5)
     m = read_manifest(tmp_path / "idx")
-    assert m["format_version"] == 1 and m["metric"] == "inner_product" and m["state"] == "complete"
+    assert m["format_version"] == 2 and m["metric"] == "inner_product" and m["state"] == "complete"
     assert m["model"]["spec"] == "fake:v1" and m["model"]["dim"] == 32 and m["text_model"] is None
     assert m["counts"]["items"] == 8 and m["faiss"]["image"]["n"] == 8 and "factory" in m["faiss"]["image"]
     assert m["faiss"]["image"]["recall_at_10"] >= 0.95 and m["timings"]["total"] > 0 and m["kgclip_version"]
@@ -211,9 +211,9 @@ def test_model_mismatch_and_manifest_errors(tmp_path):
         build_index([src], tmp_path / "idx", **dict(FAKE, model="fake:v2"))
     with pytest.raises(ModelMismatch, match="text model"):
         build_index([src], tmp_path / "idx", **dict(FAKE, text_model="fake:v1"))
-    with pytest.raises(ModelMismatch, match="not fake:v2"):
-        open_index(tmp_path / "idx", model="fake:v2")
-    open_index(tmp_path / "idx", model="fake:v1").close()
+    with pytest.raises(ModelMismatch, match="fake:v2"):  # the Searcher's check
+        open_searcher(tmp_path / "idx", model="fake:v2", expand="none", hybrid="none")
+    open_searcher(tmp_path / "idx", model="fake:v1", expand="none", hybrid="none").close()
     r = build_index([src], tmp_path / "idx", **dict(FAKE, model="fake:v2"), resume=False)  # --restart
     assert r.added == 8 and read_manifest(tmp_path / "idx")["model"]["spec"] == "fake:v2"
     mpath = tmp_path / "idx" / "index.json"

@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 import pytest
 
-from indexer import index as I
+from indexer import derive as I
 from indexer import pipeline as P
 from indexer import faiss as V
 from indexer.store import Store
@@ -52,7 +52,7 @@ def test_exact_search_merges_small_batches_like_one_sort(tmp_path, monkeypatch, 
             rand = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
             q = np.concatenate([vecs[:6], rand])
             for k in (1, 4, 200):  # 200 > stored vectors: the rest pads with -1 / -inf
-                got_s, got_i = V.exact_search(q, I._iter_vectors(s, kind, txn), k)
+                got_s, got_i = V.exact_search(q, I.iter_vectors(s, kind, txn), k)
                 want_s, want_i = _brute_force(s, kind, q, min(k, len(vecs)))
                 np.testing.assert_allclose(got_s[:, : want_s.shape[1]], want_s, rtol=1e-6)
                 np.testing.assert_array_equal(got_i[:, : want_i.shape[1]], want_i)
@@ -69,10 +69,10 @@ def test_sample_rows_read_keys_then_only_those_vectors(tmp_path, monkeypatch, ki
     s = _store(tmp_path, n=30)
     try:
         with s.read() as txn:
-            walk = list(I._iter_vectors(s, kind, txn))
+            walk = list(I.iter_vectors(s, kind, txn))
             vecs = np.concatenate([v for _ids, v in walk])
             rows = np.array([0, 3, 4, len(vecs) - 1])
-            read = I._rows_reader(s, kind, 6, txn)
+            read = I.rows_reader(s, kind, 6, txn)
 
             def no_vectors(*a, **kw):
                 raise AssertionError("reading sample rows must not walk the stored vectors")

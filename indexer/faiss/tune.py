@@ -190,7 +190,7 @@ def build_and_tune(n: int, dim: int, batches_fn: Callable[[], Iterator[tuple[np.
     id out of both result lists. Off where ids are shared by several vectors (caption vectors carry
     their item's id): dropping an id would drop the query's sibling captions too.
 
-    This is the one build flow: ``kgclip build`` (:func:`indexer.index.derive_faiss`, over the store)
+    This is the one build flow: ``kgclip build`` (:func:`indexer.derive.derive_faiss`, over the store)
     and the benchmarks (over arrays) both run it.
 
     Returns ``(index, info)`` where info has choice, params (tuned), recall (sample mean and lower

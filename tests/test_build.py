@@ -528,3 +528,86 @@ def test_failed_first_build_leaves_no_folder_and_failed_rebuild_keeps_items(tmp_
     with pytest.raises(SourceError):
         build_index([str(bad)], str(idx), **FAKE)
     assert snapshot(idx) == before  # the indexed data is untouched
+
+
+def test_a_source_without_images_is_an_error_naming_it_but_update_of_an_emptied_source_is_not(tmp_path, monkeypatch):
+    """An empty source is almost always a wrong path: one line naming it and the extensions looked for,
+    exit 1, and no index folder left behind. ``update`` of a source that has become empty empties the index."""
+    from cli import main
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(SourceError, match=r"source .*empty: no images under it \(looked for .*\.jpg .*\.png"):
+        build_index([empty], tmp_path / "idx", **FAKE)
+    assert not (tmp_path / "idx").exists()
+    src = _colours(tmp_path / "imgs")
+    build_index([src], tmp_path / "idx", **FAKE)
+    with pytest.raises(SourceError, match="empty: no images"):  # adding an empty source to an index
+        build_index([empty], tmp_path / "idx", **FAKE)
+    assert read_manifest(tmp_path / "idx")["sources"] == [str(src)]
+
+    monkeypatch.setenv("KGCLIP_PLUGINS", "tests.fakes")
+    runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    res = runner.invoke(main, ["build", str(empty), "-i", str(tmp_path / "idx2"), "--model", "fake:v1",
+                               "--no-captions", "--workers", "0"])
+    assert res.exit_code == 1 and "no images under it" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+    for p in src.iterdir():
+        p.unlink()
+    r = update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None)
+    assert r.removed == 8 and r.items == 0
+    r = build_index([src], tmp_path / "idx", **FAKE)  # re-running the build of a source it holds: an update
+    assert r.items == 0
+
+
+def test_the_indexing_bar_is_drawn_only_on_a_terminal(tmp_path, monkeypatch):
+    """With stderr redirected (a file, a pipe), ``progress=True`` writes no "indexing: ..." lines."""
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    src = _colours(tmp_path / "imgs")
+    for stream, drawn in ((io.StringIO(), False), (Tty(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        build_index([src], tmp_path / f"idx-{drawn}", **dict(FAKE, quiet=False), progress=True)
+        monkeypatch.undo()
+        assert ("indexing" in stream.getvalue()) is drawn, stream.getvalue()
+
+
+def test_an_older_index_format_names_the_rebuild_command(tmp_path):
+    """Format 1 (lite indexes from before concept profiles, the top-5 grounding): opening, searching,
+    updating or building into it is one line naming the command that rebuilds it."""
+    src = _colours(tmp_path / "imgs")
+    idx = tmp_path / "idx"
+    build_index([src], idx, **FAKE)
+    mpath = idx / "index.json"
+    m = json.loads(mpath.read_text())
+    assert m["format_version"] == 2
+    mpath.write_text(json.dumps(dict(m, format_version=1)))
+    cmd = f"kgclip build SOURCES -i {idx} --restart"
+    for call in (lambda: open_index(idx), lambda: update_index(idx, workers=0, quiet=True)):
+        with pytest.raises(IndexCorrupt, match="older") as e:
+            call()
+        assert cmd in str(e.value) and "\n" not in str(e.value)
+    # a lite manifest without its concept profile record
+    mpath.write_text(json.dumps(dict(m, model=dict(m["model"], spec="lite"))))
+    with pytest.raises(IndexCorrupt, match="without concept profiles") as e:
+        open_index(idx)
+    assert cmd in str(e.value)
+    # the store's own format record: building into the old index asks for --restart
+    from indexer.store import Store
+
+    mpath.write_text(json.dumps(m))
+    s = Store(str(idx))
+    try:
+        s.write(lambda txn: txn.set_meta("format_version", 1), bump=False)
+    finally:
+        s.close()
+    with pytest.raises(IndexCorrupt, match="index format 1") as e:
+        build_index([src], idx, **FAKE)
+    assert cmd in str(e.value)
+    assert build_index([src], idx, **FAKE, resume=False).items == 8  # --restart rebuilds it

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from .build import BuildOptions, build_index, update_index
 from .index import Index, open_index, open_searcher
-from .pipeline import BuildInterrupted, BuildReport
+from .pipeline import BuildInterrupted
+from .report import BuildReport
 
 __all__ = ["build_index", "update_index", "BuildOptions", "open_index", "open_searcher", "Index", "BuildReport", "BuildInterrupted",
            "index_info", "verify_index"]

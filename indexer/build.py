@@ -30,7 +30,7 @@ from . import pipeline
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
 from .derive import FAISS_FILES, derive_faiss, faiss_generation
 from .manifest import FORMAT_VERSION, MANIFEST, new_manifest, read_manifest, rebuild_command, write_manifest
-from .pipeline import BuildReport
+from .report import BuildReport
 from .sources import IMAGE_EXTS, iter_source, source_kind
 from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.decode import DecodePool, decode_item, to_rgb
+from indexer.decode import decode_item, to_rgb
+from indexer.decode_pool import DecodePool
 from indexer.sources import Item, Skip, iter_folder
 from tests.corpus import make_hostile_corpus, png_bytes
 from tests.fakes import SmallPreprocess
@@ -212,7 +213,7 @@ def test_a_decoder_stuck_on_a_file_dies_with_a_killed_build(tmp_path):
     code = (
         "import sys, threading\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from indexer.decode import DecodePool\n"
+        "from indexer.decode_pool import DecodePool\n"
         "from indexer.sources import Item\n"
         "from tests.test_decode import SleepyTransform\n"
         "pool = DecodePool(SleepyTransform(99), workers=1, timeout=600)\n"

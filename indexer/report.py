@@ -1,0 +1,78 @@
+"""What a build or update did: :class:`BuildReport` (counts, skip reasons, stage timings), its JSON
+form and its summary lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Timings:
+    model_load: float = 0.0
+    scan: float = 0.0
+    decode_wait: float = 0.0  # main process waiting for decoded images (not overlapped)
+    decode_cpu: float = 0.0  # summed over workers
+    encode: float = 0.0
+    caption_encode: float = 0.0
+    write: float = 0.0
+    sweep: float = 0.0
+    faiss: float = 0.0
+    total: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class BuildReport:
+    """What a build or update did. ``to_dict()`` for JSON."""
+
+    index_dir: str
+    added: int = 0  # new items (encoded)
+    duplicates: int = 0  # new paths whose content was already indexed (kept as aliases)
+    changed: int = 0  # known paths re-read because size/mtime/captions changed
+    unchanged: int = 0
+    removed: int = 0  # paths whose files are gone
+    failed: int = 0  # skipped in this run
+    batches: int = 0
+    items: int = 0
+    paths: int = 0
+    captions: int = 0
+    failures_total: int = 0
+    failure_reasons: dict = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
+    decode_restarts: int = 0
+    workers: int = 0
+    batch_size: int = 0
+    interrupted: bool = False
+    faiss: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["timings"] = self.timings.to_dict()
+        d["items_per_s"] = round(self.encoded_per_s, 2)
+        return d
+
+    @property
+    def encoded_per_s(self) -> float:
+        t = self.timings.total
+        return (self.added + self.duplicates + self.changed) / t if t > 0 else 0.0
+
+    def summary(self) -> str:
+        t = self.timings
+        lines = [
+            f"indexed {self.items} items ({self.paths} paths, {self.captions} captions) in {t.total:.1f} s: "
+            f"{self.added} new, {self.duplicates} duplicates, {self.changed} changed, {self.unchanged} unchanged, "
+            f"{self.removed} removed, {self.failed} skipped",
+            f"timings: model load {t.model_load:.1f}s, scan {t.scan:.1f}s, decode wait {t.decode_wait:.1f}s (worker cpu {t.decode_cpu:.1f}s), "
+            f"encode {t.encode:.1f}s, captions {t.caption_encode:.1f}s, write {t.write:.1f}s, faiss {t.faiss:.1f}s",
+        ]
+        if self.failure_reasons:
+            top = sorted(self.failure_reasons.items(), key=lambda kv: -kv[1])[:8]
+            lines.append(f"{self.failures_total} files skipped in all: "
+                         + "; ".join(f"{n} x {r}" for r, n in top))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"BuildReport(items={self.items}, added={self.added}, duplicates={self.duplicates}, "
+                f"changed={self.changed}, removed={self.removed}, failed={self.failed})")

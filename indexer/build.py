@@ -4,8 +4,8 @@
 
 1. :func:`_check_request` -- sources exist, the folder is one kgclip may write (nothing written yet)
 2. :func:`_open_folder` -- the write lock, ``--restart``'s wipe, the store
-3. :func:`_check_models` -- the models (and index format) match what the index was built with
-4. :func:`_check_sources_have_images` -- each newly named source holds at least one image
+3. :func:`_check_sources_have_images` -- each newly named source holds at least one image
+4. :func:`_check_models` -- the models (and index format) match what the index was built with
 5. :func:`_record_start` -- models, sources and options in the store; the manifest
 6. :func:`_ingest` -- :func:`indexer.pipeline.run`: new and changed files encoded, gone ones swept
 7. :func:`_derive_faiss_files` -- the FAISS files brought up to the store's generation
@@ -138,9 +138,9 @@ def _run(sources: Sequence[str], index_dir: str, opts: BuildOptions, check_empty
     b = _check_request(sources, index_dir, opts)
     try:
         _open_folder(b)
-        _check_models(b)
         if check_empty:
-            _check_sources_have_images(b)
+            _check_sources_have_images(b)  # before the models load: an empty source fails at once
+        _check_models(b)
         _record_start(b)
         _ingest(b)
         _derive_faiss_files(b)

@@ -560,6 +560,11 @@ def test_a_source_without_images_is_an_error_naming_it_but_update_of_an_emptied_
     assert r.removed == 8 and r.items == 0
     r = build_index([src], tmp_path / "idx", **FAKE)  # re-running the build of a source it holds: an update
     assert r.items == 0
+    from indexer import BuildOptions
+
+    _colours(src)
+    r = build_index([src], tmp_path / "idx", BuildOptions(**FAKE))  # the options as one object
+    assert r.items == 8
 
 
 def test_the_indexing_bar_is_drawn_only_on_a_terminal(tmp_path, monkeypatch):

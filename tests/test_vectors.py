@@ -376,3 +376,15 @@ def test_hnsw_build_and_tune_holds_the_tuning_queries_out_then_adds_them():
     _index, info = V.build_and_tune(3000, DIM, lambda: S.batches(ids[:3000], x[:3000], 700),
                                     lambda rows: x[rows], index_type="hnsw", use_gpu=False)
     assert info["tuned_on"] == "leave-one-out"
+
+
+def test_the_package_does_not_shadow_the_faiss_library():
+    """indexer/faiss/ is ``indexer.faiss``: ``import faiss`` inside it (absolute) names the library."""
+    import sys
+
+    import faiss
+
+    import indexer.faiss.build  # noqa: F401
+
+    assert sys.modules["faiss"] is faiss and hasattr(faiss, "IndexFlatIP") and faiss is not V
+    assert V.__name__ == "indexer.faiss" and V.search.__module__ == "indexer.faiss.search"

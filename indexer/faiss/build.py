@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def as_f32(x, dim: int | None = None) -> np.ndarray:
+    """``x`` as a C-contiguous float32 [n, dim] array (one vector becomes one row), copied only if needed."""
     if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous):
         x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim == 1:

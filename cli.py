@@ -170,7 +170,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     if to_captions:
         if image is None or query is not None:
             raise UsageError("--captions searches captions by image: give --image PATH and no text QUERY")
-        from retrieval.explain import render_captions
+        from retrieval.render import render_captions
         from indexer import open_searcher
 
         with open_searcher(index, expand="none", device=device, model=model) as s:
@@ -191,8 +191,8 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         if not queries:
             raise QueryError("no queries on stdin (expected one query per line)")
 
-    from retrieval.explain import render
-    from retrieval.filters import parse_filters
+    from retrieval.render import render
+    from retrieval.query.filters import parse_filters
     from indexer import open_searcher
 
     parsed = parse_filters(filters)  # usage errors before any model loads

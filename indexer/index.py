@@ -632,9 +632,9 @@ def open_index(index_dir: str, model: str | None = None, rebuild: bool = True) -
 
 
 def open_searcher(index_dir: str, **kwargs):
-    """Open ``index_dir`` and a warm :class:`retrieval.search.Searcher` over it (which closes the index
+    """Open ``index_dir`` and a warm :class:`retrieval.query.Searcher` over it (which closes the index
     on ``close()``); ``kwargs`` go to the Searcher (expand, kg, device, hybrid, model, ...)."""
-    from retrieval.search import Searcher
+    from retrieval.query import Searcher
 
     idx = open_index(index_dir)
     try:

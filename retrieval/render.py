@@ -1,9 +1,11 @@
-"""Rendering search results for people (table) and pipes (json, jsonl, paths).
+"""Rendering for people (table) and pipes (json, jsonl, paths): pure functions from result objects to
+text; the CLI prints what they return.
 
-Pure functions from :class:`~retrieval.types.Results` to text; the CLI prints
-what they return. Explanations (``--explain``) show the linked entities, the
-expansions with their weights, and under each hit which query vector or KG
-path matched it.
+- search results (:func:`render`) and image -> caption rows (:func:`render_captions`): ``FORMATS``;
+  with ``--explain`` the linked entities, the expansions with their weights, and under each hit the
+  lines :mod:`retrieval.query.explain` built;
+- KG links, expansion plans and graph info (``kgclip kg link|expand|info``): table or json;
+- an index's info (``kgclip info``): table or json.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
-from .types import Results
+from .types import QueryPlan, Results
 
-FORMATS = ("table", "json", "jsonl", "paths")
+FORMATS = ("table", "json", "jsonl", "paths")  # search and caption output (--format)
+TABLE_OR_JSON = ("table", "json")  # kg link/expand/info, info
 
 
 def _safe(s: str) -> str:
@@ -162,3 +165,128 @@ def render_captions(query: str, rows: Sequence[dict[str, Any]], fmt: str = "tabl
     return "\n".join(f"{r['rank']:>3}  {r['score']:7.4f}  {_clip(r['caption'], 70)}  [{_short(r['path'], 40)}]"
                      for r in recs)
 
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2, default=str)
+
+
+# -- KG: links, expansion plans, graph info -------------------------------------------------------
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def links_table(links: list[dict[str, Any]]) -> str:
+    if not links:
+        return "nothing linked"
+    rows = [("span", "entity", "name", "score", "gloss")]
+    rows += [(lk["span"], lk["entity_id"], lk["name"], f"{lk['score']:.2f}", _cut(lk["gloss"], 60))
+             for lk in links]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]}" for r in rows)
+
+
+def render_links(links: list[dict[str, Any]], fmt: str = "table") -> str:
+    return _dumps(links) if fmt == "json" else links_table(links)
+
+
+def _path_text(path: Sequence[str]) -> str:
+    return " -> ".join(path)
+
+
+def plan_text_lines(plan: QueryPlan) -> list[str]:
+    """Linked entities with sense and gloss, then the expansions with weights (``kgclip kg expand``)."""
+    lines = []
+    for lk in plan.linked:
+        lines.append(f"linked {lk['span']!r} -> {lk['entity_id']} {lk['name']} (score {lk['score']:.2f}): "
+                     f"{lk['gloss']}")
+    for e in plan.expansions:
+        lines.append(f"  {e.weight:.3f}  {_path_text(e.path)}  [{e.entity_id}]")
+    if not plan.linked:
+        lines.append("nothing linked: the query is searched unchanged")
+    return lines
+
+
+def plan_table(plan: QueryPlan, weights=None) -> str:
+    lines = plan_text_lines(plan)
+    if weights is not None:
+        lines.append(f"query vectors: {len(weights)} (mode {plan.mode}); weights "
+                     + " ".join(f"{w:.3f}" for w in weights))
+    return "\n".join(lines)
+
+
+def plan_dict(plan: QueryPlan, weights=None) -> dict[str, Any]:
+    d = plan.to_dict()
+    for e in d["expansions"]:
+        e["path_text"] = _path_text(e["path"])
+    if weights is not None:
+        d["vector_weights"] = [round(float(w), 6) for w in weights]
+    return d
+
+
+def render_plan(plan: QueryPlan, weights=None, fmt: str = "table") -> str:
+    return _dumps(plan_dict(plan, weights)) if fmt == "json" else plan_table(plan, weights)
+
+
+def kg_info_table(info: dict[str, Any]) -> str:
+    lines = [f"name:        {info['name']}", f"path:        {info['path']}",
+             f"entities:    {info['entities']}", f"names:       {info['names']}",
+             f"size:        {info['size_bytes'] / 1e6:.2f} MB", f"fingerprint: {info['fingerprint']}"]
+    if info.get("source"):
+        lines.append(f"source:      {info['source']}")
+    if info.get("licence"):
+        lines.append(f"licence:     {info['licence']} (in the graph directory)")
+    lines.append("relations (stored edges; inverses are walked too):")
+    for r, n in info["edges"].items():
+        lines.append(f"  {r:<20} {n:>8}")
+    if "load_ms" in info:
+        lines.append(f"load time:   {info['load_ms']:.0f} ms")
+    return "\n".join(lines)
+
+
+def render_kg_info(info: dict[str, Any], fmt: str = "table") -> str:
+    return _dumps(info) if fmt == "json" else kg_info_table(info)
+
+
+# -- an index's info ------------------------------------------------------------------------------
+def index_info_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """``kgclip info``'s table rows from :func:`indexer.index_info`'s dict."""
+    live = d["live_counts"]
+    tm = d.get("text_model")
+    prof = d["model"].get("profile")
+    rows = [
+        ("index", d["path"]),
+        ("format", f"{d['format']} v{d['format_version']} (kgclip {d.get('kgclip_version')})"),
+        ("state", f"{d.get('store_state')} (generation {d['store_generation']})" + (", locked by a writer"
+                                                                                 if d["locked"] else "")),
+        ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
+        ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
+        *([("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
+          if prof else []),
+        ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
+        ("skipped files", str(live["failures"])),
+    ]
+    for kind, f in sorted(d.get("faiss", {}).items()):
+        fresh = "fresh" if f.get("fresh") else "stale: derived again on open"
+        params = " " + ", ".join(f"{k}={v}" for k, v in f["params"].items()) if f.get("params") else ""
+        rows.append((f"faiss {kind}", f"{f.get('factory')}{params} n={f.get('n')} "
+                                      f"recall@10={f.get('recall_at_10')} ({fresh})"))
+    reasons = (d.get("failures") or {}).get("by_reason") or {}
+    if reasons:
+        rows.append(("skip reasons", "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))))
+    t = d.get("timings") or {}
+    if t:
+        rows.append(("last build", f"{t.get('total', 0):.1f} s (encode {t.get('encode', 0):.1f} s, "
+                                   f"decode wait {t.get('decode_wait', 0):.1f} s, write {t.get('write', 0):.1f} s)"))
+    rows.append(("sources", ", ".join(d.get("sources") or [])))
+    rows.append(("disk", f"{d['disk_bytes'] / 2**20:.1f} MiB"))
+    return rows
+
+
+def render_index_info(d: dict[str, Any], fmt: str = "table") -> str:
+    """``kgclip info``: the dict as json, or one ``key  value`` line per row."""
+    if fmt == "json":
+        return _dumps(d)
+    rows = index_info_rows(d)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -83,7 +81,6 @@ def _softmax(z, t):
 def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_dir, lite_encoder):
     """Every image keeps its 100 most likely ImageNet classes at temperature 2 (class-table order, float16),
     the manifest says so, and a category query is grounded on them (log shape, weight 2.5)."""
-
     from indexer import build_index, open_index
     from retrieval.encoders.lite import PROFILE, imagenet_ancestors
     from indexer import open_searcher

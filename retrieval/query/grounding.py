@@ -95,6 +95,28 @@ class ConceptArrays:
         return wnid, p
 
 
+def concept_classes(encoder) -> Sequence[str] | None:
+    """The class ids an index's concept profiles point into (None: the model stores no concepts).
+
+    Compatibility shim until the Encoder contract's ``concept_classes`` lands (encoders branch):
+    then this is ``encoder.concept_classes`` and the ``class_ids`` fallback goes."""
+    if hasattr(encoder, "concept_classes"):
+        return encoder.concept_classes
+    return getattr(encoder, "class_ids", None)
+
+
+def query_targets(expander, plan, text: str, arr: ConceptArrays) -> tuple[Targets, float]:
+    """(the KG targets of ``plan`` among the index's concepts, the share of the concept weight the
+    query gets): a long descriptive query is grounded less (ExpansionPolicy.focus), as it is
+    expanded less. Empty targets where the expander offers no concept targets."""
+    ct = getattr(expander, "concept_targets", None)
+    if ct is None:
+        return {}, 1.0
+    targets = dict(ct(plan, within=arr.slot.keys()))
+    focus = getattr(getattr(expander, "policy", None), "focus", None)
+    return targets, (focus(text) if focus is not None else 1.0)
+
+
 def ground(vec: list[tuple[int, float]], q0: np.ndarray, targets: Targets, weight: float, fetch: int,
            why: dict[int, dict[str, Any]], arr: ConceptArrays,
            get_vectors: Callable[..., np.ndarray]) -> list[tuple[int, float]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 # --expand: "none" searches the query alone; "mix" one vector blending the query with its KG
 # expansions; "multi" one vector each, an item keeping its best weighted cosine; "auto" = multi for
 # queries of at most AUTO_EXPAND_MAX_WORDS content words when a KG loads, else none.
@@ -37,3 +39,21 @@ class SearchOptions:
     norm: str = "minmax"  # hybrid sum: how each list's scores are rescaled (fusion.NORMALISERS)
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
     fetch_factor: int = 4
+
+
+def query_weights(options: SearchOptions, weights: dict[str, float] | float | None) -> dict[str, float]:
+    """A query's ``image``, ``caption`` and ``concept`` weights: the options' with the query's
+    ``weights`` on top (a float is the image's share)."""
+    o = options
+    w = {"image": o.image_weight, "caption": o.caption_weight, "concept": float(o.concept_weight)}
+    if isinstance(weights, (int, float)):
+        w["image"] = float(weights)
+    elif isinstance(weights, dict):
+        unknown = set(weights) - set(w)
+        if unknown:
+            raise UsageError(f"unknown weight {sorted(unknown)[0]!r}: use image, caption, concept")
+        w.update({k: float(v) for k, v in weights.items()})
+    for name in ("image", "caption"):
+        if not 0.0 <= w[name] <= 1.0:
+            raise UsageError(f"{name} weight must be between 0 and 1, not {w[name]}")
+    return w

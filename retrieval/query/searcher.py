@@ -15,7 +15,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .. import kg as kgmod
 from ..encoders import canonical_spec, get_encoder
 from ..errors import KGError, KgclipError, ModelMismatch, QueryError, UsageError
 from ..text import clean_text
@@ -26,32 +25,13 @@ from .candidates import fetch_size, image_candidates, vector_lists
 from .explain import explain_hits, image_name, mix_similarities
 from .filters import Filter, parse_filters
 from .fusion import fuse_hybrid
-from .grounding import ConceptArrays, ground
+from .expand import make_expander
+from .grounding import ConceptArrays, concept_classes, ground, query_targets
 from .hydrate import hydrate
-from .options import SearchOptions
+from .options import SearchOptions, query_weights
 from .vectors import QueryVectorCache, blend, encode_image
 
 _UNSET = object()
-
-
-def concept_classes(encoder) -> Sequence[str] | None:
-    """The class ids an index's concept profiles point into (None: the model stores no concepts).
-
-    Compatibility shim until the Encoder contract's ``concept_classes`` lands (encoders branch):
-    then this is ``encoder.concept_classes`` and the ``class_ids`` fallback goes."""
-    if hasattr(encoder, "concept_classes"):
-        return encoder.concept_classes
-    return getattr(encoder, "class_ids", None)
-
-
-def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
-    """Load the KG (None = shipped WordNet) and build its Expander (linker and policy defaults).
-
-    The linker's sense encoder is sbert:minilm, or the index model's own loaded text encoder when it
-    offers one (``Encoder.sense_text_encoder()``), so one model is not loaded twice."""
-    reuse = getattr(encoder, "sense_text_encoder", None)  # shim until the encoders branch merges
-    sense = (reuse() if reuse is not None else None) or "sbert:minilm"
-    return kgmod.Expander(kgmod.load_graph(kg_path), sense_encoder=sense)
 
 
 def _ms(t0: float) -> float:
@@ -231,58 +211,6 @@ class Searcher:
         strings or :class:`Filter` objects (all must hold). ``min_score``: drop hits
         whose final score is lower (see the class docstring for what a score is).
         """
-        return self._search(text, image, k, weights, filters, min_score, explain, hybrid, expand)
-
-    def search_many(self, texts: Iterable[str], k: int = 10, **kw) -> list[Results]:
-        """Several text queries on the warm path: their vectors are encoded as one batch first."""
-        texts = [clean_text(t) for t in texts]
-        k = qplan.validate_k(k)
-        if not texts:
-            return []
-        hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
-        sides = 2 if hyb != "none" else 1
-        # a chunk's vectors (one per model side) must all fit in the query cache until searched: a batch
-        # primed whole would evict its first queries and encode them again one by one
-        step = max(1, self.query_cache // sides) if self.query_cache > 0 else len(texts)
-        out = []
-        for s in range(0, len(texts), step):
-            chunk = texts[s : s + step]
-            t0 = time.perf_counter()
-            self.prime(chunk, captions=sides == 2)
-            per = round((time.perf_counter() - t0) * 1000 / len(chunk), 3)
-            for t in chunk:
-                r = self._search(t, kw.get("image"), k, kw.get("weights"), kw.get("filters"), kw.get("min_score"),
-                                 kw.get("explain", False), kw.get("hybrid"), kw.get("expand"))
-                r.timings_ms["encode_batch_share"] = per
-                out.append(r)
-        return out
-
-    def prime(self, texts: Sequence[str], captions: bool = False) -> None:
-        """Encode ``texts`` in one batch per model into the query cache (no-op when it is disabled)."""
-        if self.query_cache <= 0:
-            return
-        jobs = [("image", self.encoder)] + ([("caption", self.text_encoder)] if captions else [])
-        self._vectors.prime(texts, jobs)
-
-    def _query_vector(self, text: str, side: str = "image") -> np.ndarray:
-        return self._vectors.get(text, side, self.encoder if side == "image" else self.text_encoder)
-
-    def _weights(self, weights) -> dict[str, float]:
-        o = self.options
-        w = {"image": o.image_weight, "caption": o.caption_weight, "concept": float(o.concept_weight)}
-        if isinstance(weights, (int, float)):
-            w["image"] = float(weights)
-        elif isinstance(weights, dict):
-            unknown = set(weights) - set(w)
-            if unknown:
-                raise UsageError(f"unknown weight {sorted(unknown)[0]!r}: use image, caption, concept")
-            w.update({k: float(v) for k, v in weights.items()})
-        for name in ("image", "caption"):
-            if not 0.0 <= w[name] <= 1.0:
-                raise UsageError(f"{name} weight must be between 0 and 1, not {w[name]}")
-        return w
-
-    def _search(self, text, image, k, weights, filters, min_score, explain, hybrid, expand) -> Results:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         k = qplan.validate_k(k)
@@ -292,7 +220,7 @@ class Searcher:
         if text is None and image is None:
             raise QueryError("no query: give a text query, an image (--image PATH), or both")
         filt = parse_filters(filters)
-        w = self._weights(weights)
+        w = query_weights(self.options, weights)
         mode = self.resolve_expand(expand, text) if text else "none"
         hyb = self.resolve_hybrid(hybrid, text)
 
@@ -324,6 +252,39 @@ class Searcher:
         return Results(query=text if text is not None else image_name(image), hits=hits, plan=plan,
                        timings_ms=timings)
 
+    def search_many(self, texts: Iterable[str], k: int = 10, **kw) -> list[Results]:
+        """Several text queries on the warm path: their vectors are encoded as one batch first."""
+        texts = [clean_text(t) for t in texts]
+        k = qplan.validate_k(k)
+        if not texts:
+            return []
+        hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
+        sides = 2 if hyb != "none" else 1
+        # a chunk's vectors (one per model side) must all fit in the query cache until searched: a batch
+        # primed whole would evict its first queries and encode them again one by one
+        step = max(1, self.query_cache // sides) if self.query_cache > 0 else len(texts)
+        out = []
+        for s in range(0, len(texts), step):
+            chunk = texts[s : s + step]
+            t0 = time.perf_counter()
+            self.prime(chunk, captions=sides == 2)
+            per = round((time.perf_counter() - t0) * 1000 / len(chunk), 3)
+            for t in chunk:
+                r = self.search(t, k=k, **kw)
+                r.timings_ms["encode_batch_share"] = per
+                out.append(r)
+        return out
+
+    def prime(self, texts: Sequence[str], captions: bool = False) -> None:
+        """Encode ``texts`` in one batch per model into the query cache (no-op when it is disabled)."""
+        if self.query_cache <= 0:
+            return
+        jobs = [("image", self.encoder)] + ([("caption", self.text_encoder)] if captions else [])
+        self._vectors.prime(texts, jobs)
+
+    def _query_vector(self, text: str, side: str = "image") -> np.ndarray:
+        return self._vectors.get(text, side, self.encoder if side == "image" else self.text_encoder)
+
     def _query_rows(self, text, image, mode, w, timings) -> tuple[QueryPlan, np.ndarray, np.ndarray]:
         """The plan and the query vectors (row 0 = the plain query) with their weights."""
         plan = QueryPlan(text=text, mode=mode)
@@ -354,19 +315,15 @@ class Searcher:
         return plan, np.ascontiguousarray(rows, np.float32), row_w
 
     def _targets(self, text, plan, mode, w, timings) -> dict[str, tuple[float, list[str]]]:
-        """The KG targets concept grounding scores against (empty: no grounding). A long descriptive
-        query is grounded less (``w["concept"]`` x ExpansionPolicy.focus), as it is expanded less."""
+        """The KG targets concept grounding scores against (empty: no grounding); scales ``w["concept"]``."""
         if text is None or mode == "none" or w["concept"] <= 0:
             return {}
-        ct = getattr(self.expander(), "concept_targets", None)
-        arr = self.concept_arrays() if ct is not None else None
+        arr = self.concept_arrays() if getattr(self.expander(), "concept_targets", None) else None
         if arr is None:
             return {}
         t = time.perf_counter()
-        targets = dict(ct(plan, within=arr.slot.keys()))
-        focus = getattr(getattr(self.expander(), "policy", None), "focus", None)
-        if focus is not None:
-            w["concept"] *= focus(text)
+        targets, focus = query_targets(self.expander(), plan, text, arr)
+        w["concept"] *= focus
         timings["ground"] = _ms(t)
         return targets
 

@@ -386,6 +386,15 @@ def test_query_cache_encodes_each_text_once(index, monkeypatch):
     assert calls == [["red"], ["red"]]
 
 
+def test_query_cache_can_be_resized(index):
+    s = Searcher(index, expand="none", hybrid="none", query_cache=4)
+    s.search_many(["red", "blue", "green"], k=1)
+    s.query_cache = 2
+    assert s.query_cache == 2 and len(s._vectors._cache) == 2
+    s.query_cache = 0
+    assert s.search("red", k=1)[0].path == "/img/red.png" and len(s._vectors._cache) == 0
+
+
 @pytest.mark.parametrize("hybrid", ["none", "sum"])
 def test_search_many_beyond_the_cache_encodes_each_text_once(index, monkeypatch, hybrid):
     # a batch larger than the query cache used to be primed whole, its first queries evicted before

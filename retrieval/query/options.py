@@ -1,8 +1,7 @@
 """Search knobs and the one list of each set of query modes.
 
-What ``auto`` resolves to is measured (benchmarks/BENCHMARKS.md; the runs in
-benchmarks/results/kg_tuning.json, recall_kg.json): expansion ``multi`` with concept grounding,
-only for short (category-like) queries; hybrid ``sum`` where the index has captions.
+What ``auto`` resolves to is measured (benchmarks/BENCHMARKS.md): expansion ``multi`` with concept
+grounding, only for short (category-like) queries; hybrid ``sum`` where the index has captions.
 """
 
 from __future__ import annotations

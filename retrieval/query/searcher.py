@@ -119,7 +119,12 @@ class Searcher:
 
     @property
     def query_cache(self) -> int:
+        """How many distinct query texts' vectors are kept (0 = none); settable."""
         return self._vectors.size
+
+    @query_cache.setter
+    def query_cache(self, size: int) -> None:
+        self._vectors.resize(size)
 
     # -- lazily loaded parts -------------------------------------------------------
     def _name(self) -> str:

@@ -21,6 +21,11 @@ class QueryVectorCache:
         self.size = int(size)
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
+    def resize(self, size: int) -> None:
+        self.size = int(size)
+        while len(self._cache) > max(self.size, 0):
+            self._cache.popitem(last=False)
+
     def get(self, text: str, side: str, encoder) -> np.ndarray:
         key = (side, text)
         v = self._cache.get(key)

@@ -22,10 +22,10 @@ from ..types import IndexReader, QueryPlan, Results
 from . import captions as caps
 from . import plan as qplan
 from .candidates import fetch_size, image_candidates, vector_lists
+from .expand import make_expander
 from .explain import explain_hits, image_name, mix_similarities
 from .filters import Filter, parse_filters
 from .fusion import fuse_hybrid
-from .expand import make_expander
 from .grounding import ConceptArrays, concept_classes, ground, query_targets
 from .hydrate import hydrate
 from .options import SearchOptions, query_weights

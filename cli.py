@@ -170,7 +170,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     if to_captions:
         if image is None or query is not None:
             raise UsageError("--captions searches captions by image: give --image PATH and no text QUERY")
-        from retrieval.explain import render_captions
+        from retrieval.render import render_captions
         from indexer import open_searcher
 
         with open_searcher(index, expand="none", device=device, model=model) as s:
@@ -191,8 +191,8 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         if not queries:
             raise QueryError("no queries on stdin (expected one query per line)")
 
-    from retrieval.explain import render
-    from retrieval.filters import parse_filters
+    from retrieval.render import render
+    from retrieval.query.filters import parse_filters
     from indexer import open_searcher
 
     parsed = parse_filters(filters)  # usage errors before any model loads
@@ -246,7 +246,7 @@ def kg():
 @handle_errors
 def kg_link(text, kg_path, sense_model, fmt):
     """Show the entities TEXT links to (sense, gloss, confidence)."""
-    from retrieval.kg.render import links_table
+    from retrieval.render import links_table
 
     links = [lk.to_dict() for lk in _expander(kg_path, sense_model).link(text)]
     click.echo(json.dumps(links, ensure_ascii=False, indent=2) if fmt == "json" else links_table(links))
@@ -263,7 +263,7 @@ def kg_link(text, kg_path, sense_model, fmt):
 @handle_errors
 def kg_expand(text, kg_path, mode, model, sense_model, fmt):
     """Show how TEXT is expanded: linked entities, expansions with weights and paths."""
-    from retrieval.kg.render import plan_dict, plan_table
+    from retrieval.render import plan_dict, plan_table
 
     ex = _expander(kg_path, sense_model)
     weights = None
@@ -315,7 +315,7 @@ def kg_info(kg_path, fmt):
     import time
 
     from retrieval.kg import load_graph
-    from retrieval.kg.render import info_table
+    from retrieval.render import kg_info_table as info_table
 
     t = time.perf_counter()
     g = load_graph(kg_path)

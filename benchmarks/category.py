@@ -2,7 +2,7 @@
 
 For a category set (:mod:`benchmarks.datasets`: ``fashion-mnist``, ``emoji``,
 ``flickr-nouns``) build (or reuse) an index of its images, then score every label
-query with the real :class:`retrieval.search.Searcher` over an exact (brute force)
+query with the real :class:`retrieval.query.Searcher` over an exact (brute force)
 view of the index for each expansion mode, and report mAP, nDCG@10, P@k and R@k
 per query kind (``class``: the item's own label, ``hypernym``: a broader concept)
 and over all queries, plus the relative mAP change of each mode against ``none``.
@@ -93,7 +93,7 @@ def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", ex
     (tests); ``index`` reuses an index (one set only)."""
     from benchmarks.datasets import bench_cache
     from retrieval.errors import UsageError
-    from retrieval.search import Searcher
+    from retrieval.query import Searcher
 
     sets = list(sets)
     if index and len(sets) > 1:

@@ -135,7 +135,7 @@ def run_tuning(sets=SETS, variants=None, model: str = "lite", per_class: int = 3
     from benchmarks.datasets import bench_cache
     from retrieval.errors import UsageError
     from retrieval.kg import ExpansionPolicy
-    from retrieval.search import SearchOptions, Searcher
+    from retrieval.query import SearchOptions, Searcher
 
     names = list(variants or VARIANTS)
     for n in names:

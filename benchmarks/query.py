@@ -162,6 +162,7 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
     ``search`` with the tuned SearchParameters: no kgclip code at all), same index, same k; hydration (reading the k hits' metadata from LMDB) is timed apart, as
     the warm latency's own ``hydrate`` part, and reported with it as well."""
     from indexer import open_searcher
+    from retrieval.query.hydrate import hydrate
 
     s = open_searcher(index_dir, expand="none", device="cpu", query_cache=0)
     idx = s.index
@@ -183,7 +184,7 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
         t = time.perf_counter()
         ranked = _searcher_stage(s, q1, k)
         t1 = time.perf_counter()
-        s._hydrate(ranked, k, [], None)
+        hydrate(s.index, ranked, k, [], None)
         ours.append((t1 - t) * 1000)
         hyd.append((time.perf_counter() - t1) * 1000)
 
@@ -201,9 +202,12 @@ def overhead_vs_faiss(index_dir: str, n_queries: int, k: int = 10, rounds: int =
 
 def _searcher_stage(s, q1, k):
     """The Searcher's search stage for a precomputed vector: generation check, candidates, fusion."""
+    from retrieval.query.candidates import fetch_size
+    from retrieval.query.options import query_weights
+
     s.index.refresh_if_updated()  # the per-query generation check _search does
-    fetch = s._fetch_size(k, len(q1), False, "none", False)
-    ranked, _ = s._candidates(None, None, q1, np.ones(1, np.float32), {}, "none", s._weights(None), fetch)
+    fetch = fetch_size(k, len(q1), False, "none", False, s.options)
+    ranked, _ = s._candidates(None, None, q1, np.ones(1, np.float32), {}, "none", query_weights(s.options, None), fetch)
     return ranked
 
 

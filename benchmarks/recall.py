@@ -2,7 +2,7 @@
 
 For each model: build (or reuse, ``index=``) an index of the dataset's images, then
 for each expansion mode (``none`` / ``mix`` / ``multi``) score every caption query
-through the real :class:`retrieval.search.Searcher` twice:
+through the real :class:`retrieval.query.Searcher` twice:
 
 - **exact**: the Searcher over :class:`ExactIndex` (the same index, brute force over
   every stored vector) with ``k = n``, giving the full [captions x images] score
@@ -273,7 +273,7 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
     from benchmarks.datasets import bench_cache, flickr8k_1k, load_captions
     from benchmarks.metrics import caption_retrieval_metrics, recall_from_ids
     from retrieval.errors import UsageError
-    from retrieval.search import Searcher
+    from retrieval.query import Searcher
 
     ds = flickr8k_1k(split) if dataset == "flickr8k-1k" else load_captions(dataset).split(split)
     models = list(models)

@@ -70,7 +70,7 @@ def main(argv=None):
 
     from benchmarks.datasets import bench_cache, flickr8k_1k, flickr_hypernyms
     from benchmarks.metrics import category_metrics, recall_from_ids
-    from retrieval.search import Searcher
+    from indexer import open_searcher
 
     ds = flickr8k_1k()
     t0 = time.perf_counter()
@@ -79,7 +79,7 @@ def main(argv=None):
     # The lite encoder's fingerprint hashes its config's repr, which changes while lite is being tuned even
     # when the image side is unchanged; the index here is the benchmark's own cache, so both are recorded
     # instead of refusing to run (a user's `kgclip search` does refuse).
-    s = Searcher(idx, device="cpu", check_fingerprint=False)
+    s = open_searcher(idx, device="cpu", check_fingerprint=False)
     fps = {"index": s.index.model_fingerprint, "encoder": s.encoder.fingerprint}
     n = len(s.index)
     path_to_row = {str(p): i for i, p in enumerate(ds.images)}

@@ -94,7 +94,7 @@ def run_demo(
 ) -> dict:
     """Build (or reuse) the demo index and print a tour. Returns what it ran, for tests."""
     from retrieval.errors import ModelMismatch
-    from retrieval.explain import render_table
+    from retrieval.render import render_table
 
     from .build import build_index
     from .index import open_searcher

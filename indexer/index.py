@@ -275,10 +275,10 @@ def open_index(index_dir: str, rebuild: bool = True) -> Index:
 
 
 def open_searcher(index_dir: str, model: str | None = None, **kwargs):
-    """Open ``index_dir`` and a warm :class:`retrieval.search.Searcher` over it (which closes the index
+    """Open ``index_dir`` and a warm :class:`retrieval.query.Searcher` over it (which closes the index
     on ``close()``). ``model``: the model the caller expects; the Searcher raises :class:`ModelMismatch`
     when the index was built with another. ``kwargs`` go to the Searcher (expand, kg, device, hybrid, ...)."""
-    from retrieval.search import Searcher
+    from retrieval.query import Searcher
 
     idx = open_index(index_dir)
     try:

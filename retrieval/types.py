@@ -1,9 +1,11 @@
-"""The shared vocabulary: hits, result lists and query plans."""
+"""The shared vocabulary: hits, result lists, query plans, and what a searcher reads from an index."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
 
 
 @dataclass
@@ -87,3 +89,46 @@ class QueryPlan:
             "linked": list(self.linked),
             "expansions": [e.to_dict() for e in self.expansions],
         }
+
+
+@runtime_checkable
+class IndexReader(Protocol):
+    """Exactly what a :class:`~retrieval.query.Searcher` reads from an opened index.
+
+    ``indexer.Index`` implements it over an index folder; tests and benchmarks have in-memory and
+    brute-force ones. Ids are the store's item ids (int); ``kind`` is ``"image"`` (the index model's
+    vectors) or ``"caption"`` (the text model's caption vectors, when ``text_model_spec`` is set).
+    """
+
+    path: str  # names the index in messages
+    model_spec: str  # the model that built the image vectors (queries are encoded with it)
+    model_fingerprint: str | None  # its weights' fingerprint then (None: not recorded)
+    text_model_spec: str | None  # the caption side's model; None = no caption index
+    manifest: Mapping[str, Any]  # read: ``manifest["counts"]["captions"]`` (whether captions exist)
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int, kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """(scores [q, k] float32, ids [q, k] int64) best first per query row; id -1 pads."""
+        ...
+
+    def get(self, ids: Sequence[int]) -> list[dict | None]:
+        """The items' metadata dicts (path, captions, concepts, meta, ...), None for an unknown id."""
+        ...
+
+    def get_vectors(self, ids: Sequence[int], kind: str = "image") -> np.ndarray:
+        """The stored vectors [len(ids), d] of those items."""
+        ...
+
+    def iter_items(self) -> Iterator[tuple[int, dict]]: ...
+
+    def iter_profiles(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Concept-profile chunks (item ids [n], class indexes [n, top], probabilities [n, top]); the
+        class indexes point into the index encoder's ``concept_classes``. Empty when none are stored."""
+        ...
+
+    def refresh_if_updated(self) -> bool:
+        """Serve a newer generation if a writer committed one since; True when it did."""
+        ...
+
+    def close(self) -> None: ...

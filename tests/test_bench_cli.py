@@ -137,7 +137,7 @@ def test_fast_plain_scores_equal_searcher_scores(dataset, tmp_path, colour_image
     """score_matrix's matrix-product path for --expand none gives the Searcher's own scores."""
     from benchmarks.recall import ExactIndex, _rows, ensure_index, score_matrix
     from indexer import open_searcher
-    from retrieval.search import Searcher
+    from retrieval.query import Searcher
 
     images = [colour_images / f"{c}.png" for c in IMAGES]
     idir = ensure_index(images, "colours", "fake:v1", tmp_path / "idx")

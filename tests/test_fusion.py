@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval import fusion
+from retrieval.query import fusion
 from retrieval.errors import UsageError
-from retrieval.filters import FilterError, matches, parse_filter, parse_filters
+from retrieval.query.filters import FilterError, matches, parse_filter, parse_filters
 
 
 def test_minmax_and_z():
@@ -55,19 +55,50 @@ def test_rrf_uses_ranks_only():
         fusion.rrf([a], [1.0, 2.0])
 
 
-def test_max_fuse_and_argbest():
-    a = [(1, 0.5), (2, 0.4)]
-    b = [(2, 0.9), (3, 0.3)]
-    assert fusion.max_fuse([a, b], [1.0, 0.5]) == [(1, 0.5), (2, 0.45), (3, 0.15)]
-    assert fusion.argbest([a, b], [1.0, 0.5]) == {1: 0, 2: 1, 3: 1}
-    assert fusion.fuse("max", [a, b])[0] == (2, 0.9)
-    with pytest.raises(ValueError):
-        fusion.fuse("avg", [a])
+def _max_fuse(lists, weights):
+    """The reference: each id's best weighted raw score over the lists, score down then id up."""
+    out = {}
+    for w, lst in zip(weights, lists):
+        for i, s in lst:
+            v = w * float(s)
+            if i not in out or v > out[i]:
+                out[i] = v
+    return sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _argbest(lists, weights):
+    """The reference: for each id, the first list that gave its best weighted score."""
+    best = {}
+    for li, (w, lst) in enumerate(zip(weights, lists)):
+        for i, s in lst:
+            v = w * float(s)
+            if i not in best or v > best[i][0]:
+                best[i] = (v, li)
+    return {i: li for i, (_, li) in best.items()}
+
+
+def test_max_fuse_arrays_small_example():
+    import numpy as np
+
+    scores = np.array([[0.5, 0.4], [0.9, 0.3]])
+    ids = np.array([[1, 2], [2, 3]])
+    fused, best, raw = fusion.max_fuse_arrays(scores, ids, [1.0, 0.5])
+    assert fused == [(1, 0.5), (2, 0.45), (3, 0.15)]
+    assert best == {1: 0, 2: 1, 3: 1} and raw == {1: 0.5, 2: 0.9, 3: 0.3}
+
+
+def test_fuse_hybrid_dispatches_to_sum_and_rrf():
+    a = [(1, 0.9), (2, 0.5)]
+    b = [(2, 0.8), (3, 0.1)]
+    assert fusion.fuse_hybrid("sum", a, b, 0.7, norm="minmax") == fusion.weighted_sum([a, b], [1.0 - 0.7, 0.7])
+    assert fusion.fuse_hybrid("rrf", a, b, 0.7, rrf_k=10) == fusion.rrf([a, b], [1.0 - 0.7, 0.7], k=10)
+    with pytest.raises(ValueError, match="unknown hybrid fusion"):
+        fusion.fuse_hybrid("max", a, b, 0.5)
 
 
 def test_max_fuse_arrays_equals_the_list_functions():
-    """The array form the Searcher uses for several query vectors gives max_fuse's list (ties
-    included: few distinct scores, shared ids, -1 padding) and argbest's lists."""
+    """The array form the Searcher uses for several query vectors gives the reference loop's list
+    (ties included: few distinct scores, shared ids, -1 padding) and best lists."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -81,15 +112,19 @@ def test_max_fuse_arrays_equals_the_list_functions():
                  for srow, irow in zip(scores.tolist(), ids.tolist())]
         limit = int(rng.integers(1, 40))
         fused, best, raw = fusion.max_fuse_arrays(scores, ids, weights, limit=limit)
-        assert fused == fusion.max_fuse(lists, weights)[:limit]
-        ref_best = fusion.argbest(lists, weights)
+        assert fused == _max_fuse(lists, weights)[:limit]
+        ref_best = _argbest(lists, weights)
         assert best == {i: ref_best[i] for i, _ in fused}
         assert raw == {i: dict(lists[ref_best[i]])[i] for i, _ in fused}
     assert fusion.max_fuse_arrays(np.zeros((2, 0)), np.zeros((2, 0), np.int64), [1.0, 1.0]) == ([], {}, {})
 
 
 def test_ties_are_deterministic():
-    assert fusion.max_fuse([[(5, 1.0), (3, 1.0), (4, 1.0)]]) == [(3, 1.0), (4, 1.0), (5, 1.0)]
+    import numpy as np
+
+    fused, _, _ = fusion.max_fuse_arrays(np.ones((1, 3)), np.array([[5, 3, 4]]), [1.0])
+    assert fused == [(3, 1.0), (4, 1.0), (5, 1.0)]
+    assert fusion.best_first({5: 1.0, 3: 1.0, 4: 2.0}, 2) == [(4, 2.0), (3, 1.0)]
 
 
 ITEM = {

@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from indexer import build_index, open_index, update_index
+from indexer import build_index, open_index, open_searcher, update_index
 from retrieval.encoders import get_encoder
 from retrieval.errors import IndexLocked
-from retrieval.search import Searcher
+from retrieval.query import Searcher
 from tests.reliability_hooks import ids_digest, store_digests
 from tests.reliability_kit import CLI, REPO, env_for, faiss_ids, make_sources, mutate_sources, read_events, run_cli, \
     update_args
@@ -54,7 +54,7 @@ def test_searches_during_update_see_one_generation(base):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     enc = get_encoder("fake:v1")
     qv = enc.encode_queries(QUERIES)
-    warm = Searcher(idx, expand="none", hybrid="sum")
+    warm = open_searcher(idx, expand="none", hybrid="sum")
     cold = warm_n = 0
     generations = set()
     locked_seen = None

@@ -1,9 +1,9 @@
 """Searcher over an in-memory index (the Index read interface) with the fake encoder.
 
-The index here is a small stand-in that implements exactly the read side of
-INTERFACES.md (search/get/get_vectors/iter_items), so these tests pin the
-Searcher's own logic: query vectors, expansion fusion, concept grounding,
-hybrid caption fusion, filters, min score, explanations and errors.
+The index here is a small stand-in that implements exactly the IndexReader protocol
+(retrieval/types.py), so these tests pin the Searcher's own logic: query vectors,
+expansion fusion, concept grounding, hybrid caption fusion, filters, min score,
+explanations and errors.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from retrieval.errors import KGError, KgclipError, ModelMismatch, QueryError, UsageError
-from retrieval.explain import render
-from retrieval.search import Searcher
-from retrieval.types import Expansion, QueryPlan
+from retrieval.render import render
+from retrieval.query import Searcher
+from retrieval.types import Expansion, IndexReader, QueryPlan
 from tests.fakes import COLOURS, word_vector
 
 
@@ -74,6 +74,25 @@ class MemoryIndex:
     def iter_items(self):
         yield from self.items.items()
 
+    @property
+    def concept_classes(self):
+        """The class ids the profiles index into (the fake encoder's concept_classes in these tests)."""
+        return sorted({c for it in self.items.values() for c, _p in it.get("concepts") or []})
+
+    def iter_profiles(self):
+        """One chunk: each item's stored concepts as its profile (every item holds as many)."""
+        slot = {c: j for j, c in enumerate(self.concept_classes)}
+        rows = [(i, it.get("concepts") or []) for i, it in self.items.items()]
+        if not slot or not rows:
+            return
+        assert len({len(c) for _, c in rows}) == 1, "every profile holds the same number of classes"
+        yield (np.array([i for i, _ in rows], np.int64),
+               np.array([[slot[c] for c, _p in cs] for _, cs in rows], np.int32),
+               np.array([[p for _c, p in cs] for _, cs in rows], np.float16))
+
+    def refresh_if_updated(self):
+        return False
+
     def close(self):
         pass
 
@@ -93,9 +112,26 @@ def colour_items():
 
 
 @pytest.fixture
-def index():
+def index(monkeypatch):
+    """The colour index; the fake encoder stores concept profiles over its c_<colour> classes here."""
+    from retrieval.encoders import get_encoder
+
     items, vecs = colour_items()
-    return MemoryIndex(items, vecs)
+    idx = MemoryIndex(items, vecs)
+    monkeypatch.setattr(get_encoder("fake:v1"), "concept_classes", idx.concept_classes, raising=False)
+    return idx
+
+
+def log_bonus(mass):
+    import math
+
+    return math.log1p(100 * mass) / math.log1p(100)
+
+
+def test_the_test_indexes_are_index_readers(index):
+    assert isinstance(index, IndexReader)
+    with pytest.raises(TypeError, match="open_searcher"):
+        Searcher("pics.kgc")
 
 
 class FakeExpander:
@@ -228,25 +264,17 @@ def test_expansion_mix_multi_and_grounding(index):
     assert "linked:" in out and "'warm' -> warm colour [c_warm]" in out and "(w=0.60)" in out
 
 
-def test_grounding_bonus_is_the_square_root_or_log_of_the_concept_mass(index):
-    from retrieval.search import SearchOptions
-
-    import math
-
-    scores = {}
-    for agg in ("sum", "sqrt", "log"):
-        s = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
-                     options=SearchOptions(concept_agg=agg, concept_log_scale=50.0))
-        scores[agg] = {h.path: h.score for h in s.search("warm", k=3, weights={"concept": 1.0})}
+def test_grounding_bonus_is_the_log_of_the_concept_mass(index):
+    """bonus = concept_weight x log1p(100 m) / log1p(100), m = min(1, sum of target weight x p);
+    concept_weight 2.5 by default."""
+    s = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none")
+    scores = {w: {h.path: h.score for h in s.search("warm", k=3, weights=None if w is None else {"concept": w})}
+              for w in (None, 1.0, 0.0)}
+    assert s.options.concept_weight == 2.5
     # red: target weight 0.8 x p 0.9 = mass 0.72; yellow: 0.4 x 0.9 = 0.36 (the same vector part in both runs)
     for path, m in (("/img/red.png", 0.72), ("/img/yellow.png", 0.36)):
-        assert scores["sqrt"][path] - scores["sum"][path] == pytest.approx(m ** 0.5 - m, abs=1e-4)
-        log_bonus = math.log1p(50 * m) / math.log1p(50)
-        assert scores["log"][path] - scores["sum"][path] == pytest.approx(log_bonus - m, abs=1e-4)
-    bad = Searcher(index, expand="multi", expander=FakeExpander(), hybrid="none",
-                   options=SearchOptions(concept_agg="mean"))
-    with pytest.raises(UsageError, match="concept_agg"):
-        bad.search("warm", k=3)
+        assert scores[1.0][path] - scores[0.0][path] == pytest.approx(log_bonus(m), abs=1e-4)
+        assert scores[None][path] - scores[0.0][path] == pytest.approx(2.5 * log_bonus(m), abs=2.5e-4)
 
 
 def test_long_queries_are_grounded_less(index):
@@ -258,11 +286,11 @@ def test_long_queries_are_grounded_less(index):
     for text, focus in (("warm", 1.0), ("warm colours on a big white sheet of paper", 3 / 7)):
         on = {h.path: h.score for h in s.search(text, k=5, weights={"concept": 1.0})}
         off = {h.path: h.score for h in s.search(text, k=5, weights={"concept": 0.0})}
-        assert on["/img/red.png"] - off["/img/red.png"] == pytest.approx(focus * 0.72 ** 0.5, abs=1e-4), text
+        assert on["/img/red.png"] - off["/img/red.png"] == pytest.approx(focus * log_bonus(0.72), abs=1e-4), text
 
 
 def test_expand_auto_without_kg_falls_back_to_none(index, monkeypatch):
-    import retrieval.search as search_mod
+    import retrieval.query.searcher as search_mod
 
     def broken(*a, **k):
         raise KGError("no graph here")
@@ -358,6 +386,15 @@ def test_query_cache_encodes_each_text_once(index, monkeypatch):
     assert calls == [["red"], ["red"]]
 
 
+def test_query_cache_can_be_resized(index):
+    s = Searcher(index, expand="none", hybrid="none", query_cache=4)
+    s.search_many(["red", "blue", "green"], k=1)
+    s.query_cache = 2
+    assert s.query_cache == 2 and len(s._vectors._cache) == 2
+    s.query_cache = 0
+    assert s.search("red", k=1)[0].path == "/img/red.png" and len(s._vectors._cache) == 0
+
+
 @pytest.mark.parametrize("hybrid", ["none", "sum"])
 def test_search_many_beyond_the_cache_encodes_each_text_once(index, monkeypatch, hybrid):
     # a batch larger than the query cache used to be primed whole, its first queries evicted before
@@ -375,11 +412,11 @@ def test_search_many_beyond_the_cache_encodes_each_text_once(index, monkeypatch,
 
 
 def test_auto_expands_short_queries_only(index):
-    from retrieval.search import is_short_query
+    from retrieval.query import is_short_query
 
     assert is_short_query("a mammal") and is_short_query("a photo of a dog") and is_short_query("red sports car")
     assert not is_short_query("a dog runs across the green grass") and not is_short_query("the a")
-    from retrieval.search import AUTO_EXPAND
+    from retrieval.query import AUTO_EXPAND
 
     assert AUTO_EXPAND == "multi"  # benchmarks/results/kg_tuning.json: multi + grounding beat mix's mAP on every set
     s = Searcher(index, expand="auto", expander=FakeExpander(), hybrid="none")

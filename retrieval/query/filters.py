@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .errors import UsageError
+from ..errors import UsageError
 
 OPS = ("!=", "<=", ">=", "=", "<", ">", "~")
 FIELDS = ("id", "path", "size", "mtime", "width", "height", "sha256", "caption", "concept", "meta.<column>")

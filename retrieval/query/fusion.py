@@ -1,5 +1,9 @@
 """Rank fusion: pure functions over ``(id, score)`` lists.
 
+Used by the searcher twice: several query vectors (KG ``multi``) keep each item's best weighted
+cosine (:func:`max_fuse_arrays`), and hybrid search fuses the image and caption lists
+(:func:`fuse_hybrid`: ``sum`` or ``rrf``).
+
 A ranked list is a sequence of ``(id, score)`` pairs, best first. Raw scores
 from different encoders live on different scales, so they are never added
 as they are: :func:`weighted_sum` normalises each list first (min-max or z),
@@ -10,7 +14,9 @@ fused score (ties broken by id, so results are deterministic).
 from __future__ import annotations
 
 import math
-from typing import Hashable, Iterable, Sequence
+from typing import Hashable, Sequence
+
+import numpy as np
 
 Ranked = Sequence[tuple[Hashable, float]]
 
@@ -99,28 +105,13 @@ def rrf(lists: Sequence[Ranked], weights: Sequence[float] | None = None, k: int 
     return _sorted(out)
 
 
-def max_fuse(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> list[tuple[Hashable, float]]:
-    """Each id's best weighted raw score over the lists (for lists on one scale, e.g. several query
-    vectors against the same index)."""
-    ws = _check_weights(lists, weights)
-    out: dict[Hashable, float] = {}
-    for w, lst in zip(ws, lists):
-        for i, s in lst:
-            v = w * float(s)
-            if i not in out or v > out[i]:
-                out[i] = v
-    return _sorted(out)
-
-
 def max_fuse_arrays(scores, ids, weights: Sequence[float] | None = None, limit: int | None = None):
-    """:func:`max_fuse` and :func:`argbest` at once over ``R`` lists given as arrays (``scores`` and
-    int ``ids`` of shape [R, F], best first; id -1 marks no result): ``(fused, best, raw)`` where
-    ``fused`` is the (id, fused score) list sorted as max_fuse sorts it (cut to ``limit``), and for
-    each id in it ``best[id]`` is the list that gave its score and ``raw[id]`` that list's unweighted
-    score. The same numbers as the list functions (one double multiplication each; on equal fused
-    scores the earlier list wins), without a Python loop over every candidate."""
-    import numpy as np
-
+    """Each id's best weighted raw score over ``R`` lists on one scale (several query vectors against
+    the same index), given as arrays (``scores`` and int ``ids`` of shape [R, F], best first; id -1
+    marks no result): ``(fused, best, raw)`` where ``fused`` is the (id, fused score) list, fused
+    score down then id up (cut to ``limit``), and for each id in it ``best[id]`` is the list that
+    gave its score and ``raw[id]`` that list's unweighted score (one double multiplication each; on
+    equal fused scores the earlier list wins), without a Python loop over every candidate."""
     s = np.asarray(scores)
     i = np.asarray(ids, np.int64)
     ws = _check_weights([()] * len(s), weights)
@@ -139,25 +130,18 @@ def max_fuse_arrays(scores, ids, weights: Sequence[float] | None = None, limit: 
     return fused, dict(zip(ids_out, rows[first].tolist())), dict(zip(ids_out, raw[first].tolist()))
 
 
-def argbest(lists: Sequence[Ranked], weights: Sequence[float] | None = None) -> dict[Hashable, int]:
-    """For each id, the index of the list that gave it its best weighted score (for explanations)."""
-    ws = _check_weights(lists, weights)
-    best: dict[Hashable, tuple[float, int]] = {}
-    for li, (w, lst) in enumerate(zip(ws, lists)):
-        for i, s in lst:
-            v = w * float(s)
-            if i not in best or v > best[i][0]:
-                best[i] = (v, li)
-    return {i: li for i, (_, li) in best.items()}
+def fuse_hybrid(method: str, images: Ranked, captions: Ranked, caption_weight: float, norm: str = "minmax",
+                rrf_k: int = 60) -> list[tuple[Hashable, float]]:
+    """The image and caption lists fused with shares ``1 - caption_weight`` and ``caption_weight``:
+    ``sum`` (:func:`weighted_sum`, scores in [0, 1] with minmax) or ``rrf``."""
+    ws = [1.0 - caption_weight, caption_weight]
+    if method == "sum":
+        return weighted_sum([images, captions], ws, norm=norm)
+    if method == "rrf":
+        return rrf([images, captions], ws, k=rrf_k)
+    raise ValueError(f"unknown hybrid fusion {method!r}: use sum or rrf")
 
 
-def fuse(method: str, lists: Sequence[Ranked], weights: Sequence[float] | None = None, **kw):
-    """Dispatch by name: ``sum`` (normalised weighted sum), ``rrf``, ``max``."""
-    fns = {"sum": weighted_sum, "rrf": rrf, "max": max_fuse}
-    if method not in fns:
-        raise ValueError(f"unknown fusion {method!r}: use one of {', '.join(fns)}")
-    return fns[method](lists, weights, **kw)
-
-
-def top(ranked: Iterable[tuple[Hashable, float]], k: int) -> list[tuple[Hashable, float]]:
-    return list(ranked)[: max(0, int(k))]
+def best_first(scores: dict, n: int) -> list[tuple[Hashable, float]]:
+    """The ``n`` best (id, score) pairs of a dict, score down then id up (as fusion ranks)."""
+    return _sorted(scores)[:n]

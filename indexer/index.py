@@ -212,14 +212,8 @@ def build_index(
                 f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
                 f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
             )
-        if hasattr(encoder, "profile"):  # lite: the soft concept profiles grounding reads (see PROFILE)
-            if old_m is None:
-                from retrieval.encoders.lite import profile_record
-
-                minfo["profile"] = profile_record()
-            # an index keeps the kind it was made with: one built before profiles stays without them
-            prof = minfo.get("profile")
-            encoder.profile = (int(prof["top"]), float(prof["temperature"])) if prof else None
+        if old_m is None and encoder.profile_record() is not None:
+            minfo["profile"] = encoder.profile_record()  # lite: the soft concept profiles grounding reads
         t = time.perf_counter()
         if text_encoder is None:
             tinfo = None

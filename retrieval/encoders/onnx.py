@@ -18,6 +18,8 @@ import hashlib
 import logging
 import os
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -203,8 +205,6 @@ class OrtModel:
         if self.streams < 2 or rows < self.streams * STREAM_MIN_ROWS:
             return self.session.run(None, feed)[0]
         if self._single is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._single = self._session(1)
             self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="kgclip-ort")
         n = self.streams * max(1, min(chunks(), rows // (self.streams * STREAM_MIN_ROWS)))
@@ -280,8 +280,6 @@ def load_or_export(name: str, signature: str, export: Callable[[str], None],
 
 def export_module(module, args: tuple, path: str, input_names: list[str], dynamic: dict) -> None:
     """``torch.onnx.export`` with the TorchScript exporter (no onnxscript needed), quietly."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

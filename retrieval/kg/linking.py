@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders import get_encoder
+from .embeddings import EntityEmbeddings
 from .graph import Graph
 from .morphology import Morphology
 
@@ -128,15 +130,11 @@ class Linker:
     @property
     def sense_encoder(self):
         if self._encoder is None and self._sense_spec:
-            from ..encoders import get_encoder
-
             self._encoder = get_encoder(self._sense_spec, device=self._device)
         return self._encoder
 
     def _gloss_table(self):
         if self._gloss is None:
-            from .embeddings import EntityEmbeddings
-
             self._gloss = EntityEmbeddings(self.graph, self.sense_encoder,
                                            template=self.config.gloss_template)
         return self._gloss

@@ -246,7 +246,7 @@ def kg():
 @handle_errors
 def kg_link(text, kg_path, sense_model, fmt):
     """Show the entities TEXT links to (sense, gloss, confidence)."""
-    from retrieval.kg.render import links_table
+    from retrieval.kg.display import links_table
 
     links = [lk.to_dict() for lk in _expander(kg_path, sense_model).link(text)]
     click.echo(json.dumps(links, ensure_ascii=False, indent=2) if fmt == "json" else links_table(links))
@@ -263,7 +263,7 @@ def kg_link(text, kg_path, sense_model, fmt):
 @handle_errors
 def kg_expand(text, kg_path, mode, model, sense_model, fmt):
     """Show how TEXT is expanded: linked entities, expansions with weights and paths."""
-    from retrieval.kg.render import plan_dict, plan_table
+    from retrieval.kg.display import plan_dict, plan_table
 
     ex = _expander(kg_path, sense_model)
     weights = None
@@ -315,7 +315,7 @@ def kg_info(kg_path, fmt):
     import time
 
     from retrieval.kg import load_graph
-    from retrieval.kg.render import info_table
+    from retrieval.kg.display import info_table
 
     t = time.perf_counter()
     g = load_graph(kg_path)

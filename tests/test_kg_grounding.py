@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.kg import Expander, load_graph, match_concepts
+from retrieval.kg import Expander, format_path, load_graph
 
 NON_ANIMALS = ("coffee", "rocket", "camera", "coins", "clock")
 
@@ -22,6 +22,18 @@ def concepts(lite_encoder, photos_dir):
 @pytest.fixture(scope="module")
 def expander():
     return Expander(load_graph(), sense_encoder=None)
+
+
+def match_concepts(targets, concepts):
+    """(an image's probability mass inside the targets, capped at 1; its best concept's path and p)."""
+    total, best, why = 0.0, 0.0, None
+    for cid, prob in concepts:
+        if cid in targets:
+            s = targets[cid][0] * float(prob)
+            total += s
+            if s > best:
+                best, why = s, f"{format_path(targets[cid][1])} (p={float(prob):.2f})"
+    return min(total, 1.0), why
 
 
 def scores(expander, concepts, query):

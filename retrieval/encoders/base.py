@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import KgclipError, ModelError, UsageError
+from ..paths import default_device
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -73,7 +74,7 @@ def image_batch_tensor(batch: np.ndarray, device: str):
 
 def resolve_device(device: str | None) -> str:
     """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string."""
-    device = (device or os.environ.get("KGCLIP_DEVICE") or "auto").strip().lower()
+    device = (device or default_device()).strip().lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda")
     if device == "cpu" or (device == "auto" and not _may_have_cuda()):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
-from ..paths import cache_dir, offline
+from ..paths import cache_dir, env, offline
 from . import minibert
 from .base import Encoder, l2_normalize, weights_signature
 
@@ -138,7 +138,7 @@ class SbertEncoder(Encoder):
     def _load(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        if os.environ.get("KGCLIP_SBERT_BACKEND", "auto") != "sentence-transformers" and minibert.supports(self.path):
+        if env("SBERT_BACKEND", "auto") != "sentence-transformers" and minibert.supports(self.path):
             # plain BERT + mean pooling: run it without importing sentence-transformers (~9 s of imports)
             self.model = minibert.MiniBert(self.path, device=self.device)
             if self.device.startswith("cuda"):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KGError
-from .store import norm_key, write_graph
+from .graphfile import norm_key, write_graph
 
 POINTERS = {
     "@": "hypernym",

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import KGError, UsageError
-from .store import read_meta, write_graph
+from .graphfile import read_meta, write_graph
 
 LABEL = {"label", "name", "rdfs:label", "preflabel", "skos:preflabel"}
 ALIAS = {"alias", "altlabel", "skos:altlabel", "synonym_label"}

@@ -1,11 +1,29 @@
-"""Plain-text tables for the `kgclip kg` commands (the CLI only calls these)."""
+"""How the `kgclip kg` commands show links, expansion plans and graph info: text tables for people and
+JSON-ready dicts (the CLI only calls these). Search results are rendered elsewhere (the query side)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..types import QueryPlan
-from .expansion import explain, format_path
+
+
+def format_path(path: list[str]) -> str:
+    """["dog", "hyponym", "puppy"] -> "dog -> hyponym -> puppy"."""
+    return " -> ".join(path)
+
+
+def plan_lines(plan: QueryPlan) -> list[str]:
+    """Human-readable lines: linked entities with sense and gloss, then expansions with weights."""
+    lines = []
+    for lk in plan.linked:
+        lines.append(f"linked {lk['span']!r} -> {lk['entity_id']} {lk['name']} (score {lk['score']:.2f}): "
+                     f"{lk['gloss']}")
+    for e in plan.expansions:
+        lines.append(f"  {e.weight:.3f}  {format_path(e.path)}  [{e.entity_id}]")
+    if not plan.linked:
+        lines.append("nothing linked: the query is searched unchanged")
+    return lines
 
 
 def _short(text: str, width: int) -> str:
@@ -23,7 +41,7 @@ def links_table(links: list[dict[str, Any]]) -> str:
 
 
 def plan_table(plan: QueryPlan, weights=None) -> str:
-    lines = explain(plan)
+    lines = plan_lines(plan)
     if weights is not None:
         lines.append(f"query vectors: {len(weights)} (mode {plan.mode}); weights "
                      + " ".join(f"{w:.3f}" for w in weights))

@@ -187,7 +187,8 @@ class OpenClipEncoder(Encoder):
 
     def _export_text(self, path: str) -> None:
         tokens = self.tokenizer(["a photo of a dog", "x"])[:, :9]
-        onnx.export_module(_text_forward_module()(self.model), (tokens,), path, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
+        onnx.export_module(_text_forward_module()(self.model), (tokens,), path, ["tokens"],
+                           {"tokens": {0: "batch", 1: "length"}})
 
     def _check_text(self, model) -> float:
         """Largest difference (unit vectors) from the padded torch encode_text on texts of mixed lengths."""

@@ -26,7 +26,9 @@ import json
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -69,29 +71,42 @@ def _licence(src: Path) -> str:
     )
 
 
-def parse_data(src: Path):
-    ids, names, glosses, lexfile, edges = [], [], [], [], []
-    with open(src / "data.noun", encoding="latin-1") as fh:
+@dataclass(frozen=True)
+class SynsetLine:
+    """One synset line of a WordNet ``data.*`` file, as written (the one parser of that format)."""
+
+    offset: str  # 8 digits; the noun ids here and in ImageNet are "n" + offset
+    lexfile: int  # lexicographer file number
+    words: list[str]  # lemmas in file order, "_" read as a space (adjective markers left on)
+    pointers: list[tuple[str, str, str]]  # (symbol such as "@", target offset, target part of speech)
+    gloss: str  # the text after " | ": definition, then quoted examples
+
+
+def read_synsets(path: str | Path, encoding: str = "latin-1", errors: str = "strict") -> Iterator[SynsetLine]:
+    """The synsets of a WordNet 3.0 ``data.noun`` (or other ``data.*``) file, in file order."""
+    with open(path, encoding=encoding, errors=errors) as fh:
         for line in fh:
-            if line.startswith("  "):
+            if line.startswith("  "):  # the licence header
                 continue
             head, _, gloss = line.partition(" | ")
             f = head.split()
-            off, lex, _ss = f[0], int(f[1]), f[2]
             w = int(f[3], 16)
-            words = [f[4 + 2 * k].replace("_", " ") for k in range(w)]
             p = 4 + 2 * w
-            pcnt = int(f[p])
-            sid = "n" + off
-            for k in range(pcnt):
-                sym, toff, pos = f[p + 1 + 4 * k], f[p + 2 + 4 * k], f[p + 3 + 4 * k]
-                if pos == "n" and sym in POINTERS:
-                    edges.append((sid, POINTERS[sym], "n" + toff))
-            definition = gloss.strip().split('; "')[0].strip().rstrip(";").strip()
-            ids.append(sid)
-            names.append(list(dict.fromkeys(words)))
-            glosses.append(definition)
-            lexfile.append(lex)
+            pointers = [(f[p + 1 + 4 * k], f[p + 2 + 4 * k], f[p + 3 + 4 * k]) for k in range(int(f[p]))]
+            yield SynsetLine(f[0], int(f[1]), [f[4 + 2 * k].replace("_", " ") for k in range(w)], pointers,
+                             gloss.strip())
+
+
+def parse_data(src: Path):
+    ids, names, glosses, lexfile, edges = [], [], [], [], []
+    for s in read_synsets(src / "data.noun"):
+        sid = "n" + s.offset
+        edges += [(sid, POINTERS[sym], "n" + toff) for sym, toff, pos in s.pointers
+                  if pos == "n" and sym in POINTERS]
+        ids.append(sid)
+        names.append(list(dict.fromkeys(s.words)))
+        glosses.append(s.gloss.split('; "')[0].strip().rstrip(";").strip())
+        lexfile.append(s.lexfile)
     return ids, names, glosses, lexfile, edges
 
 

@@ -1,4 +1,5 @@
-"""The graph directory's files: the compact on-disk form shared by the shipped WordNet and imported user graphs.
+"""The graph directory's files: the compact on-disk form shared by the shipped WordNet and imported
+user graphs.
 
 A graph is a directory holding three files:
 

@@ -1,4 +1,4 @@
-"""lite's settings: :class:`LiteConfig` (ConSE, image views, text tower) and the named ``lite:NAME`` presets."""
+"""lite's settings: :class:`LiteConfig` (ConSE, image views, text tower) and the ``lite:NAME`` presets."""
 
 from __future__ import annotations
 

@@ -17,8 +17,18 @@ from .. import onnx
 from ..base import SENSE_TEXT_MODEL, Encoder, ImageBatch, image_batch_tensor, progress_bar, weights_signature
 from ..sbert import SbertEncoder, resolve_sbert_path
 from .config import PRESETS, LiteConfig
-from .conse import (PROFILE, build_class_table, class_prompts, concept_profiles, conse_views, imagenet_classes,
-                    imagenet_ids, profile_record, project_queries, top_classes)
+from .conse import (
+    PROFILE,
+    build_class_table,
+    class_prompts,
+    concept_profiles,
+    conse_views,
+    imagenet_classes,
+    imagenet_ids,
+    profile_record,
+    project_queries,
+    top_classes,
+)
 from .preprocess import ImagePreprocess, normalise_pixels
 
 

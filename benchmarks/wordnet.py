@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from retrieval.errors import KGError
-from retrieval.kg.build_wordnet import read_synsets
+from retrieval.kg.build_wordnet import read_exceptions, read_sense_index, read_synsets
 from retrieval.kg.morphology import NOUN_RULES
 
 WORDNET_DIR = Path(os.environ.get("KGCLIP_WORDNET_DIR", "/usr/share/wordnet"))
@@ -62,24 +62,15 @@ class NounNet:
         self.pos_freq: dict[str, dict[str, int]] = {}
         sense = root / "index.sense"
         if sense.is_file():
-            with open(sense, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    f = line.split()
-                    if len(f) != 4:
-                        continue
-                    lemma, rest = f[0].split("%", 1)
-                    pos, n = rest[0], int(f[3])
-                    d = self.pos_freq.setdefault(lemma, {})
-                    d[pos] = d.get(pos, 0) + n
-                    if pos == "1":
-                        sid = "n" + f[1]
-                        self.freq[sid] = self.freq.get(sid, 0) + n
+            for lemma, pos, off, n in read_sense_index(sense, encoding="utf-8", errors="replace"):
+                d = self.pos_freq.setdefault(lemma, {})
+                d[pos] = d.get(pos, 0) + n
+                if pos == "1":
+                    self.freq["n" + off] = self.freq.get("n" + off, 0) + n
         self.exceptions: dict[str, str] = {}
         if exc.is_file():
-            for line in exc.read_text(encoding="utf-8", errors="replace").splitlines():
-                f = line.split()
-                if len(f) >= 2:
-                    self.exceptions.setdefault(f[0], f[1])
+            for word, bases in read_exceptions(exc, encoding="utf-8", errors="replace"):
+                self.exceptions.setdefault(word, bases[0])
 
     def lemma_synsets(self, word: str) -> list[str]:
         """Noun synsets of a word (any inflection), most frequent sense first."""

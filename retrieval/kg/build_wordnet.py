@@ -97,6 +97,28 @@ def read_synsets(path: str | Path, encoding: str = "latin-1", errors: str = "str
                              gloss.strip())
 
 
+def read_sense_index(path: str | Path, encoding: str = "latin-1",
+                     errors: str = "strict") -> Iterator[tuple[str, str, str, int]]:
+    """(lemma as written, part of speech digit: 1 noun, 2 verb, 3 adjective, 4 adverb, 5 satellite
+    adjective; synset offset; tag count) per line of WordNet's ``index.sense``."""
+    with open(path, encoding=encoding, errors=errors) as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) == 4:
+                lemma, _, rest = f[0].partition("%")
+                yield lemma, rest[:1], f[1], int(f[3])
+
+
+def read_exceptions(path: str | Path, encoding: str = "latin-1",
+                    errors: str = "strict") -> Iterator[tuple[str, list[str]]]:
+    """(inflected form, its base forms) per line of a WordNet ``*.exc`` file (``noun.exc``, ``verb.exc``)."""
+    with open(path, encoding=encoding, errors=errors) as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) >= 2:
+                yield f[0], f[1:]
+
+
 def parse_data(src: Path):
     ids, names, glosses, lexfile, edges = [], [], [], [], []
     for s in read_synsets(src / "data.noun"):
@@ -116,12 +138,9 @@ def parse_sense_counts(src: Path) -> dict[tuple[str, str], int]:
     f = src / "index.sense"
     if not f.is_file():
         return counts
-    with open(f, encoding="latin-1") as fh:
-        for line in fh:
-            key, off, _num, cnt = line.split()
-            lemma, _, rest = key.partition("%")
-            if rest.startswith("1:"):
-                counts[(norm_key(lemma), "n" + off)] = int(cnt)
+    for lemma, pos, off, cnt in read_sense_index(f):
+        if pos == "1":
+            counts[(norm_key(lemma), "n" + off)] = cnt
     return counts
 
 
@@ -143,13 +162,11 @@ def parse_index(src: Path) -> dict[str, list[str]]:
     return out
 
 
-def parse_exceptions(src: Path) -> dict[str, list[str]]:
+def parse_exceptions(path: Path) -> dict[str, list[str]]:
+    """normalised inflected form -> its normalised base forms, from a ``*.exc`` file."""
     exc: dict[str, list[str]] = {}
-    with open(src / "noun.exc", encoding="latin-1") as fh:
-        for line in fh:
-            f = line.split()
-            if len(f) >= 2:
-                exc.setdefault(norm_key(f[0]), []).extend(norm_key(x) for x in f[1:])
+    for word, bases in read_exceptions(path):
+        exc.setdefault(norm_key(word), []).extend(norm_key(x) for x in bases)
     return exc
 
 
@@ -159,22 +176,12 @@ def parse_other_pos(src: Path) -> tuple[dict[str, int], dict[str, int], dict[str
     adjs: dict[str, int] = {}
     f = src / "index.sense"
     if f.is_file():
-        with open(f, encoding="latin-1") as fh:
-            for line in fh:
-                key, _off, _num, cnt = line.split()
-                lemma, _, rest = key.partition("%")
-                c = int(cnt)
-                if rest.startswith("2:"):
-                    verbs[norm_key(lemma)] = verbs.get(norm_key(lemma), 0) + c
-                elif rest.startswith(("3:", "5:")):
-                    adjs[norm_key(lemma)] = adjs.get(norm_key(lemma), 0) + c
-    vexc: dict[str, list[str]] = {}
-    if (src / "verb.exc").is_file():
-        with open(src / "verb.exc", encoding="latin-1") as fh:
-            for line in fh:
-                w = line.split()
-                if len(w) >= 2:
-                    vexc.setdefault(norm_key(w[0]), []).extend(norm_key(x) for x in w[1:])
+        for lemma, pos, _off, c in read_sense_index(f):
+            if pos == "2":
+                verbs[norm_key(lemma)] = verbs.get(norm_key(lemma), 0) + c
+            elif pos in ("3", "5"):
+                adjs[norm_key(lemma)] = adjs.get(norm_key(lemma), 0) + c
+    vexc = parse_exceptions(src / "verb.exc") if (src / "verb.exc").is_file() else {}
     keep = lambda d: {k: v for k, v in sorted(d.items()) if v > 0 and " " not in k}  # noqa: E731
     return keep(verbs), keep(adjs), vexc
 
@@ -222,7 +229,7 @@ def build(src: str | Path, out: str | Path) -> Path:
     for i in reversed(order):
         size[i] = sum(1 + size[c] for c in children[i])
 
-    exc = parse_exceptions(src)
+    exc = parse_exceptions(src / "noun.exc")
     verb_counts, adj_counts, verb_exc = parse_other_pos(src)
     return write_graph(
         out,

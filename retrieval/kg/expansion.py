@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..choices import EXPANSIONS
+from ..encoders.base import SENSE_TEXT_MODEL
 from ..errors import UsageError
 from ..text import content_words
 from ..types import Expansion, QueryPlan
@@ -116,7 +117,7 @@ class Expander:
     """Plans and query vectors for one graph; keeps its linker and entity-embedding tables warm."""
 
     def __init__(self, graph: Graph, linker: Linker | None = None, policy: ExpansionPolicy | None = None,
-                 sense_encoder: Any = "sbert:minilm", device: str | None = "cpu"):
+                 sense_encoder: Any = SENSE_TEXT_MODEL, device: str | None = "cpu"):
         self.graph = graph
         self.linker = linker or Linker(graph, sense_encoder, device=device)
         self.policy = policy or ExpansionPolicy()
@@ -320,7 +321,10 @@ class Expander:
         sense = self.linker._encoder
         if sense is None:
             return False
-        if encoder is sense or getattr(encoder, "text", None) is sense:
+        if encoder is sense:
+            return True
+        shared = getattr(encoder, "sense_text_encoder", None)  # lite's MiniLM tower, when it is the sense model
+        if shared is not None and shared() is sense:
             return True
         try:
             return encoder.fingerprint == sense.fingerprint

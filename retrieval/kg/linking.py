@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..encoders import get_encoder
+from ..encoders.base import SENSE_TEXT_MODEL
 from .embeddings import EntityEmbeddings
 from .graph import Graph
 from .morphology import Morphology
@@ -114,7 +115,7 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 class Linker:
     """Link(text) -> [Link]; sense choice by gloss similarity and frequency."""
 
-    def __init__(self, graph: Graph, sense_encoder: Any = "sbert:minilm", config: LinkerConfig | None = None,
+    def __init__(self, graph: Graph, sense_encoder: Any = SENSE_TEXT_MODEL, config: LinkerConfig | None = None,
                  morphology: Morphology | None = None, device: str | None = "cpu"):
         self.graph = graph
         self.config = config or LinkerConfig()

@@ -219,7 +219,7 @@ def _preoptimise(path: Path) -> None:
     """
     import onnxruntime as ort
 
-    out = path.with_name(path.stem + ".opt.onnx")
+    out = path.with_name(path.name + ".opt.tmp")  # a temp name: prune_cache clears it if a process dies
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(out)

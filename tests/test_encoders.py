@@ -196,6 +196,14 @@ def test_lite_ranks_real_photos(lite_encoder, photos_dir, query, expected):
     assert best == expected
 
 
+def test_lite_concept_classes_are_imagenets_class_order():
+    from retrieval.encoders.lite import imagenet_classes, imagenet_ids
+
+    # the shipped sorted wnids stand in for timm's class list (no timm import on a query)
+    assert list(imagenet_ids()) == [c[0] for c in imagenet_classes()]
+    assert get_encoder("lite").concept_classes == imagenet_ids()
+
+
 def test_lite_reports_wordnet_concepts(lite_encoder, photos_dir):
     out = lite_encoder.encode_images([photos_dir / "chelsea.jpg"], with_concepts=True)
     concepts = out.concepts[0]

@@ -23,7 +23,6 @@ from .conse import (
     class_prompts,
     concept_profiles,
     conse_views,
-    imagenet_classes,
     imagenet_ids,
     profile_record,
     project_queries,
@@ -169,13 +168,6 @@ class LiteEncoder(Encoder):
 
     # -- images ----------------------------------------------------------------
     @property
-    def class_ids(self) -> list[str]:
-        """WordNet ids of the 1000 classes (lazy: timm's class info is only needed for images)."""
-        if getattr(self, "_class_ids", None) is None:
-            self._class_ids = [c[0] for c in imagenet_classes()]
-        return self._class_ids
-
-    @property
     def cnn(self):
         """The image tower for pixel bytes: an ONNX Runtime session on CPU where it can run (uint8
         input, normalised inside the graph), else the torch module (float input, see :meth:`logits`)."""
@@ -272,7 +264,7 @@ class LiteEncoder(Encoder):
             # reported as the classifier's own probabilities (temperature 1), whatever the mixing temperature
             idx, p = top_classes(logits, self.config.concepts)
             concepts = [
-                [(self.class_ids[j], round(float(prow[j]), 4)) for j in irow] for prow, irow in zip(p, idx)
+                [(self.concept_classes[j], round(float(prow[j]), 4)) for j in irow] for prow, irow in zip(p, idx)
             ]
         # the soft concept profile stored per image for KG grounding: always PROFILE's top classes and
         # temperature (what :meth:`profile_record` tells the index manifest)

@@ -230,8 +230,8 @@ def _model_forward(bench, name: str, fn):
     """Eager Lite0 over every image, ``fn(model, PIL image) -> array``, stacked and cached per ``name``."""
     from benchmarks.datasets import bench_cache
     from benchmarks.lite_tuning import _cached
-    from retrieval.encoders.base import load_image
-    from retrieval.encoders.lite import lite0_weights_path, load_lite0, weights_signature
+    from retrieval.encoders.base import load_image, weights_signature
+    from retrieval.encoders.lite import lite0_weights_path, load_lite0
 
     def compute():
         import torch

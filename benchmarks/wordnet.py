@@ -17,12 +17,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from retrieval.errors import KGError
+from retrieval.kg.build_wordnet import read_exceptions, read_sense_index, read_synsets
+from retrieval.kg.morphology import NOUN_RULES
 
 WORDNET_DIR = Path(os.environ.get("KGCLIP_WORDNET_DIR", "/usr/share/wordnet"))
 
-# detachment rules for nouns (WordNet morphy)
-_NOUN_RULES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-               ("ies", "y"), ("s", ""))
+# WordNet morphy's noun detachment rules, the longest suffix first (plain "s" last)
+_NOUN_RULES = tuple(sorted(NOUN_RULES, key=lambda rule: -len(rule[0])))
 
 
 @dataclass
@@ -41,27 +42,11 @@ class NounNet:
         if not data.is_file():
             raise KGError(f"{data}: WordNet noun database not found (apt install wordnet-base)")
         self.synsets: dict[str, Synset] = {}
-        with open(data, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("  "):
-                    continue
-                head, _, gloss = line.partition(" | ")
-                f = head.split()
-                off, n_words = f[0], int(f[3], 16)
-                lemmas = [f[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-                lemmas = [_strip_marker(x) for x in lemmas]
-                p = 4 + 2 * n_words
-                n_ptr = int(f[p])
-                hyper, hypo = [], []
-                for i in range(n_ptr):
-                    sym, target, pos = f[p + 1 + 4 * i : p + 4 + 4 * i]
-                    if pos != "n":
-                        continue
-                    if sym in ("@", "@i"):
-                        hyper.append("n" + target)
-                    elif sym in ("~", "~i"):
-                        hypo.append("n" + target)
-                self.synsets["n" + off] = Synset("n" + off, lemmas, gloss.strip(), hyper, hypo)
+        for s in read_synsets(data, encoding="utf-8", errors="replace"):
+            hyper = ["n" + t for sym, t, pos in s.pointers if pos == "n" and sym in ("@", "@i")]
+            hypo = ["n" + t for sym, t, pos in s.pointers if pos == "n" and sym in ("~", "~i")]
+            sid = "n" + s.offset
+            self.synsets[sid] = Synset(sid, [_strip_marker(x) for x in s.words], s.gloss, hyper, hypo)
         self.index: dict[str, list[str]] = {}
         with open(index, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -77,24 +62,15 @@ class NounNet:
         self.pos_freq: dict[str, dict[str, int]] = {}
         sense = root / "index.sense"
         if sense.is_file():
-            with open(sense, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    f = line.split()
-                    if len(f) != 4:
-                        continue
-                    lemma, rest = f[0].split("%", 1)
-                    pos, n = rest[0], int(f[3])
-                    d = self.pos_freq.setdefault(lemma, {})
-                    d[pos] = d.get(pos, 0) + n
-                    if pos == "1":
-                        sid = "n" + f[1]
-                        self.freq[sid] = self.freq.get(sid, 0) + n
+            for lemma, pos, off, n in read_sense_index(sense, encoding="utf-8", errors="replace"):
+                d = self.pos_freq.setdefault(lemma, {})
+                d[pos] = d.get(pos, 0) + n
+                if pos == "1":
+                    self.freq["n" + off] = self.freq.get("n" + off, 0) + n
         self.exceptions: dict[str, str] = {}
         if exc.is_file():
-            for line in exc.read_text(encoding="utf-8", errors="replace").splitlines():
-                f = line.split()
-                if len(f) >= 2:
-                    self.exceptions.setdefault(f[0], f[1])
+            for word, bases in read_exceptions(exc, encoding="utf-8", errors="replace"):
+                self.exceptions.setdefault(word, bases[0])
 
     def lemma_synsets(self, word: str) -> list[str]:
         """Noun synsets of a word (any inflection), most frequent sense first."""

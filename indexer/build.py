@@ -218,11 +218,10 @@ def _check_models(b: _Build) -> None:
             f"{index_dir} was built with model {old_m['spec']} ({old_m.get('fingerprint')}); "
             f"you asked for {minfo['spec']} ({minfo['fingerprint']}): use --restart or another index folder"
         )
-    if getattr(encoder, "family", "") == "lite":  # lite records the soft concept profiles its grounding reads
+    profile = encoder.profile_record()  # lite: the soft concept profiles its grounding reads; else None
+    if profile is not None:
         if old_m is None:
-            from retrieval.encoders.lite import profile_record  # lite's module, for lite builds only
-
-            minfo["profile"] = profile_record()
+            minfo["profile"] = profile
         elif not minfo.get("profile"):
             raise IndexCorrupt(f"{index_dir} has no concept profiles (an index from before them): "
                                f"rebuild it with `{rebuild_command(index_dir)}`")

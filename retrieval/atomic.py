@@ -3,7 +3,8 @@
 A temp file beside the target (created with ``O_EXCL | O_NOFOLLOW``, so a planted symlink is never
 followed), written, chmod 0644, fsynced, renamed over the target (``os.replace`` replaces a symlink
 itself, never what it points to) and the folder fsynced. A crash at any point leaves the previous
-file whole; :func:`remove_stale_temps` clears what a killed earlier write left.
+file whole; :func:`remove_stale_temps` clears what a killed earlier write left. A folder written as
+one piece (a knowledge graph) goes through :func:`atomic_dir`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import Any, Callable, Union
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
 
 Data = Union[bytes, str, Callable[[str], None]]
 
@@ -102,3 +107,35 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, durable: bool = True
     dump_kw.setdefault("indent", 1)
     atomic_write(path, json.dumps(obj, **dump_kw) + "\n", durable=durable)
 
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder that appears at ``path`` whole or not at all.
+
+    Yields a fresh temp folder beside ``path`` (``.<name>.tmp-*``, with the umask's permissions) to
+    fill. When the block ends without an error its files are fsynced and it is renamed to ``path``; a
+    folder already there is moved aside first and then deleted. On an error it is deleted.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; these folders are shared data
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

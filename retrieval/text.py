@@ -1,4 +1,5 @@
-"""Query text: cleaning and content words (shared by the searcher and the KG's expansion policy)."""
+"""Plain-text helpers shared by the query side and the knowledge graph: white-space folding, query
+cleaning and the content words of a query (articles and "a photo of" filler left out)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,35 @@ from typing import Any
 
 from .errors import QueryError
 
-# articles and "a photo of" filler: not content ("a photo of a dog" has one content word)
+# words that say nothing about what is in a picture ("a photo of a dog" has one content word)
 FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
-_WORD = re.compile(r"[^\W\d_]+")
+_WORD = re.compile(r"[^\W\d_]+")  # runs of letters: digits and "_" split words
+
+
+def fold_space(text: object) -> str:
+    """``text`` with every run of white space (newlines, tabs) folded to one space, trimmed."""
+    return " ".join(str(text).split())
 
 
 def clean_text(text: Any) -> str | None:
-    """``text`` with its whitespace collapsed; None stays None; an empty or non-string query is a
+    """A text query with its white space folded; None stays None; an empty or non-string query is a
     :class:`QueryError`."""
     if text is None:
         return None
     if not isinstance(text, str):
         raise QueryError(f"a text query must be a string, not {type(text).__name__}")
-    t = " ".join(text.split())
+    t = fold_space(text)
     if not t:
         raise QueryError("empty query: give some words to search for (or --image PATH)")
     return t
 
 
 def content_words(text: str | None) -> list[str]:
-    """The lower-cased words of ``text`` that are not filler ("a photo of a dog" -> ["dog"])."""
+    """The lower-cased words of ``text`` that are not :data:`FILLER` ("a photo of a dog" -> ["dog"])."""
     return [w for w in _WORD.findall((text or "").lower()) if w not in FILLER]
+
+
+def is_short_query(text: str | None, max_words: int) -> bool:
+    """Whether ``text`` has 1 to ``max_words`` content words: a category-like query ("a mammal")
+    rather than a caption."""
+    return 0 < len(content_words(text)) <= max_words

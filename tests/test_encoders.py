@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from retrieval.encoders import get_encoder, list_encoders, parse_spec
+from retrieval.encoders.base import SENSE_TEXT_MODEL
 from retrieval.errors import ModelError, WeightsNotFound
 
 
@@ -66,6 +67,18 @@ def test_contract(any_encoder, photos_dir):
     again = enc.encode_texts(["a cup of coffee"])
     np.testing.assert_allclose(again[0], txt[1], atol=1e-5)
     assert enc.fingerprint.startswith(enc.spec + "#")
+    # what the index and query sides ask instead of looking inside (see Encoder's docstring)
+    classes = enc.concept_classes
+    assert classes is None or (isinstance(classes, tuple) and list(classes) == sorted(set(classes)))
+    assert (enc.profile_record() is None) == (classes is None)
+    sense = enc.sense_text_encoder()
+    assert sense is None or (sense.spec == SENSE_TEXT_MODEL and sense.has_texts)
+    if classes is not None:  # profiles index into concept_classes, for every image
+        b = enc.encode_images(paths[:2], with_concepts=True)
+        assert len(b.profiles) == 2
+        idx, p = b.profiles[0]
+        assert idx.max() < len(classes) and len(idx) == len(p) == enc.profile_record()["top"]
+        assert classes[int(idx[0])] == b.concepts[0][0][0]  # the top class, the same in both
 
 
 # -- open_clip --------------------------------------------------------------------------------------
@@ -181,6 +194,14 @@ def test_lite_ranks_real_photos(lite_encoder, photos_dir, query, expected):
     q = lite_encoder.encode_queries([query])[0]
     best = paths[int(np.argmax(img @ q))].stem
     assert best == expected
+
+
+def test_lite_concept_classes_are_imagenets_class_order():
+    from retrieval.encoders.lite import imagenet_classes, imagenet_ids
+
+    # the shipped sorted wnids stand in for timm's class list (no timm import on a query)
+    assert list(imagenet_ids()) == [c[0] for c in imagenet_classes()]
+    assert get_encoder("lite").concept_classes == imagenet_ids()
 
 
 def test_lite_reports_wordnet_concepts(lite_encoder, photos_dir):

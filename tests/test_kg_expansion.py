@@ -7,7 +7,8 @@ import pytest
 
 from retrieval.encoders import get_encoder
 from retrieval.errors import UsageError
-from retrieval.kg import Expander, ExpansionPolicy, explain, load_graph, match_concepts
+from retrieval.kg import Expander, ExpansionPolicy, load_graph
+from retrieval.render import plan_text_lines
 from retrieval.kg.triples import import_triples
 
 DOG, PUPPY, TABBY = "n02084071", "n01322604", "n02123045"
@@ -30,7 +31,7 @@ def test_plan_is_deterministic_and_explained(wn):
     assert DOG in ids and PUPPY in ids and len(ids) == len(set(ids))
     puppy = next(e for e in a["expansions"] if e["entity_id"] == PUPPY)
     assert puppy["relation"] == "hyponym" and puppy["path"] == ["dog", "hyponym", "puppy"]
-    lines = explain(expander(wn).plan("a dog"))
+    lines = plan_text_lines(expander(wn).plan("a dog"))
     assert lines[0].startswith("linked 'dog' -> n02084071 dog")
     assert any("dog -> hyponym -> puppy" in x for x in lines)
 
@@ -119,18 +120,7 @@ def test_concept_targets_reach_hyponym_closure(wn):
     assert "n04037443" not in t  # racer (a car) is no animal
     only = ex.concept_targets("an animal", within={TABBY, "n04037443"})
     assert set(only) == {TABBY}
-    score, why = match_concepts(t, [("n04037443", 0.5), (TABBY, 0.8)], agg="max")
-    assert score == pytest.approx(w * 0.8) and why.startswith("animal -> hyponym ->") and "(p=0.80)" in why
-    assert match_concepts(t, [("n04037443", 0.9)]) == (0.0, None)
     assert expander(wn).concept_targets("of the") == {}
-
-
-def test_match_concepts_sums_probability_inside_the_closure(wn):
-    t = expander(wn).concept_targets("a cat")
-    concepts = [("n02123159", 0.4), ("n02124075", 0.25), (TABBY, 0.25), ("n04037443", 0.1)]
-    s_sum, why = match_concepts(t, concepts)
-    s_max, _ = match_concepts(t, concepts, agg="max")
-    assert s_max < s_sum <= 1.0 and "tiger cat (p=0.40)" in why
 
 
 def test_sense_vector_is_shared_when_the_index_model_is_the_sense_model(wn):
@@ -175,16 +165,6 @@ def test_hyponyms_follow_the_concept_vocabulary(wn):
     assert off.plan("an animal").to_dict() == plain.to_dict()
     ex.set_concept_vocabulary(None)
     assert ex.plan("an animal").to_dict() == plain.to_dict()
-
-
-def test_match_concepts_sqrt_and_unknown_aggregation(wn):
-    t = expander(wn).concept_targets("a cat")
-    concepts = [("n02123159", 0.16), ("n04037443", 0.5)]
-    s_sum, _ = match_concepts(t, concepts)
-    s_sqrt, why = match_concepts(t, concepts, agg="sqrt")
-    assert s_sqrt == pytest.approx(s_sum ** 0.5) and s_sqrt > s_sum and "tiger cat" in why
-    with pytest.raises(UsageError, match="unknown concept aggregation"):
-        match_concepts(t, concepts, agg="mean")
 
 
 def test_long_queries_expand_less(wn):

@@ -85,7 +85,7 @@ def test_a_new_lite_index_stores_each_images_concept_profile(tmp_path, photos_di
     from retrieval.encoders.lite import PROFILE, imagenet_ancestors
     from indexer import open_searcher
 
-    assert list(lite_encoder.class_ids) == sorted(imagenet_ancestors())  # the order search assumes
+    assert list(lite_encoder.concept_classes) == sorted(imagenet_ancestors())  # the order search assumes
     build_index([photos_dir], tmp_path / "idx", model="lite", text_model=None, workers=0, quiet=True,
                 device="cpu")
     idx = open_index(str(tmp_path / "idx"))

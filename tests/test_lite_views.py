@@ -13,7 +13,7 @@ from retrieval.encoders.lite import (
     LiteConfig,
     conse_mix,
     conse_views,
-    normalise,
+    normalise_pixels,
     to_chw,
     view_box,
 )
@@ -58,7 +58,7 @@ def test_transform_gives_the_pixel_bytes_of_the_float_input(mode, views):
         img.resize((370, 256), Image.BICUBIC).crop((73, 16, 297, 240))  # shorter side 256, centre 224
     old = np.ascontiguousarray(((np.asarray(frame, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1))
     np.testing.assert_array_equal(out[:3], np.asarray(frame).transpose(2, 0, 1))
-    assert normalise(out[:3]).dtype == np.float32 and normalise(out[:3]).tobytes() == old.tobytes()
+    assert normalise_pixels(out[:3]).dtype == np.float32 and normalise_pixels(out[:3]).tobytes() == old.tobytes()
     assert to_chw(frame).tobytes() == old.tobytes()
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.encoders import onnx
 from retrieval.encoders.base import load_image
-from retrieval.encoders.lite import normalise
+from retrieval.encoders.lite import normalise_pixels
 from retrieval.errors import ModelError
 
 pytest.importorskip("onnxruntime")
@@ -40,7 +40,7 @@ def test_lite_onnx_equals_torch(lite_encoder, photos_dir, monkeypatch):
     # torch takes the transform's pixel bytes too: normalised in numpy, the same bits as float input
     u8 = np.stack([torch_enc.image_transform()(load_image(p)) for p in paths])
     assert u8.dtype == np.uint8
-    np.testing.assert_array_equal(torch_enc.logits(u8), torch_enc.logits(normalise(u8)))
+    np.testing.assert_array_equal(torch_enc.logits(u8), torch_enc.logits(normalise_pixels(u8)))
 
 
 @pytest.mark.parametrize("spec", ["lite", "lite:tiles"])
@@ -54,11 +54,11 @@ def test_lite_bytes_graph_gives_the_float_path_vectors_bit_for_bit(lite_encoder,
     tf = enc.image_transform()
     u8 = np.stack([tf(load_image(p)) for p in sorted(photos_dir.glob("*.jpg"))])
     assert u8.dtype == np.uint8 and u8.shape == (9, 3 * len(enc.config.views), 224, 224)
-    f32 = normalise(u8)
+    f32 = normalise_pixels(u8)
     a, b = enc.encode_image_arrays(u8, with_concepts=True), enc.encode_image_arrays(f32, with_concepts=True)
     assert a.vectors.tobytes() == b.vectors.tobytes() and a.concepts == b.concepts
     flat = u8.reshape(-1, 3, 224, 224)
-    assert enc.logits(flat).tobytes() == enc.logits(normalise(flat)).tobytes()
+    assert enc.logits(flat).tobytes() == enc.logits(normalise_pixels(flat)).tobytes()
     assert enc.cnn.session.get_inputs()[0].type == "tensor(uint8)"
     assert enc.cnn_float.session.get_inputs()[0].type == "tensor(float)"
     assert enc.cnn.path != enc.cnn_float.path and enc.cnn.path.name.startswith("lite0-u8-")

@@ -9,12 +9,12 @@ weights load on first encode.
 from __future__ import annotations
 
 import importlib
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ..errors import ModelError
+from ..paths import env
 from .base import Encoder, ImageBatch, l2_normalize, load_image
 
 __all__ = [
@@ -79,7 +79,7 @@ _PLUGINS_LOADED: set[str] = set()
 
 def _load_plugins() -> None:
     """Import the modules named in ``KGCLIP_PLUGINS`` (comma-separated); each registers families."""
-    for name in filter(None, (m.strip() for m in os.environ.get("KGCLIP_PLUGINS", "").split(","))):
+    for name in filter(None, (m.strip() for m in env("PLUGINS").split(","))):
         if name not in _PLUGINS_LOADED:
             _PLUGINS_LOADED.add(name)
             try:

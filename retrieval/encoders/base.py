@@ -17,8 +17,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import KgclipError, ModelError, UsageError
+from ..paths import default_device
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# the text model the knowledge graph's linker chooses word senses with (see Encoder.sense_text_encoder)
+SENSE_TEXT_MODEL = "sbert:minilm"
 
 # (WordNet synset id such as "n02123045", probability)
 Concept = tuple[str, float]
@@ -46,8 +50,8 @@ class ImageBatch:
 
     vectors: np.ndarray
     concepts: list[list[Concept]] | None = None
-    # lite: per image (class indexes into the encoder's ``class_ids``, probabilities) of its soft concept
-    # profile (retrieval.encoders.lite.concept_profiles); None where the encoder has none
+    # per image (class indexes into the encoder's ``concept_classes``, probabilities) of its soft concept
+    # profile (lite: retrieval.encoders.lite.concept_profiles); None where the encoder has none
     profiles: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
@@ -70,7 +74,7 @@ def image_batch_tensor(batch: np.ndarray, device: str):
 
 def resolve_device(device: str | None) -> str:
     """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string."""
-    device = (device or os.environ.get("KGCLIP_DEVICE") or "auto").strip().lower()
+    device = (device or default_device()).strip().lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}: use one of auto, cpu, cuda")
     if device == "cpu" or (device == "auto" and not _may_have_cuda()):
@@ -144,6 +148,18 @@ class Encoder(ABC):
 
     Construction is cheap and never loads weights; :meth:`load` (called by the
     first encode) does. ``encode_*`` return L2-normalised float32 arrays.
+
+    Besides encoding, an encoder answers what the index and the query side need to know without
+    looking inside it (each has a default for encoders without the feature):
+
+    - :attr:`concept_classes`: the class ids that the concept profiles of :meth:`encode_image_arrays`
+      (``ImageBatch.profiles``) index into, or None for an encoder that reports no concepts;
+    - :meth:`profile_record`: what an index records about those profiles in its manifest (None: none);
+    - :meth:`sense_text_encoder`: a loaded text encoder of the KG linker's sense model
+      (:data:`SENSE_TEXT_MODEL`) that the linker may reuse instead of loading its own, or None.
+
+    An encoder instance is shared process-wide (``get_encoder`` caches it): it holds no per-index
+    state, so nothing sets attributes on it.
     """
 
     family: str = ""
@@ -183,6 +199,23 @@ class Encoder(ABC):
 
     @abstractmethod
     def _weights_hash(self) -> str: ...
+
+    # -- concepts and sharing --------------------------------------------------
+    @property
+    def concept_classes(self) -> tuple[str, ...] | None:
+        """Class ids (lite: the sorted ImageNet wnids) in the order the stored concept profiles' class
+        indexes refer to; None for an encoder that stores no concepts. Never loads weights."""
+        return None
+
+    def profile_record(self) -> dict | None:
+        """The concept-profile settings an index built now records in its manifest's model info
+        (lite: ``{"top", "temperature", "classes"}``); None for an encoder without profiles."""
+        return None
+
+    def sense_text_encoder(self) -> "Encoder | None":
+        """A loaded :data:`SENSE_TEXT_MODEL` text encoder this encoder holds (lite's MiniLM tower), for
+        the KG linker to share; None (the default) when it holds none. May load the encoder."""
+        return None
 
     # -- images ----------------------------------------------------------------
     def image_transform(self) -> Callable[[Any], np.ndarray]:

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import onnx
+from .base import weights_signature
+
 
 def supports(folder: str | Path) -> bool:
     """True when ``folder`` is a BERT + mean pooling (+ Normalize) sentence-transformers model."""
@@ -56,9 +59,6 @@ class MiniBert:
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         from tokenizers import Tokenizer
-
-        from . import onnx
-        from .base import weights_signature
 
         d = Path(folder)
         cfg = json.loads((d / "config.json").read_text())
@@ -102,8 +102,6 @@ class MiniBert:
     def _export(self, path: str) -> None:
         import torch
 
-        from .onnx import export_module
-
         self._load_torch()
         bert = self
 
@@ -113,7 +111,7 @@ class MiniBert:
 
         x = {k: torch.from_numpy(v) for k, v in self._inputs(["a photo of a dog", "x"]).items()}
         dyn = {k: {0: "batch", 1: "tokens"} for k in x}
-        export_module(Forward(), (x["ids"], x["mask"], x["types"]), path, list(x), dyn)
+        onnx.export_module(Forward(), (x["ids"], x["mask"], x["types"]), path, list(x), dyn)
 
     def _check(self, model) -> float:
         """Largest difference between the exported graph and torch on probe sentences of mixed lengths."""

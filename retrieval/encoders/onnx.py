@@ -18,13 +18,16 @@ import hashlib
 import logging
 import os
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import ModelError
-from ..paths import cache_dir
+from ..paths import cache_dir, env, env_int
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ BACKENDS = ("auto", "onnx", "torch")
 
 
 def backend() -> str:
-    b = os.environ.get("KGCLIP_BACKEND", "auto").strip().lower() or "auto"
+    b = env("BACKEND").lower() or "auto"
     if b not in BACKENDS:
         raise ModelError(f"KGCLIP_BACKEND={b!r} is not one of {', '.join(BACKENDS)}")
     return b
@@ -59,19 +62,13 @@ def model_path(name: str, signature: str) -> Path:
     return cache_dir() / "onnx" / f"{name}-{key}.onnx"
 
 
-def _env_int(name: str) -> int | None:
-    """A non-negative integer from environment variable ``name``; None when unset or not one."""
-    env = os.environ.get(name, "").strip()
-    return int(env) if env.isdigit() else None
-
-
 CACHE_MB_DEFAULT = 2048
 STALE_TMP_S = 3600  # a half-written export this old belongs to a process that died
 
 
 def cache_limit_bytes() -> int:
     """Cap on the exported graphs kept: KGCLIP_ONNX_CACHE_MB (default 2048; 0 = no cap)."""
-    mb = _env_int("KGCLIP_ONNX_CACHE_MB")
+    mb = env_int("ONNX_CACHE_MB")
     return (CACHE_MB_DEFAULT if mb is None else mb) * 1024 * 1024
 
 
@@ -117,7 +114,7 @@ def prune_cache(keep: Path) -> list[Path]:
 
 def threads() -> int:
     """Intra-op threads: KGCLIP_THREADS, else the CPUs this process may use."""
-    n = _env_int("KGCLIP_THREADS")
+    n = env_int("THREADS")
     if n:
         return n
     try:
@@ -132,7 +129,7 @@ def streams() -> int:
     1 keeps one run with ``threads()`` intra-op threads for every batch (the behaviour before
     streams). See :meth:`OrtModel.run`.
     """
-    return _env_int("KGCLIP_ORT_STREAMS") or threads()
+    return env_int("ORT_STREAMS") or threads()
 
 
 STREAM_MIN_ROWS = 4  # a batch is split only when every stream gets at least this many rows
@@ -140,7 +137,7 @@ STREAM_MIN_ROWS = 4  # a batch is split only when every stream gets at least thi
 
 def chunks() -> int:
     """Slices per stream a large batch is cut into: KGCLIP_ORT_CHUNKS, else 2 (see :meth:`OrtModel.run`)."""
-    return _env_int("KGCLIP_ORT_CHUNKS") or 2
+    return env_int("ORT_CHUNKS") or 2
 
 _SPIN = [True]
 
@@ -203,8 +200,6 @@ class OrtModel:
         if self.streams < 2 or rows < self.streams * STREAM_MIN_ROWS:
             return self.session.run(None, feed)[0]
         if self._single is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._single = self._session(1)
             self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="kgclip-ort")
         n = self.streams * max(1, min(chunks(), rows // (self.streams * STREAM_MIN_ROWS)))
@@ -224,7 +219,7 @@ def _preoptimise(path: Path) -> None:
     """
     import onnxruntime as ort
 
-    out = path.with_name(path.stem + ".opt.onnx")
+    out = path.with_name(path.name + ".opt.tmp")  # a temp name: prune_cache clears it if a process dies
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(out)
@@ -253,35 +248,33 @@ def load_or_export(name: str, signature: str, export: Callable[[str], None],
             return model
         except Exception as e:  # noqa: BLE001 - a damaged cache file: export again
             log.debug("cached %s unusable (%s): exporting again", path, e)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.onnx")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export(str(tmp))
-        _preoptimise(tmp)
-        model = OrtModel(tmp)
+    made: list[OrtModel] = []
+
+    def write(tmp: str) -> None:  # export, optimise and check at the temp path; a failure keeps no file
+        export(tmp)
+        _preoptimise(Path(tmp))
+        model = OrtModel(Path(tmp))
         diff = check(model)
         if not diff <= tolerance:
             raise ValueError(f"ONNX output differs from torch by {diff:.3g} (> {tolerance:g})")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        model.path = path
-        with contextlib.suppress(OSError):
-            prune_cache(keep=path)
-        return model
+        made.append(model)
+
+    try:
+        atomic_write(path, write)
     except Exception as e:  # noqa: BLE001 - an optimisation only, unless the user insisted
         if backend() == "onnx":
             raise ModelError(f"cannot run {name} with ONNX Runtime: {e}") from None
         log.info("ONNX Runtime not used for %s (%s): running torch", name, e)
         return None
-    finally:
-        tmp.unlink(missing_ok=True)
+    model = made[0]
+    model.path = path
+    with contextlib.suppress(OSError):
+        prune_cache(keep=path)
+    return model
 
 
 def export_module(module, args: tuple, path: str, input_names: list[str], dynamic: dict) -> None:
     """``torch.onnx.export`` with the TorchScript exporter (no onnxscript needed), quietly."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

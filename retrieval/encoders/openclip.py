@@ -11,6 +11,7 @@ Spec forms (after the ``open_clip:`` prefix):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
 from ..paths import offline
+from . import onnx
 from .base import Encoder, ImageBatch, image_batch_tensor, l2_normalize, weights_signature
 
 log = logging.getLogger(__name__)
@@ -168,8 +170,6 @@ class OpenClipEncoder(Encoder):
         self.fast_text = self._fast_text_supported()
         self._ort_text = None
         if self.fast_text:
-            from . import onnx
-
             if onnx.wanted(self.device) and _plain_text_tower(model):
                 self._ort_text = onnx.load_or_export("openclip-text", self._text_signature(), self._export_text,
                                                      self._check_text, tolerance=1e-4)
@@ -177,8 +177,6 @@ class OpenClipEncoder(Encoder):
     def _text_signature(self) -> str:
         """Model name plus a hash of every text-tower tensor's shape and leading bytes (tells random
         inits and checkpoints apart without hashing hundreds of MB)."""
-        import hashlib
-
         h = hashlib.sha256(self.model_name.encode())
         for name, t in self.model.state_dict().items():
             if name.startswith("visual."):
@@ -188,10 +186,9 @@ class OpenClipEncoder(Encoder):
         return h.hexdigest()[:16]
 
     def _export_text(self, path: str) -> None:
-        from .onnx import export_module
-
         tokens = self.tokenizer(["a photo of a dog", "x"])[:, :9]
-        export_module(_text_forward_module()(self.model), (tokens,), path, ["tokens"], {"tokens": {0: "batch", 1: "length"}})
+        onnx.export_module(_text_forward_module()(self.model), (tokens,), path, ["tokens"],
+                           {"tokens": {0: "batch", 1: "length"}})
 
     def _check_text(self, model) -> float:
         """Largest difference (unit vectors) from the padded torch encode_text on texts of mixed lengths."""
@@ -221,8 +218,6 @@ class OpenClipEncoder(Encoder):
 
     def _param_hash(self) -> str:
         """Hash of a few parameter tensors: identifies the actual weights (and random inits)."""
-        import hashlib
-
         self.load()
         h = hashlib.sha256()
         params = list(self.model.parameters())

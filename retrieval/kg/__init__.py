@@ -7,19 +7,13 @@
 """
 
 from .embeddings import EntityEmbeddings
-from .expansion import ExpansionPolicy, Expander, explain, format_path, match_concepts
+from .expansion import ExpansionPolicy, Expander
 from .graph import Entity, Graph, load_graph
 from .linking import Link, Linker, LinkerConfig
 from .morphology import Morphology
+from .triples import import_triples  # rdflib is imported only for RDF files
 
 __all__ = [
     "Entity", "Graph", "load_graph", "Link", "Linker", "LinkerConfig", "Morphology", "EntityEmbeddings",
-    "ExpansionPolicy", "Expander", "explain", "format_path", "match_concepts", "import_triples",
+    "ExpansionPolicy", "Expander", "import_triples",
 ]
-
-
-def import_triples(*args, **kwargs):
-    """See :func:`retrieval.kg.triples.import_triples` (rdflib is imported only for RDF files)."""
-    from .triples import import_triples as _imp
-
-    return _imp(*args, **kwargs)

@@ -26,12 +26,14 @@ import json
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import KGError
-from .store import norm_key, write_graph
+from .graphfile import norm_key, write_graph
 
 POINTERS = {
     "@": "hypernym",
@@ -69,29 +71,64 @@ def _licence(src: Path) -> str:
     )
 
 
-def parse_data(src: Path):
-    ids, names, glosses, lexfile, edges = [], [], [], [], []
-    with open(src / "data.noun", encoding="latin-1") as fh:
+@dataclass(frozen=True)
+class SynsetLine:
+    """One synset line of a WordNet ``data.*`` file, as written (the one parser of that format)."""
+
+    offset: str  # 8 digits; the noun ids here and in ImageNet are "n" + offset
+    lexfile: int  # lexicographer file number
+    words: list[str]  # lemmas in file order, "_" read as a space (adjective markers left on)
+    pointers: list[tuple[str, str, str]]  # (symbol such as "@", target offset, target part of speech)
+    gloss: str  # the text after " | ": definition, then quoted examples
+
+
+def read_synsets(path: str | Path, encoding: str = "latin-1", errors: str = "strict") -> Iterator[SynsetLine]:
+    """The synsets of a WordNet 3.0 ``data.noun`` (or other ``data.*``) file, in file order."""
+    with open(path, encoding=encoding, errors=errors) as fh:
         for line in fh:
-            if line.startswith("  "):
+            if line.startswith("  "):  # the licence header
                 continue
             head, _, gloss = line.partition(" | ")
             f = head.split()
-            off, lex, _ss = f[0], int(f[1]), f[2]
             w = int(f[3], 16)
-            words = [f[4 + 2 * k].replace("_", " ") for k in range(w)]
             p = 4 + 2 * w
-            pcnt = int(f[p])
-            sid = "n" + off
-            for k in range(pcnt):
-                sym, toff, pos = f[p + 1 + 4 * k], f[p + 2 + 4 * k], f[p + 3 + 4 * k]
-                if pos == "n" and sym in POINTERS:
-                    edges.append((sid, POINTERS[sym], "n" + toff))
-            definition = gloss.strip().split('; "')[0].strip().rstrip(";").strip()
-            ids.append(sid)
-            names.append(list(dict.fromkeys(words)))
-            glosses.append(definition)
-            lexfile.append(lex)
+            pointers = [(f[p + 1 + 4 * k], f[p + 2 + 4 * k], f[p + 3 + 4 * k]) for k in range(int(f[p]))]
+            yield SynsetLine(f[0], int(f[1]), [f[4 + 2 * k].replace("_", " ") for k in range(w)], pointers,
+                             gloss.strip())
+
+
+def read_sense_index(path: str | Path, encoding: str = "latin-1",
+                     errors: str = "strict") -> Iterator[tuple[str, str, str, int]]:
+    """(lemma as written, part of speech digit: 1 noun, 2 verb, 3 adjective, 4 adverb, 5 satellite
+    adjective; synset offset; tag count) per line of WordNet's ``index.sense``."""
+    with open(path, encoding=encoding, errors=errors) as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) == 4:
+                lemma, _, rest = f[0].partition("%")
+                yield lemma, rest[:1], f[1], int(f[3])
+
+
+def read_exceptions(path: str | Path, encoding: str = "latin-1",
+                    errors: str = "strict") -> Iterator[tuple[str, list[str]]]:
+    """(inflected form, its base forms) per line of a WordNet ``*.exc`` file (``noun.exc``, ``verb.exc``)."""
+    with open(path, encoding=encoding, errors=errors) as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) >= 2:
+                yield f[0], f[1:]
+
+
+def parse_data(src: Path):
+    ids, names, glosses, lexfile, edges = [], [], [], [], []
+    for s in read_synsets(src / "data.noun"):
+        sid = "n" + s.offset
+        edges += [(sid, POINTERS[sym], "n" + toff) for sym, toff, pos in s.pointers
+                  if pos == "n" and sym in POINTERS]
+        ids.append(sid)
+        names.append(list(dict.fromkeys(s.words)))
+        glosses.append(s.gloss.split('; "')[0].strip().rstrip(";").strip())
+        lexfile.append(s.lexfile)
     return ids, names, glosses, lexfile, edges
 
 
@@ -101,12 +138,9 @@ def parse_sense_counts(src: Path) -> dict[tuple[str, str], int]:
     f = src / "index.sense"
     if not f.is_file():
         return counts
-    with open(f, encoding="latin-1") as fh:
-        for line in fh:
-            key, off, _num, cnt = line.split()
-            lemma, _, rest = key.partition("%")
-            if rest.startswith("1:"):
-                counts[(norm_key(lemma), "n" + off)] = int(cnt)
+    for lemma, pos, off, cnt in read_sense_index(f):
+        if pos == "1":
+            counts[(norm_key(lemma), "n" + off)] = cnt
     return counts
 
 
@@ -128,13 +162,11 @@ def parse_index(src: Path) -> dict[str, list[str]]:
     return out
 
 
-def parse_exceptions(src: Path) -> dict[str, list[str]]:
+def parse_exceptions(path: Path) -> dict[str, list[str]]:
+    """normalised inflected form -> its normalised base forms, from a ``*.exc`` file."""
     exc: dict[str, list[str]] = {}
-    with open(src / "noun.exc", encoding="latin-1") as fh:
-        for line in fh:
-            f = line.split()
-            if len(f) >= 2:
-                exc.setdefault(norm_key(f[0]), []).extend(norm_key(x) for x in f[1:])
+    for word, bases in read_exceptions(path):
+        exc.setdefault(norm_key(word), []).extend(norm_key(x) for x in bases)
     return exc
 
 
@@ -144,22 +176,12 @@ def parse_other_pos(src: Path) -> tuple[dict[str, int], dict[str, int], dict[str
     adjs: dict[str, int] = {}
     f = src / "index.sense"
     if f.is_file():
-        with open(f, encoding="latin-1") as fh:
-            for line in fh:
-                key, _off, _num, cnt = line.split()
-                lemma, _, rest = key.partition("%")
-                c = int(cnt)
-                if rest.startswith("2:"):
-                    verbs[norm_key(lemma)] = verbs.get(norm_key(lemma), 0) + c
-                elif rest.startswith(("3:", "5:")):
-                    adjs[norm_key(lemma)] = adjs.get(norm_key(lemma), 0) + c
-    vexc: dict[str, list[str]] = {}
-    if (src / "verb.exc").is_file():
-        with open(src / "verb.exc", encoding="latin-1") as fh:
-            for line in fh:
-                w = line.split()
-                if len(w) >= 2:
-                    vexc.setdefault(norm_key(w[0]), []).extend(norm_key(x) for x in w[1:])
+        for lemma, pos, _off, c in read_sense_index(f):
+            if pos == "2":
+                verbs[norm_key(lemma)] = verbs.get(norm_key(lemma), 0) + c
+            elif pos in ("3", "5"):
+                adjs[norm_key(lemma)] = adjs.get(norm_key(lemma), 0) + c
+    vexc = parse_exceptions(src / "verb.exc") if (src / "verb.exc").is_file() else {}
     keep = lambda d: {k: v for k, v in sorted(d.items()) if v > 0 and " " not in k}  # noqa: E731
     return keep(verbs), keep(adjs), vexc
 
@@ -207,7 +229,7 @@ def build(src: str | Path, out: str | Path) -> Path:
     for i in reversed(order):
         size[i] = sum(1 + size[c] for c in children[i])
 
-    exc = parse_exceptions(src)
+    exc = parse_exceptions(src / "noun.exc")
     verb_counts, adj_counts, verb_exc = parse_other_pos(src)
     return write_graph(
         out,

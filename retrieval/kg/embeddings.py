@@ -6,7 +6,7 @@ Vectors are computed lazily for the entities a query touches (or in bulk with
 :meth:`EntityEmbeddings.precompute`) and kept under
 ``$KGCLIP_CACHE/kg/<graph>-<graph fingerprint>/<key>/`` where ``key`` hashes the
 encoder fingerprint and the prompt template. Each write is a new chunk file
-(temp file + rename), so concurrent processes and crashes never corrupt the
+(:func:`retrieval.atomic.atomic_write`), so concurrent processes and crashes never corrupt the
 cache; chunks are merged when they pile up. When an encoder's fingerprint
 changes (same spec, new weights), the cache directories of its old
 fingerprint are deleted.
@@ -15,6 +15,7 @@ fingerprint are deleted.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..paths import cache_dir
 from .graph import Graph
 
@@ -103,29 +105,24 @@ class EntityEmbeddings:
             self.dir.mkdir(parents=True, exist_ok=True)
             mf = self.dir / "meta.json"
             if not mf.is_file():
-                tmpm = self.dir / f".meta.{os.getpid()}.tmp"
-                tmpm.write_text(json.dumps(self._meta(), indent=2))
-                os.replace(tmpm, mf)
-            name = f"chunk-{time.time_ns():020d}-{os.getpid()}.npz"
-            tmp = self.dir / f".{name}.tmp"
-            with open(tmp, "wb") as fh:
-                np.savez(fh, rows=rows.astype(np.int32), vectors=vecs.astype(np.float32))
-            os.replace(tmp, self.dir / name)
+                atomic_write(mf, json.dumps(self._meta(), indent=2), durable=False)
+            self._new_chunk(rows, vecs)
             self._chunks += 1
             if self._chunks > MAX_CHUNKS:
                 self._compact()
         except OSError:
             pass  # a read-only or full cache only costs recomputation
 
+    def _new_chunk(self, rows: np.ndarray, vecs: np.ndarray) -> None:
+        """One more chunk file, written whole or not at all (a cache: no fsync)."""
+        buf = io.BytesIO()
+        np.savez(buf, rows=rows.astype(np.int32), vectors=vecs.astype(np.float32))
+        atomic_write(self.dir / f"chunk-{time.time_ns():020d}-{os.getpid()}.npz", buf.getvalue(), durable=False)
+
     def _compact(self) -> None:
         old = sorted(self.dir.glob("chunk-*.npz"))
         rows = np.array(sorted(self._slot), np.int32)
-        vecs = self.vectors_for_rows_cached(rows)
-        name = f"chunk-{time.time_ns():020d}-{os.getpid()}.npz"
-        tmp = self.dir / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, rows=rows, vectors=vecs)
-        os.replace(tmp, self.dir / name)
+        self._new_chunk(rows, self.vectors_for_rows_cached(rows))
         for f in old:
             try:
                 f.unlink()

@@ -1,4 +1,4 @@
-"""Query expansion over a knowledge graph: policy, plans, query vectors, lite grounding, explanations.
+"""Query expansion over a knowledge graph: policy, plans, query vectors and concept-grounding targets.
 
 ``Expander.plan(text)`` links the query and walks typed relations under an
 :class:`ExpansionPolicy` (per-relation weights, hyponym depth with decay,
@@ -7,7 +7,7 @@ the encoder's space (row 0 is always the plain query): ``mix`` returns one
 combined row, ``multi`` the query plus one row per expansion with weights for
 the searcher to fuse (max or RRF). ``concept_targets`` grounds a plan on the
 WordNet ids the ``lite`` image tower predicts. A query with nothing linked is
-returned unchanged.
+returned unchanged. :mod:`retrieval.render` shows plans to people.
 
 Measured levers (benchmarks/results/kg_tuning.json): with a concept vocabulary
 (:meth:`Expander.set_concept_vocabulary`; the Searcher hands over the concepts its
@@ -17,14 +17,16 @@ below them; long queries are expanded less (``ExpansionPolicy.focus_words``).
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
+from ..choices import EXPANSIONS
+from ..encoders.base import SENSE_TEXT_MODEL
 from ..errors import UsageError
+from ..text import content_words
 from ..types import Expansion, QueryPlan
 from .embeddings import EntityEmbeddings
 from .graph import Graph
@@ -37,19 +39,12 @@ WORDNET_RELATIONS = {
     "holonym": ("part_holonym", "member_holonym", "substance_holonym"),
 }
 KNOWN = {r for rs in WORDNET_RELATIONS.values() for r in rs}
-MODES = ("none", "mix", "multi")
-_FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
-_WORD = re.compile(r"[^\W\d_]+")
-
-
-def content_words(text: str) -> int:
-    """Words of ``text`` that are not articles or "photo of" filler ("a photo of a dog" -> 1)."""
-    return sum(1 for w in _WORD.findall((text or "").lower()) if w not in _FILLER)
 
 
 @dataclass
 class ExpansionPolicy:
-    """Every expansion knob in one place. Defaults are provisional until benchmarks/ tunes them."""
+    """Every expansion knob in one place. The defaults are the tuned ones (benchmarks/kg_tuning.py,
+    benchmarks/results/kg_tuning.json); :meth:`from_dict` builds one with some of them changed."""
 
     query_weight: float = 1.0  # weight of the plain query vector
     synonym: float = 0.6  # the linked entity itself (its prompt carries its synonyms)
@@ -101,7 +96,7 @@ class ExpansionPolicy:
 
     def focus(self, text: str) -> float:
         """1 for short queries; focus_words / content words for longer ones (see ``focus_words``)."""
-        n = content_words(text)
+        n = len(content_words(text))
         if self.focus_words <= 0 or n <= self.focus_words:
             return 1.0
         return self.focus_words / n
@@ -122,7 +117,7 @@ class Expander:
     """Plans and query vectors for one graph; keeps its linker and entity-embedding tables warm."""
 
     def __init__(self, graph: Graph, linker: Linker | None = None, policy: ExpansionPolicy | None = None,
-                 sense_encoder: Any = "sbert:minilm", device: str | None = "cpu"):
+                 sense_encoder: Any = SENSE_TEXT_MODEL, device: str | None = "cpu"):
         self.graph = graph
         self.linker = linker or Linker(graph, sense_encoder, device=device)
         self.policy = policy or ExpansionPolicy()
@@ -234,8 +229,8 @@ class Expander:
     def plan(self, text: str, mode: str = "mix", links: list[Link] | None = None,
              query_vector: np.ndarray | None = None) -> QueryPlan:
         """Linked entities and weighted expansions of ``text`` (no vectors are computed)."""
-        if mode not in MODES:
-            raise UsageError(f"unknown expansion mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode not in EXPANSIONS:
+            raise UsageError(f"unknown expansion mode {mode!r}: use one of {', '.join(EXPANSIONS)}")
         p = self.policy
         links = self.link(text, query_vector) if links is None else links
         plan = QueryPlan(text=text, mode=mode, linked=[lk.to_dict() for lk in links])
@@ -326,7 +321,10 @@ class Expander:
         sense = self.linker._encoder
         if sense is None:
             return False
-        if encoder is sense or getattr(encoder, "text", None) is sense:
+        if encoder is sense:
+            return True
+        shared = getattr(encoder, "sense_text_encoder", None)  # lite's MiniLM tower, when it is the sense model
+        if shared is not None and shared() is sense:
             return True
         try:
             return encoder.fingerprint == sense.fingerprint
@@ -401,46 +399,3 @@ class Expander:
                     if eid not in out or out[eid][0] < w:
                         out[eid] = (w, path)
         return out
-
-
-def match_concepts(targets: dict[str, tuple[float, list[str]]], concepts: Iterable[tuple[str, float]],
-                   agg: str = "sum") -> tuple[float, str | None]:
-    """Score an image's concepts against concept targets: (score, explanation of the best concept).
-
-    ``sum``: sum of weight x probability over the image's concepts in the target set (capped at 1),
-    i.e. the image's probability mass inside the query's hyponym closure; ``sqrt``: its square root
-    (the Searcher's default bonus: a small mass counts more); ``max``: the best one.
-    """
-    if agg not in ("sum", "sqrt", "max"):
-        raise UsageError(f"unknown concept aggregation {agg!r}: use sum, sqrt or max")
-    total, best, why = 0.0, 0.0, None
-    for cid, prob in concepts:
-        t = targets.get(cid)
-        if t is None:
-            continue
-        s = t[0] * float(prob)
-        total += s
-        if s > best:
-            best, why = s, f"{format_path(t[1])} (p={float(prob):.2f})"
-    if agg == "max":
-        return best, why
-    total = min(total, 1.0)
-    return (total ** 0.5 if agg == "sqrt" else total), why
-
-
-def format_path(path: list[str]) -> str:
-    """["dog", "hyponym", "puppy"] -> "dog -> hyponym -> puppy"."""
-    return " -> ".join(path)
-
-
-def explain(plan: QueryPlan) -> list[str]:
-    """Human-readable lines: linked entities with sense and gloss, then expansions with weights."""
-    lines = []
-    for lk in plan.linked:
-        lines.append(f"linked {lk['span']!r} -> {lk['entity_id']} {lk['name']} (score {lk['score']:.2f}): "
-                     f"{lk['gloss']}")
-    for e in plan.expansions:
-        lines.append(f"  {e.weight:.3f}  {format_path(e.path)}  [{e.entity_id}]")
-    if not plan.linked:
-        lines.append("nothing linked: the query is searched unchanged")
-    return lines

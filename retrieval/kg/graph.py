@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import KGError
-from .store import norm_key, read_arrays, read_entities, read_meta
+from .graphfile import norm_key, read_arrays, read_entities, read_meta
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
 WORDNET = "wordnet"

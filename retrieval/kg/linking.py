@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders import get_encoder
+from ..encoders.base import SENSE_TEXT_MODEL
+from .embeddings import EntityEmbeddings
 from .graph import Graph
 from .morphology import Morphology
 
@@ -112,7 +115,7 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 class Linker:
     """Link(text) -> [Link]; sense choice by gloss similarity and frequency."""
 
-    def __init__(self, graph: Graph, sense_encoder: Any = "sbert:minilm", config: LinkerConfig | None = None,
+    def __init__(self, graph: Graph, sense_encoder: Any = SENSE_TEXT_MODEL, config: LinkerConfig | None = None,
                  morphology: Morphology | None = None, device: str | None = "cpu"):
         self.graph = graph
         self.config = config or LinkerConfig()
@@ -128,15 +131,11 @@ class Linker:
     @property
     def sense_encoder(self):
         if self._encoder is None and self._sense_spec:
-            from ..encoders import get_encoder
-
             self._encoder = get_encoder(self._sense_spec, device=self._device)
         return self._encoder
 
     def _gloss_table(self):
         if self._gloss is None:
-            from .embeddings import EntityEmbeddings
-
             self._gloss = EntityEmbeddings(self.graph, self.sense_encoder,
                                            template=self.config.gloss_template)
         return self._gloss

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import KGError, UsageError
-from .store import write_graph
+from .graphfile import read_meta, write_graph
 
 LABEL = {"label", "name", "rdfs:label", "preflabel", "skos:preflabel"}
 ALIAS = {"alias", "altlabel", "skos:altlabel", "synonym_label"}
@@ -282,8 +282,6 @@ def import_triples(source: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     relations = {r: (np.array(h, np.int64), np.array(t, np.int64)) for r, (h, t) in b.edges.items()}
     write_graph(out, name=name or src.stem, ids=b.ids, names=names, glosses=glosses, relations=relations,
                 meta={"source": f"{src.name} ({fmt})"}, overwrite=overwrite)
-    from .store import read_meta
-
     md = read_meta(out)
     report.entities, report.relations = md["entities"], dict(md["edges"])
     report.edges = sum(report.relations.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..encoders.base import SENSE_TEXT_MODEL
+
 
 def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
     """Load the KG (None = shipped WordNet) and build its Expander (linker and policy defaults).
@@ -12,6 +14,5 @@ def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
     # cold `kgclip search` that never expands 20-40 ms
     from .. import kg as kgmod
 
-    reuse = getattr(encoder, "sense_text_encoder", None)  # shim until the encoders branch merges
-    sense = (reuse() if reuse is not None else None) or "sbert:minilm"
+    sense = encoder.sense_text_encoder() or SENSE_TEXT_MODEL
     return kgmod.Expander(kgmod.load_graph(kg_path), sense_encoder=sense)

@@ -95,16 +95,6 @@ class ConceptArrays:
         return wnid, p
 
 
-def concept_classes(encoder) -> Sequence[str] | None:
-    """The class ids an index's concept profiles point into (None: the model stores no concepts).
-
-    Compatibility shim until the Encoder contract's ``concept_classes`` lands (encoders branch):
-    then this is ``encoder.concept_classes`` and the ``class_ids`` fallback goes."""
-    if hasattr(encoder, "concept_classes"):
-        return encoder.concept_classes
-    return getattr(encoder, "class_ids", None)
-
-
 def query_targets(expander, plan, text: str, arr: ConceptArrays) -> tuple[Targets, float]:
     """(the KG targets of ``plan`` among the index's concepts, the share of the concept weight the
     query gets): a long descriptive query is grounded less (ExpansionPolicy.focus), as it is

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..choices import EXPAND_MODES, HYBRID_MODES  # noqa: F401 (re-exported)
 from ..errors import UsageError
 
-# --expand: "none" searches the query alone; "mix" one vector blending the query with its KG
-# expansions; "multi" one vector each, an item keeping its best weighted cosine; "auto" = multi for
-# queries of at most AUTO_EXPAND_MAX_WORDS content words when a KG loads, else none.
-# (The single definition until retrieval/kg/expansion.py exports EXPAND_MODES.)
-EXPAND_MODES = ("auto", "none", "mix", "multi")
-# --hybrid: caption fusion; "auto" = sum when the index has captions and the query has text
-HYBRID_MODES = ("auto", "none", "sum", "rrf")
+# --expand auto = multi for queries of at most AUTO_EXPAND_MAX_WORDS content words when a KG loads,
+# else none; --hybrid auto = sum when the index has captions and the query has text
 AUTO_EXPAND = "multi"
 AUTO_EXPAND_MAX_WORDS = 3
 AUTO_HYBRID = "sum"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..text import content_words
+from ..text import is_short_query as text_is_short
 from .options import AUTO_EXPAND, AUTO_EXPAND_MAX_WORDS, AUTO_HYBRID, EXPAND_MODES, HYBRID_MODES
 
 
@@ -29,7 +29,7 @@ def check_mode(mode: str, flag: str) -> str:
 
 def is_short_query(text: str | None) -> bool:
     """At most AUTO_EXPAND_MAX_WORDS content words ("a photo of a dog" -> 1): a category-like query."""
-    return 0 < len(content_words(text)) <= AUTO_EXPAND_MAX_WORDS
+    return text_is_short(text, AUTO_EXPAND_MAX_WORDS)
 
 
 def resolve_expand(mode: str, text: str | None, expander: Callable[[bool], Any]) -> str:

@@ -26,7 +26,7 @@ from .expand import make_expander
 from .explain import explain_hits, image_name, mix_similarities
 from .filters import Filter, parse_filters
 from .fusion import fuse_hybrid
-from .grounding import ConceptArrays, concept_classes, ground, query_targets
+from .grounding import ConceptArrays, ground, query_targets
 from .hydrate import hydrate
 from .options import SearchOptions, query_weights
 from .vectors import QueryVectorCache, blend, encode_image
@@ -173,7 +173,7 @@ class Searcher:
         """The items' concept profiles as arrays, read once per index generation; None when the
         index model stores no concepts or the index holds no profiles."""
         if self._concepts is _UNSET:
-            classes = concept_classes(self.encoder)
+            classes = self.encoder.concept_classes
             self._concepts = (ConceptArrays.from_profiles(self.index.iter_profiles(), classes)
                               if classes is not None else None)
         return self._concepts

@@ -1,4 +1,5 @@
-"""The compact on-disk form shared by the shipped WordNet and imported user graphs.
+"""The graph directory's files: the compact on-disk form shared by the shipped WordNet and imported
+user graphs.
 
 A graph is a directory holding three files:
 
@@ -17,8 +18,9 @@ A graph is a directory holding three files:
     ``size``). Inverse relations are derived when the graph loads.
 
 Files are written byte-for-byte deterministically (gzip and zip timestamps are
-fixed) into a temporary sibling directory that is renamed into place, so a
-failed write never leaves a half-written graph behind.
+fixed) into a temporary sibling directory that is renamed into place
+(:func:`retrieval.atomic.atomic_dir`), so a failed write never leaves a
+half-written graph behind.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from ..atomic import atomic_dir
 from ..errors import KGError
+from ..text import fold_space
 
 FORMAT_VERSION = 1
 META_FILE = "kg.json"
@@ -47,10 +49,6 @@ ARRAYS_FILE = "graph.npz"
 def norm_key(text: str) -> str:
     """The lookup key of a name: lower case, ``_`` and ``-`` as spaces, single spaces."""
     return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
-
-
-def _clean(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def csr_from_edges(n: int, heads: np.ndarray, tails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,17 +110,12 @@ def write_graph(
                     lst.append((i, 0))
     if out.exists() and not overwrite:
         raise KGError(f"{out} already exists (choose another output directory)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a graph directory is shared data
-    try:
+    with atomic_dir(out) as tmp:
         keys = sorted(lemmas)
         ent = {
-            "ids": "\n".join(_clean(x) for x in ids),
-            "names": "\n".join("\t".join(_clean(nm) for nm in ns) for ns in names),
-            "glosses": "\n".join(_clean(g) for g in glosses),
+            "ids": "\n".join(fold_space(x) for x in ids),
+            "names": "\n".join("\t".join(fold_space(nm) for nm in ns) for ns in names),
+            "glosses": "\n".join(fold_space(g) for g in glosses),
             "lemma_keys": "\n".join(keys),
             "extra": dict(extra or {}),
         }
@@ -164,19 +157,6 @@ def write_graph(
         (tmp / META_FILE).write_text(json.dumps(md, indent=2, ensure_ascii=False) + "\n")
         for fname, text in extra_files:
             (tmp / fname).write_text(text)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

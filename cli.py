@@ -91,10 +91,20 @@ def _set_flag(ctx, _param, value):
     obj = ctx.find_root().ensure_object(dict)
     obj[_param.name] = bool(obj.get(_param.name)) or bool(value)
     if _param.name == "quiet" and obj["quiet"]:
-        from retrieval.encoders.base import set_progress
-
-        set_progress(False)  # one-time model preparation (e.g. lite:mpnet's class table) shows no bar
+        _model_progress(False)
     return value
+
+
+def _model_progress(on: bool) -> None:
+    """Allow or forbid the bar of one-time model preparation (e.g. lite:mpnet's class table).
+
+    Bars are on by default, so turning them on needs no import while the encoders are not loaded
+    (`kgclip search --help` must not import numpy)."""
+    if on and "retrieval.encoders.base" not in sys.modules:
+        return
+    from retrieval.encoders.base import set_progress
+
+    set_progress(on)
 
 
 def global_options(fn):
@@ -166,9 +176,7 @@ def main(ctx):
     Results go to stdout, progress and logs to stderr.
     """
     ctx.ensure_object(dict)
-    from retrieval.encoders.base import set_progress
-
-    set_progress(not quiet())  # per invocation; a --quiet after the subcommand turns it off in _set_flag
+    _model_progress(not quiet())  # per invocation; a --quiet after the subcommand turns it off in _set_flag
 
 
 @command(main)
@@ -606,7 +614,7 @@ def bench():
 @click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from DATASET's images) instead of building one.")
-@click.option("--index-type", default="auto", show_default=True, help="auto|flat|hnsw|ivf|ivfpq (new builds).")
+@click.option("--index-type", default="auto", show_default=True, help=f"{'|'.join(INDEX_TYPES)} (new builds).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
 @click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
 @device_option("cpu")
@@ -651,7 +659,7 @@ def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
 
 @command(bench, "speed", context_settings={"auto_envvar_prefix": None, "ignore_unknown_options": True})
 @click.option("--sizes", default="10k,100k", show_default=True, help="Synthetic index sizes (k/M suffixes).")
-@click.option("--index-types", default="auto", show_default=True, help="Comma list of auto|flat|hnsw|ivf|ivfpq.")
+@click.option("--index-types", default="auto", show_default=True, help=f"Comma list of {'|'.join(INDEX_TYPES)}.")
 @format_option()
 @output_option
 def bench_speed(sizes, index_types, fmt, out):

@@ -96,3 +96,25 @@ def test_shared_options_are_written_once():
     src = open(cli.__file__).read()
     assert src.count('"--device"') == 1 and src.count('"--quiet"') == 1 and src.count('"--kg"') == 1
     assert "find_root().params" not in src  # ctx.obj is the one source of the global flags
+
+
+def test_quiet_after_the_subcommand_silences_model_preparation_bars():
+    from retrieval.encoders import base
+
+    assert CliRunner().invoke(cli.main, ["models", "--quiet"]).exit_code == 0
+    assert base._PROGRESS["on"] is False
+    assert CliRunner().invoke(cli.main, ["models"]).exit_code == 0  # reset per invocation
+    assert base._PROGRESS["on"] is True
+
+
+def test_subcommand_help_imports_no_numpy():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, cli\nfrom click.testing import CliRunner\n"
+            "r = CliRunner().invoke(cli.main, ['search', '--help'])\nassert r.exit_code == 0, r.output\n"
+            "print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(cli.__file__).parent).stdout
+    assert out.strip() == "False"

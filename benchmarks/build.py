@@ -185,7 +185,7 @@ def make_synthetic(d: Path, n: int) -> None:
 
 
 def _child_build(src: str, idx: str, workers: int, batch_size: int) -> None:
-    import tests.fakes  # noqa: F401  registers fake:v1
+    import benchmarks.fakes  # noqa: F401  registers fake:v1
     from indexer import build_index
 
     rep = build_index([src], idx, model="fake:v1", text_model=None, workers=workers, batch_size=batch_size,
@@ -201,7 +201,7 @@ def peak_rss(n: int, tmp: Path, workers: int, batch_size: int) -> dict:
     make_synthetic(src, n)
     gen_s = time.perf_counter() - t0
     idx = tmp / f"rss-idx-{n}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), KGCLIP_PLUGINS="tests.fakes")
+    env = dict(os.environ, PYTHONPATH=str(REPO), KGCLIP_PLUGINS="benchmarks.fakes")
     p = subprocess.Popen([sys.executable, "-m", "benchmarks.build", "--child-build", str(src), str(idx),
                           str(workers), str(batch_size)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     proc = psutil.Process(p.pid)

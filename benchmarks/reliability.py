@@ -4,7 +4,7 @@
     python -m benchmarks.reliability --trials 9 --no-lite   # a quick look
 
 Each trial runs ``kgclip build`` or ``kgclip update`` as a subprocess (the
-``fake:v1`` encoder, with tests.reliability_hooks slowing each store
+``fake:v1`` encoder, with benchmarks.reliability_hooks slowing each store
 transaction and the FAISS write so a kill can land anywhere), kills it with
 SIGKILL at a uniformly random moment (for the ``faiss`` phase: inside the
 FAISS file write of an update), probes the index as a reader, resumes with the
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     os.environ.setdefault("KGCLIP_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import tests.reliability_hooks  # noqa: F401  (registers the fake encoders in this process)
-    from tests.reliability_kit import Scenario
+    import benchmarks.reliability_hooks  # noqa: F401  (registers the fake encoders in this process)
+    from benchmarks.reliability_kit import Scenario
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kgclip-reliability-"))
     cache = str(work / "cache")

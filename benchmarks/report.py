@@ -335,12 +335,15 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
                   "text->image R@10 lost on full-caption queries.", "", table(h, r, "markdown"), "", text, ""]
     others = ["speed.json", *sorted(p.name for p in RESULTS.glob("faiss_*.json")), "build.json",
               "search_quality.json", "query.json", "query_mpnet.json", "kg.json", "encoders.json",
-              "encoders_mpnet.json", "lite_tuning.json"]
+              "encoders_mpnet.json", "lite_tuning.json", "kg_tuning.json"]
     for name in others:
         d = _load(name)
         if d is None:
             continue
         parts += [f"## {name[:-5]}", "", f"Raw results: `results/{name}`.", ""]
+        if name in ("lite_tuning.json", "kg_tuning.json"):
+            parts += [f"A tuning record: the script that wrote it is retired, its history is in git "
+                      f"(`git log -- benchmarks/{name[:-5]}.py`).", ""]
         if name == "speed.json" and d.get("benchmark") == "speed_synthetic":
             parts += [f"`kgclip bench speed` on seeded clustered {d['dim']}-d vectors, {d['queries']} fresh "
                       f"queries, faiss {d['faiss']}, {d['threads']} threads, load {d['load_avg_start']:.1f} at "

@@ -6,8 +6,7 @@
     python -m benchmarks.run_all --kg-queries 250     # fewer caption queries for the expansion comparison
     python -m benchmarks.run_all --flickr-index DIR   # reuse a lite index of flickr8k-1k
 
-KG tuning (``python -m benchmarks.kg_tuning``), grounding latency (``benchmarks.concept_mix_latency``),
-query, build and encoder speed have their own commands (benchmarks/README.md): they want a quiet
+Query, cold start, build and encoder speed have their own commands (benchmarks/README.md): they want a quiet
 machine or take long.
 
 The flickr8k-1k and Fashion-MNIST indexes are built once into the bench cache

@@ -13,7 +13,7 @@ os.environ.setdefault("KGCLIP_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import tests.fakes  # noqa: E402,F401  registers the `fake` encoder family
+import benchmarks.fakes  # noqa: E402,F401  registers the `fake` encoder family
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -72,7 +72,7 @@ def colour_images(tmp_path) -> Path:
     """Solid-colour images whose ground truth the fake encoder knows exactly."""
     from PIL import Image
 
-    from tests.fakes import COLOURS
+    from benchmarks.fakes import COLOURS
 
     d = tmp_path / "colours"
     d.mkdir()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import tests.fakes  # noqa: F401  (registers fake:v1)
+import benchmarks.fakes  # noqa: F401  (registers fake:v1)
 from cli import main
-from tests.fakes import word_vector
+from benchmarks.fakes import word_vector
 
 IMAGES = ["red", "green", "blue", "yellow"]
 # two captions per image; the second caption of green says "blue" (wrong on purpose)
@@ -200,3 +200,13 @@ def test_bench_speed_end_to_end(tmp_path):
     for args in (["--sizes", "lots"], ["--sizes", "10"], ["--index-types", "annoy"]):
         r = CliRunner().invoke(main, ["bench", "speed", *args])
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_cold_start_times_help_for_a_checkout(tmp_path):
+    from benchmarks.cold_start import REPO, parse_checkout, run_cold_start
+
+    with pytest.raises(SystemExit, match="no cli.py"):
+        parse_checkout(str(tmp_path))
+    res = run_cold_start([parse_checkout(str(REPO))], runs=1, workdir=str(tmp_path), search=False)
+    (row,) = res["checkouts"]
+    assert row["help"]["n"] == 1 and row["help"]["median_ms"] > row["python_pass"]["median_ms"] > 0

@@ -20,7 +20,7 @@ from indexer.store import WriteLock
 from retrieval.encoders import get_encoder
 from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound, ModelMismatch, SourceError, UsageError
 from tests.corpus import jpeg_bytes, make_hostile_corpus, png_bytes
-from tests.fakes import COLOURS
+from benchmarks.fakes import COLOURS
 
 FAKE = dict(model="fake:v1", text_model=None, workers=0, quiet=True, log=lambda s: None)
 
@@ -105,7 +105,7 @@ def test_sigkill_mid_build_then_resume(tmp_path):
     src = _colours(tmp_path / "imgs", n_noise=40)
     build_index([src], tmp_path / "ref", **FAKE, batch_size=2)
     code = (
-        "import signal, sys, time; import tests.fakes as f; from indexer import build_index\n"
+        "import signal, sys, time; import benchmarks.fakes as f; from indexer import build_index\n"
         # as in a terminal: a parent started in the background (nohup, `cmd &`) passes SIGINT on ignored
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
@@ -396,7 +396,7 @@ def test_cli_build_info_verify_update(tmp_path, monkeypatch):
 
     src = _colours(tmp_path / "imgs")
     (src / "broken.jpg").write_bytes(jpeg_bytes(1)[:200])
-    monkeypatch.setenv("KGCLIP_PLUGINS", "tests.fakes")
+    monkeypatch.setenv("KGCLIP_PLUGINS", "benchmarks.fakes")
     idx = str(tmp_path / "idx")
     runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
     res = runner.invoke(main, ["-q", "build", str(src), "-i", idx, "--model", "fake:v1", "--no-captions",
@@ -428,7 +428,7 @@ def test_ctrl_c_mid_build_then_resume(tmp_path):
 
     src = _colours(tmp_path / "imgs", n_noise=30)
     code = (
-        "import signal, sys, time; import tests.fakes as f; from indexer import build_index\n"
+        "import signal, sys, time; import benchmarks.fakes as f; from indexer import build_index\n"
         # as in a terminal: a parent started in the background (nohup, `cmd &`) passes SIGINT on ignored
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "orig = f.FakeEncoder.encode_image_arrays\n"
@@ -547,7 +547,7 @@ def test_a_source_without_images_is_an_error_naming_it_but_update_of_an_emptied_
         build_index([empty], tmp_path / "idx", **FAKE)
     assert read_manifest(tmp_path / "idx")["sources"] == [str(src)]
 
-    monkeypatch.setenv("KGCLIP_PLUGINS", "tests.fakes")
+    monkeypatch.setenv("KGCLIP_PLUGINS", "benchmarks.fakes")
     runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
     res = runner.invoke(main, ["build", str(empty), "-i", str(tmp_path / "idx2"), "--model", "fake:v1",
                                "--no-captions", "--workers", "0"])

@@ -41,7 +41,7 @@ def built(tmp_path_factory):
     from PIL import Image
 
     from indexer import build_index
-    from tests.fakes import COLOURS
+    from benchmarks.fakes import COLOURS
 
     root = tmp_path_factory.mktemp("cli-search")
     imgs = root / "imgs"
@@ -242,7 +242,7 @@ def test_help_does_not_import_torch():
 # -- as a subprocess: build -> search -> update -> search -> verify ------------------------------
 @pytest.fixture
 def kgclip_env(tmp_path):
-    env = dict(os.environ, KGCLIP_PLUGINS="tests.fakes", PYTHONPATH=str(REPO), KGCLIP_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, KGCLIP_PLUGINS="benchmarks.fakes", PYTHONPATH=str(REPO), KGCLIP_CACHE=str(tmp_path / "cache"))
     env.pop("KGCLIP_INDEX", None)
 
     def kg(*args, input=None):

@@ -15,7 +15,7 @@ from indexer.decode import decode_item, to_rgb
 from indexer.decode_pool import DecodePool
 from indexer.sources import Item, Skip, iter_folder
 from tests.corpus import make_hostile_corpus, png_bytes
-from tests.fakes import SmallPreprocess
+from benchmarks.fakes import SmallPreprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ from indexer import build_index, open_index, open_searcher, update_index
 from retrieval.encoders import get_encoder
 from retrieval.errors import IndexLocked
 from retrieval.query import Searcher
-from tests.reliability_hooks import ids_digest, store_digests
-from tests.reliability_kit import CLI, REPO, env_for, faiss_ids, make_sources, mutate_sources, read_events, run_cli, \
+from benchmarks.reliability_hooks import ids_digest, store_digests
+from benchmarks.reliability_kit import CLI, REPO, env_for, faiss_ids, make_sources, mutate_sources, read_events, run_cli, \
     update_args
 
 QUERIES = ["a picture", "picture number 3", "an edited caption", "noise"]

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from tests.reliability_kit import Scenario
+from benchmarks.reliability_kit import Scenario
 
 
 def _check(r: dict) -> None:

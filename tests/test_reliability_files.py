@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import indexer.pipeline as pipeline
-import tests.reliability_hooks  # noqa: F401  registers fakehang:v1
+import benchmarks.reliability_hooks  # noqa: F401  registers fakehang:v1
 from indexer import build_index, open_index, update_index, verify_index
-from tests.hostile import kinds, make_hostile_tree
-from tests.reliability_kit import CLI, REPO, env_for
+from benchmarks.hostile import kinds, make_hostile_tree
+from benchmarks.reliability_kit import CLI, REPO, env_for
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def _cli(args):
 
     from cli import main
 
-    os.environ["KGCLIP_PLUGINS"] = "tests.fakes"
+    os.environ["KGCLIP_PLUGINS"] = "benchmarks.fakes"
     r = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
     res = r.invoke(main, args)
     res.returncode = res.exit_code
@@ -99,7 +99,7 @@ def _cli(args):
 
 
 def test_cli_exit_codes_and_one_line_per_skip(tmp_path):
-    from tests.hostile import encode, noise
+    from benchmarks.hostile import encode, noise
 
     d = tmp_path / "mixed"
     d.mkdir()
@@ -147,7 +147,7 @@ def _can_drop_dac() -> bool:
 
 def test_unreadable_file_is_reported_as_permission_denied(tmp_path):
     """Root reads everything, so as root the build drops the capabilities that bypass file modes."""
-    from tests.hostile import encode, noise
+    from benchmarks.hostile import encode, noise
 
     if not _can_drop_dac():
         pytest.skip("root without the right to drop CAP_DAC_OVERRIDE: chmod 000 files stay readable")

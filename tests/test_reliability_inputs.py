@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from cli import main
 from indexer import build_index, open_index, verify_index
-from tests.hostile import encode, noise
-from tests.reliability_kit import CLI, REPO, env_for, snapshot_store, compare
+from benchmarks.hostile import encode, noise
+from benchmarks.reliability_kit import CLI, REPO, env_for, snapshot_store, compare
 
 FAKE = dict(model="fake:v1", text_model="fake:v1", workers=0, quiet=True, log=lambda s: None)
 
@@ -81,7 +81,7 @@ def corpus(tmp_path_factory):
     sources = [imgs, root / "m.jsonl", root / "m.csv", root / "m.parquet", root / "list.txt"]
     idx = root / "idx"
     build_index(sources, idx, **FAKE)
-    os.environ["KGCLIP_PLUGINS"] = "tests.fakes"
+    os.environ["KGCLIP_PLUGINS"] = "benchmarks.fakes"
     return root, idx
 
 
@@ -343,7 +343,7 @@ def test_manifest_paths_cannot_escape_root(tmp_path):
 
 
 def test_lmdb_map_grows_under_a_reader_in_another_process(tmp_path):
-    from tests.reliability_kit import make_sources
+    from benchmarks.reliability_kit import make_sources
 
     sources = make_sources(tmp_path / "src", n_folder=4, n_captioned=0)
     idx = tmp_path / "idx"

@@ -15,7 +15,7 @@ from retrieval.errors import KGError, KgclipError, ModelMismatch, QueryError, Us
 from retrieval.render import render
 from retrieval.query import Searcher
 from retrieval.types import Expansion, IndexReader, QueryPlan
-from tests.fakes import COLOURS, word_vector
+from benchmarks.fakes import COLOURS, word_vector
 
 
 class MemoryIndex:

@@ -1,7 +1,7 @@
 """Test-only hooks for the reliability suite (a ``KGCLIP_PLUGINS`` module; tests only).
 
-Loaded in a build/update subprocess with ``KGCLIP_PLUGINS=tests.reliability_hooks``
-(it also registers ``tests.fakes``). With none of the variables below set it
+Loaded in a build/update subprocess with ``KGCLIP_PLUGINS=benchmarks.reliability_hooks``
+(it also registers ``benchmarks.fakes``). With none of the variables below set it
 patches nothing, so importing it in-process only registers encoder families.
 
 ``KGCLIP_HOOK_EVENTS=PATH``       append one JSON line per event: ``start``, ``commit`` (after every
@@ -25,7 +25,7 @@ import json
 import os
 import time
 
-import tests.fakes as fakes
+import benchmarks.fakes as fakes
 from retrieval.encoders import Family, register
 
 HANG_SIZE = (13, 7)
@@ -45,7 +45,7 @@ class HangEncoder(fakes.FakeEncoder):
         return HangPreprocess()
 
 
-register(Family("fakehang", "tests.reliability_hooks:HangEncoder", "fakehang:v1",
+register(Family("fakehang", "benchmarks.reliability_hooks:HangEncoder", "fakehang:v1",
                 "fake:v1 whose decoder hangs on 13x7 images (tests only)"))
 
 _EVENTS = os.environ.get("KGCLIP_HOOK_EVENTS")

@@ -1,7 +1,7 @@
 """Crash-consistency harness shared by tests/test_reliability_crash.py and benchmarks/reliability.py.
 
 A trial runs ``kgclip build`` or ``kgclip update`` in a subprocess (with
-``tests.reliability_hooks`` slowing every store transaction and the FAISS
+``benchmarks.reliability_hooks`` slowing every store transaction and the FAISS
 write so that a kill can land anywhere), kills it with SIGKILL at a random
 moment, probes the index like a reader would, resumes the same command, and
 compares the whole store with an uninterrupted run: same item ids, vectors,
@@ -77,7 +77,7 @@ def mutate_sources(root: Path, seed: int = 0) -> None:
 def env_for(events: Path | None = None, commit_delay: float = 0.0, faiss_delay: float = 0.0,
             cache: str | None = None) -> dict:
     env = dict(os.environ)
-    env.update(KGCLIP_PLUGINS="tests.reliability_hooks", PYTHONPATH=str(REPO), KGCLIP_OFFLINE="1",
+    env.update(KGCLIP_PLUGINS="benchmarks.reliability_hooks", PYTHONPATH=str(REPO), KGCLIP_OFFLINE="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     if cache:
         env["KGCLIP_CACHE"] = cache
@@ -353,7 +353,7 @@ def reader_probe(index_dir: Path, query: np.ndarray | None = None, writer_alive:
             items = ix.get(got)
             if any(x is None for x in items):
                 out["problems"].append("a hit does not hydrate")
-            from tests.reliability_hooks import item_digest
+            from benchmarks.reliability_hooks import item_digest
 
             have = faiss_ids(ix._faiss["image"])
             n_items, _ = item_digest(ix.store)

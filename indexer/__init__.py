@@ -10,6 +10,7 @@ Importing this package is cheap: numpy only; lmdb, faiss and the models load on 
 
 from __future__ import annotations
 
+from .admin import index_info, verify_index
 from .build import BuildOptions, build_index, update_index
 from .index import Index, open_index, open_searcher
 from .pipeline import BuildInterrupted
@@ -18,14 +19,3 @@ from .report import BuildReport
 __all__ = ["build_index", "update_index", "BuildOptions", "open_index", "open_searcher", "Index", "BuildReport", "BuildInterrupted",
            "index_info", "verify_index"]
 
-
-def index_info(index_dir):
-    from .admin import index_info as f
-
-    return f(index_dir)
-
-
-def verify_index(index_dir, repair=False):
-    from .admin import verify_index as f
-
-    return f(index_dir, repair=repair)

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from retrieval.encoders import get_encoder
+from retrieval.encoders.onnx import no_spinning
 from retrieval.errors import IndexCorrupt, IndexNotFound, ModelMismatch, SourceError, UsageError
 
 from . import pipeline
@@ -159,8 +161,6 @@ def _run(sources: Sequence[str], index_dir: str, opts: BuildOptions, check_empty
 # -- the steps ---------------------------------------------------------------------------------
 def _check_request(sources: Sequence[str], index_dir: str, opts: BuildOptions) -> _Build:
     """Sources and folder checked before anything is written; the folder made; the models named."""
-    from retrieval.encoders import get_encoder
-
     sources = [os.path.abspath(os.fspath(s)) for s in sources]
     if not sources:
         raise UsageError("no sources given: name at least one folder, file list, manifest or .tar shard")
@@ -280,8 +280,6 @@ def _record_start(b: _Build) -> None:
 
 def _ingest(b: _Build) -> None:
     """Bring the store in line with the sources (:func:`indexer.pipeline.run`)."""
-    from retrieval.encoders.onnx import no_spinning
-
     opts = b.opts
     b.report = BuildReport(b.index_dir)
     b.report.timings.model_load = b.t_load

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
@@ -39,9 +43,6 @@ _W: dict[str, Any] = {}
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this process when the one that started it dies (a SIGKILLed build
     must not leave a decoder stuck on a hostile file behind). Elsewhere idle workers notice on their own."""
-    import signal
-    import sys
-
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -53,9 +54,6 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(transform, max_pixels, max_bytes):
-    import signal
-    import sys
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _die_with_parent()
     nice = decode_nice()
@@ -88,9 +86,6 @@ def _worker_main(feed, results, current, transform, max_pixels, max_bytes) -> No
     item being decoded, so a crash or a hang is pinned on the right file even when results of earlier
     items had not left the process yet.
     """
-    import queue
-    import threading
-
     _init_worker(transform, max_pixels, max_bytes)
     out: queue.SimpleQueue = queue.SimpleQueue()
 

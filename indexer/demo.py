@@ -15,6 +15,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from retrieval.errors import KgclipError, ModelMismatch
+from retrieval.render import render_table
+
+from .build import build_index
+from .index import open_searcher
+
 # (file stem, scikit-image loader name, what it shows): all ship inside the scikit-image wheel
 SKIMAGE_PHOTOS = [
     ("astronaut", "astronaut", "astronaut Eileen Collins"),
@@ -42,14 +50,11 @@ EXPLAIN_QUERY = "a mammal"
 
 def demo_images(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     """Write the demo photos into ``folder`` (skipping existing ones); returns (path, description)."""
-    import numpy as np
     from PIL import Image
 
     try:
         from skimage import data
     except ImportError as e:  # pragma: no cover - scikit-image is an install requirement
-        from .errors import KgclipError
-
         raise KgclipError(f"the demo needs scikit-image for its photos ({e}); pip install scikit-image") from None
 
     folder = Path(folder)
@@ -93,12 +98,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Build (or reuse) the demo index and print a tour. Returns what it ran, for tests."""
-    from retrieval.errors import ModelMismatch
-    from retrieval.render import render_table
-
-    from .build import build_index
-    from .index import open_searcher
-
     workdir = Path(workdir)
     photos, index_dir = workdir / "photos", workdir / "index"
     images = demo_images(photos)

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UsageError
+from retrieval.query import Searcher
 
 from . import faiss as V
 from .derive import FAISS_FILES, derive_faiss, faiss_generation, store_meta
@@ -278,8 +279,6 @@ def open_searcher(index_dir: str, model: str | None = None, **kwargs):
     """Open ``index_dir`` and a warm :class:`retrieval.query.Searcher` over it (which closes the index
     on ``close()``). ``model``: the model the caller expects; the Searcher raises :class:`ModelMismatch`
     when the index was built with another. ``kwargs`` go to the Searcher (expand, kg, device, hybrid, ...)."""
-    from retrieval.query import Searcher
-
     idx = open_index(index_dir)
     try:
         return Searcher(idx, owns_index=True, model=model, **kwargs)

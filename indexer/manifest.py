@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 
+from retrieval import __version__
 from retrieval.errors import IndexCorrupt, IndexNotFound
 
 FORMAT = "kgclip-index"
@@ -29,8 +30,6 @@ def manifest_path(index_dir: str) -> str:
 
 
 def new_manifest(model: dict, text_model: dict | None, sources: list[str], options: dict) -> dict:
-    from retrieval import __version__
-
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {
         "format": FORMAT,

@@ -26,6 +26,7 @@ import json
 import os
 import struct
 import threading
+from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -284,8 +285,6 @@ class Store:
 
         With ``txn`` (a read transaction) they come from that snapshot.
         """
-        from contextlib import nullcontext
-
         out = np.zeros((len(ids), dim), np.float32)
         db = self.db["vecs" if kind == "image" else "capvecs"]
         with (nullcontext(txn) if txn is not None else self.read()) as t:

@@ -18,13 +18,7 @@ CONFIG = REPO / "setup.cfg"
 
 # Contracts written for the target layout of issue 15 that cannot pass until the named branches are merged
 # (the lead removes an entry once its branch is in: they then must pass).
-PENDING_MERGE = {
-    "top-layers": "query (retrieval/search.py imports indexer until retrieval/query/ replaces it)",
-    "retrieval-layers": "query (retrieval/query/, retrieval/text.py, retrieval/render.py)",
-    "indexer-layers": "indexer (indexer/build.py, indexer/faiss/)",
-}
-# Function-level imports of first-party modules still in retrieval/ and indexer/ until those branches merge.
-PENDING_LAZY_SCAN = "query, indexer, encoders (function-level imports that dodged cycles)"
+PENDING_MERGE: dict[str, str] = {}
 
 # Third-party modules heavy enough to import on first use only.
 LAZY_ALLOWED = frozenset({
@@ -103,7 +97,6 @@ def test_function_level_imports_scan_finds_them(tmp_path):
                                                 "retrieval/m.py:6: function-level import of indexer"]
 
 
-@pytest.mark.xfail(reason=f"until branches {PENDING_LAZY_SCAN} merge", strict=False)
 def test_function_level_imports_only_for_heavy_lazy_modules():
     bad = lazy_import_violations()
     assert not bad, ("import these at module level (only heavy third-party modules may be imported lazily, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Iterable
 
 import numpy as np
@@ -99,8 +100,6 @@ def recall_at_k(ann_ids: np.ndarray, gt_ids: np.ndarray, k: int,
 def recall_lower_bound(per_query: np.ndarray, confidence: float = TUNE_CONFIDENCE) -> float:
     """One-sided lower confidence bound on the mean recall of queries like the sampled ones:
     mean - z * sd / sqrt(n) (normal approximation; ``confidence`` 0 gives the sample mean)."""
-    from statistics import NormalDist
-
     r = np.asarray(per_query, np.float64)
     if len(r) == 0:
         return 1.0

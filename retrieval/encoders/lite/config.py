@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True)
 class LiteConfig:
-    """ConSE settings; chosen by measurement on flickr8k-1k (benchmarks/lite_tuning.py).
+    """ConSE settings; chosen by measurement on flickr8k-1k (benchmarks/results/lite_tuning.json).
 
     Class descriptions are the ``prompts`` templates filled per ImageNet class with
     ``{name}`` (first lemma), ``{names}`` (all lemmas), ``{definition}`` (WordNet gloss) and

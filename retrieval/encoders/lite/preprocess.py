@@ -28,7 +28,7 @@ class ImagePreprocess:
     torch): a decode worker then spends no CPU on it and pickles a quarter of the bytes.
 
     ``mode="squash"`` resizes the whole image to 224x224 (bicubic), keeping everything in
-    the frame (better for retrieval of whole scenes, see benchmarks/lite_tuning.py);
+    the frame (better for retrieval of whole scenes, see benchmarks/results/lite_tuning.json);
     ``mode="crop"`` is ImageNet's evaluation transform: shorter side to 256, centre crop 224.
     With more than one of ``views`` (``"whole"`` is the frame above; the others, see :func:`view_box`,
     are squashed to 224x224) the views are stacked on the channel axis: ``[3 * len(views), 224, 224]``.

@@ -59,8 +59,9 @@ class Index:
         for kind in kinds:
             p = os.path.join(self.path, FAISS_FILES[kind])
             info = dict((self.manifest.get("faiss") or {}).get(kind) or {})
-            try:
-                index, fgen = V.load(p)
+            dim = self.dim if kind == "image" else self.text_dim
+            try:  # checked against the manifest's dimension and the store's count before faiss reads it
+                index, fgen = V.load(p, dim=dim, ntotal=self.store.count("vecs" if kind == "image" else "capvecs"))
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
                 index, fgen = None, None
             if index is None or fgen != gen:

@@ -224,9 +224,12 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--captions", "to_captions", is_flag=True,
               help="Image -> text: with --image, list the index's captions nearest to the image.")
 @click.option("--model", help="Fail unless the index was built with this model spec.")
+@click.option("--allow-download", is_flag=True,
+              help="Let the models the index names be downloaded (default: local or shipped files only; "
+                   "also KGCLIP_ALLOW_DOWNLOAD=1).")
 @device_option()
 def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt,
-           to_captions, model, device):
+           to_captions, model, allow_download, device):
     """Search INDEX for QUERY (text), --image PATH, or both.
 
     Without QUERY (and without --image), queries are read from stdin, one per
@@ -252,6 +255,8 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     """
     from retrieval.errors import QueryError, UsageError
 
+    if allow_download:
+        os.environ["KGCLIP_ALLOW_DOWNLOAD"] = "1"
     index, query = _split_search_args(args)
     if not index:
         raise UsageError("no INDEX given (pass it as the first argument or set KGCLIP_INDEX)")

@@ -128,6 +128,22 @@ def json_depth(obj: Any) -> int:
     return depth
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than allowed."""
+
+
+def loads_bounded(text: str | bytes, max_depth: int) -> Any:
+    """``json.loads`` that raises :class:`TooDeep` for nesting past ``max_depth`` (json's own
+    RecursionError included), e.g. for one row of a manifest: that row is skipped, the build goes on."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise TooDeep(f"JSON nested more than {max_depth} levels deep") from None
+    if json_depth(obj) > max_depth:
+        raise TooDeep(f"JSON nested more than {max_depth} levels deep")
+    return obj
+
+
 def parse_json_capped(data: bytes | str, path, what: str = "file", *, max_depth: int = 32,
                       max_values: int | None = None, error: type[KgclipError] = KgclipError) -> Any:
     """Parse JSON text already bounded in size; refuses nesting deeper than ``max_depth`` and, with

@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import KgclipError, ModelError, UsageError
-from ..paths import default_device
+from ..errors import KgclipError, ModelError, UsageError, WeightsNotFound
+from ..paths import allow_download, default_device, hub_offline
+from ..safefile import open_regular
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -103,11 +104,11 @@ def load_image(item: Any):
         img = item
     else:
         path = Path(item)
-        try:
-            img = Image.open(path)
-            img = ImageOps.exif_transpose(img)
-        except FileNotFoundError:
-            raise KgclipError(f"{path}: no such image file") from None
+        try:  # a FIFO or a device would block or never end: regular files only (retrieval.safefile)
+            with open_regular(path, "image file") as fh:
+                img = Image.open(fh)
+                img.load()
+                img = ImageOps.exif_transpose(img)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise KgclipError(f"{path}: cannot read image ({e})") from None
     if img.mode != "RGB":
@@ -177,9 +178,27 @@ class Encoder(ABC):
     def load(self) -> "Encoder":
         if not self._loaded:
             self.device = resolve_device(self.requested_device)
-            self._load()
+            if self.named_by and not allow_download():
+                self._load_local_only()
+            else:
+                self._load()
             self._loaded = True
         return self
+
+    #: what named this model when the user did not (an index's manifest): such a model is loaded from
+    #: local or shipped files only, unless KGCLIP_ALLOW_DOWNLOAD=1 (an index must not reach the network)
+    named_by: str | None = None
+
+    def _load_local_only(self) -> None:
+        with hub_offline():
+            try:
+                self._load()
+            except ModelError as e:
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise WeightsNotFound(
+                    f"{self.named_by} names the model {self.spec}, which is not on this machine, and kgclip "
+                    f"downloads no model that an index names: if you trust it, fetch it with "
+                    f"KGCLIP_ALLOW_DOWNLOAD=1 (or --allow-download) [{why[:200]}]") from None
 
     @abstractmethod
     def _load(self) -> None:

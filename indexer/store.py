@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
+from retrieval.safefile import check_regular
 
 DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
 OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
@@ -150,6 +151,8 @@ class Store:
                     self._open_optional(create=True)  # a reader of an older store opened it without them
                 return
             writable = not readonly or os.access(self.path, os.W_OK)
+            # LMDB would block forever on a FIFO and follow a link out of the index: regular files only
+            check_regular([os.path.join(self.path, f) for f in ("data.mdb", "lock.mdb")], "LMDB file", IndexCorrupt)
             try:
                 self.env = lmdb.open(
                     self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,

@@ -88,6 +88,24 @@ def open_regular(path, what: str = "file", *, nofollow: bool = False, max_bytes:
         raise
 
 
+def check_regular(paths, what: str = "file", error: type[KgclipError] = KgclipError) -> None:
+    """Refuse any of ``paths`` that exists and is not a regular file or is a symbolic link (``lstat``: for
+    files inside an index that a library opens itself, e.g. LMDB's data.mdb, which would block on a FIFO)."""
+    for path in paths:
+        p = os.fspath(path)
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise error(f"{p}: cannot read the {what} ({e.strerror or e})") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise error(f"{p}: the {what} is a symbolic link; kgclip does not follow links inside an index "
+                        "(replace it with the file itself)")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{p}: the {what} is {_kind(st.st_mode)}, not a regular file")
+
+
 def read_bytes_capped(path, max_bytes: int, what: str = "file", *, nofollow: bool = False,
                       error: type[KgclipError] = KgclipError) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (checked before reading and while reading:

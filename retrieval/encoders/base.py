@@ -193,12 +193,11 @@ class Encoder(ABC):
         with hub_offline():
             try:
                 self._load()
-            except ModelError as e:
-                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            except ModelError:
                 raise WeightsNotFound(
                     f"{self.named_by} names the model {self.spec}, which is not on this machine, and kgclip "
-                    f"downloads no model that an index names: if you trust it, fetch it with "
-                    f"KGCLIP_ALLOW_DOWNLOAD=1 (or --allow-download) [{why[:200]}]") from None
+                    "downloads no model that an index names: if you trust the index, fetch the model with "
+                    "KGCLIP_ALLOW_DOWNLOAD=1 (or `kgclip search --allow-download`)") from None
 
     @abstractmethod
     def _load(self) -> None:

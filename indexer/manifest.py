@@ -152,8 +152,8 @@ def check_manifest(m: dict, p: str) -> None:
             raise bad(f"{key}.fingerprint", "a string", mm["fingerprint"])
         prof = mm.get("profile")
         if prof is not None and (not isinstance(prof, dict) or not all(
-                _is_num(prof.get(f)) and 0 < prof[f] <= 100_000 for f in ("top", "temperature") if f in prof)):
-            raise bad(f"{key}.profile", "an object with positive 'top' and 'temperature'", prof)
+                _is_num(prof.get(f)) and 0 < prof[f] <= 100_000 for f in ("top", "temperature"))):
+            raise bad(f"{key}.profile", "an object with positive numbers 'top' and 'temperature'", prof)
     if m["metric"] != METRIC:
         raise bad("metric", repr(METRIC), m["metric"])
     for key, kind in (("faiss", dict), ("options", dict), ("counts", dict), ("failures", dict),
@@ -170,6 +170,15 @@ def check_manifest(m: dict, p: str) -> None:
     for k, n in (m.get("counts") or {}).items():
         if not (_is_int(n) and n >= 0):
             raise bad(f"counts.{k}", "a non-negative integer", n)
+    for k, t in (m.get("timings") or {}).items():
+        if t is not None and not _is_num(t):
+            raise bad(f"timings.{k}", "a number", t)
+    fails = m.get("failures") or {}
+    if fails.get("total") is not None and not (_is_int(fails["total"]) and fails["total"] >= 0):
+        raise bad("failures.total", "a non-negative integer", fails["total"])
+    reasons = fails.get("by_reason")
+    if reasons is not None and (not isinstance(reasons, dict) or not all(_is_int(n) for n in reasons.values())):
+        raise bad("failures.by_reason", "an object of counts", reasons)
     _check_options(m.get("options") or {}, bad)
     for kind, info in (m.get("faiss") or {}).items():
         if not isinstance(info, dict):

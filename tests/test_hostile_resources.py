@@ -311,7 +311,7 @@ def _rewrite_entities(kg: Path, raw: bytes) -> None:
         gz.write(raw)
 
 
-@pytest.mark.parametrize("case", ["gzip bomb", "many values", "arrays bomb", "declared shape"])
+@pytest.mark.parametrize("case", ["gzip bomb", "many values", "empty lines", "arrays bomb", "declared shape"])
 def test_kg_bombs_are_refused(small_kg, tmp_path, baselines, case):
     kg = _copy(small_kg, tmp_path, "kg")
     if case == "gzip bomb":  # ~200 KB that unpacks to 200 MB (the issue's 3 MB unpacked to 6.3 GB)
@@ -327,6 +327,11 @@ def test_kg_bombs_are_refused(small_kg, tmp_path, baselines, case):
         _rewrite_entities(kg, b'{"ids": "a", "names": "x", "glosses": "g", "lemma_keys": "x", "extra": {"l": ['
                           + b"[]," * (2 << 20) + b"[]]}}")
         frag, name = "JSON values", "entities.json.gz"
+    elif case == "empty lines":  # 8M entities in ~8 KB: ~3 GB once split into Python lists
+        lines = "\n" * (8 << 20)
+        _rewrite_entities(kg, json.dumps({"ids": lines, "names": lines, "glosses": lines, "lemma_keys": "x",
+                                          "extra": {}}).encode())
+        frag, name = "lines in a", "entities.json.gz"
     else:
         with zipfile.ZipFile(kg / "graph.npz", "w", zipfile.ZIP_DEFLATED) as zf:
             for n, a in np.load(small_kg / "graph.npz").items():
@@ -351,6 +356,24 @@ def test_kg_bombs_are_refused(small_kg, tmp_path, baselines, case):
         name = "graph.npz"
     code, _, err, _, _ = run(["kg", "info", kg], tmp_path, baseline="kg")
     one_line(code, err, name, frag)
+
+
+def test_largest_graph_arrays_within_the_caps_stay_bounded(small_kg, tmp_path, baselines):
+    """A valid graph.npz that unpacks to just under the 128 MB floor: loads, within the RSS bound."""
+    kg = _copy(small_kg, tmp_path, "kg")
+    arrs = dict(np.load(kg / "graph.npz"))
+    n = (60 << 20) // 4  # rows and counts: 120 MB in all
+    arrs["lemmas.rows"] = np.zeros(n, np.int32)
+    arrs["lemmas.counts"] = np.zeros(n, np.int32)
+    arrs["lemmas.indptr"] = np.array([0, 0, 0, n], np.int32)[: len(arrs["lemmas.indptr"])]
+    arrs["lemmas.indptr"][-1] = n
+    with zipfile.ZipFile(kg / "graph.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrs.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a)
+            zf.writestr(name + ".npy", buf.getvalue())
+    code, out, err, _, _ = run(["kg", "info", kg], tmp_path, baseline="kg")
+    assert code == 0 and "Traceback" not in err, err
 
 
 # -- family 7: an index never reaches for the network ---------------------------------------------------

@@ -64,9 +64,9 @@ def check_arrays(path: Path, meta: dict, ent: dict, arr: dict) -> None:
     """Every array a graph indexes with is in range (a damaged or hostile graph.npz is a clear error, not
     an IndexError or a wrong answer later)."""
     f = path / ARRAYS_FILE
-    n = len(ent["ids"].split("\n")) if ent["ids"] else 0
-    keys = len(ent["lemma_keys"].split("\n")) if ent["lemma_keys"] else 0
-    if n and (len(ent["names"].split("\n")) != n or len(ent["glosses"].split("\n")) != n):
+    n = ent["ids"].count("\n") + 1 if ent["ids"] else 0
+    keys = ent["lemma_keys"].count("\n") + 1 if ent["lemma_keys"] else 0
+    if n and (ent["names"].count("\n") + 1 != n or ent["glosses"].count("\n") + 1 != n):
         raise KGError(f"{path}: the entity table's names or glosses do not match its {n} ids")
     _check_csr(f, "lemmas", arr, keys, n)
     counts = arr.get("lemmas.counts")

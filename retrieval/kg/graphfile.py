@@ -47,12 +47,14 @@ ENTITIES_FILE = "entities.json.gz"
 ARRAYS_FILE = "graph.npz"
 # Graphs are shared files: what kgclip reads from one is capped (a gzip or zip bomb, a 3 GB "kg.json"):
 # kg.json at 4 MB; entities.json.gz unpacked to 8x its size (text packs about 3x) with a 64 MB floor;
-# graph.npz unpacked to 32x its size with a 256 MB floor; the compressed files at 2 GB.
+# graph.npz unpacked to 16x its size (WordNet's packs 5x) with a 128 MB floor; the compressed files at 2 GB.
 MAX_META_BYTES = 4 * MB
 MAX_FILE_BYTES = 2048 * MB
-UNPACK_RATIO = {ENTITIES_FILE: 8, ARRAYS_FILE: 32}
-UNPACK_FLOOR = {ENTITIES_FILE: 64 * MB, ARRAYS_FILE: 256 * MB}
+UNPACK_RATIO = {ENTITIES_FILE: 8, ARRAYS_FILE: 16}
+UNPACK_FLOOR = {ENTITIES_FILE: 64 * MB, ARRAYS_FILE: 128 * MB}
 MAX_ENTITY_VALUES = 1_000_000  # the entity table is a few long strings (plus small "extra" lists)
+MIN_ENTITY_CAP = 100_000  # entities (and lemma keys) any table may hold; more need BYTES_PER_ENTITY each
+BYTES_PER_ENTITY = 10
 
 
 def norm_key(text: str) -> str:
@@ -208,13 +210,23 @@ def _unpack_cap(f: Path, name: str) -> int:
 def read_entities(path: Path) -> dict:
     f = path / ENTITIES_FILE
     raw = read_bytes_capped(f, MAX_FILE_BYTES, "entity table", error=KGError)
-    text = gunzip_capped(raw, _unpack_cap(f, ENTITIES_FILE), f, "entity table", error=KGError)
+    size = len(raw)
+    text = gunzip_capped(raw, max(UNPACK_FLOOR[ENTITIES_FILE], UNPACK_RATIO[ENTITIES_FILE] * size), f,
+                         "entity table", error=KGError)
     del raw
     ent = parse_json_capped(text, f, "entity table", max_depth=8, max_values=MAX_ENTITY_VALUES, error=KGError)
     if not isinstance(ent, dict) or not all(isinstance(ent.get(k), str) for k in ("ids", "names", "glosses",
                                                                                   "lemma_keys")) \
             or not isinstance(ent.get("extra", {}), dict):
         raise KGError(f"{f}: unreadable entity table (expected the strings ids, names, glosses and lemma_keys)")
+    # each entity becomes a few Python objects (~380 bytes): a real one packs into 10+ bytes (WordNet's 40),
+    # so a table of millions of empty lines in a few KB is refused before it is split into lists
+    cap = max(MIN_ENTITY_CAP, size // BYTES_PER_ENTITY)
+    for key in ("ids", "names", "glosses", "lemma_keys"):
+        lines = ent[key].count("\n") + 1
+        if lines > cap:
+            raise KGError(f"{f}: the entity table's {key} has {lines:,} lines in a {size:,}-byte file "
+                          "(a damaged or hostile file)")
     return ent
 
 

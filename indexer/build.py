@@ -31,8 +31,8 @@ from retrieval.errors import IndexCorrupt, IndexNotFound, ModelMismatch, SourceE
 from . import pipeline
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
 from .derive import FAISS_FILES, derive_faiss, faiss_generation
-from .manifest import (FORMAT_VERSION, MANIFEST, manifest_path, new_manifest, read_manifest, rebuild_command,
-                       write_manifest)
+from .manifest import (FORMAT_VERSION, MANIFEST, MAX_RECORDED_BATCH, manifest_path, new_manifest, read_manifest,
+                       rebuild_command, write_manifest)
 from .report import BuildReport
 from .sources import IMAGE_EXTS, iter_source, source_kind
 from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
@@ -129,9 +129,12 @@ def update_index(index_dir: str, **kwargs) -> BuildReport:
         text = (tm if tm != "unset" else m.get("text_model")) or None
     finally:
         store.close()
+    user_batch = kwargs.get("batch_size")
     for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root", "base"):
         if k in options and options[k] is not None and kwargs.get(k) is None:
             kwargs[k] = options[k]
+    if user_batch is None and isinstance(kwargs.get("batch_size"), int):  # recorded: bounded (shared indexes)
+        kwargs["batch_size"] = max(1, min(kwargs["batch_size"], MAX_RECORDED_BATCH))
     kwargs.pop("model", None)
     kwargs.pop("text_model", None)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}

@@ -29,6 +29,7 @@ MAX_DIM = 1 << 16
 # tuned search parameters (indexer.faiss.tune's grids stay far inside): a larger value read from a shared
 # index would cost gigabytes and minutes per query, so it is clamped with a warning
 PARAM_RANGES = {"efSearch": (1, 16_384), "nprobe": (1, 65_536), "k_factor": (1, 256)}
+MAX_RECORDED_BATCH = 1024
 
 
 def rebuild_command(index_dir: str) -> str:
@@ -179,16 +180,21 @@ def check_manifest(m: dict, p: str) -> None:
     reasons = fails.get("by_reason")
     if reasons is not None and (not isinstance(reasons, dict) or not all(_is_int(n) for n in reasons.values())):
         raise bad("failures.by_reason", "an object of counts", reasons)
-    _check_options(m.get("options") or {}, bad)
+    _check_options(m.get("options") or {}, bad, p)
     for kind, info in (m.get("faiss") or {}).items():
         if not isinstance(info, dict):
             raise IndexCorrupt(f"{p}: manifest faiss.{kind} must be a JSON object")
         _check_faiss(kind, info, p, bad)
 
 
-def _check_options(opts: dict, bad) -> None:
+def _check_options(opts: dict, bad, p: str = "") -> None:
     if opts.get("index_type") is not None and opts["index_type"] not in INDEX_TYPES:
         raise bad("options.index_type", f"one of {', '.join(INDEX_TYPES)}", opts["index_type"])
+    v = opts.get("batch_size")  # `update` decodes this many images at once: a shared index cannot ask for more
+    if _is_int(v) and v > MAX_RECORDED_BATCH:
+        opts["batch_size"] = MAX_RECORDED_BATCH
+        log.warning("warning: %s: options.batch_size = %d is more than %d; using %d (pass --batch-size to "
+                    "choose)", p, v, MAX_RECORDED_BATCH, MAX_RECORDED_BATCH)
     for key, lo, hi in (("batch_size", 1, 1 << 16), ("max_memory", 0, 1 << 60), ("max_pixels", 1, 1 << 40)):
         v = opts.get(key)
         if v is not None and not (_is_int(v) and lo <= v <= hi):

@@ -376,6 +376,20 @@ def test_largest_graph_arrays_within_the_caps_stay_bounded(small_kg, tmp_path, b
     assert code == 0 and "Traceback" not in err, err
 
 
+def test_forged_graph_fingerprint_cannot_key_another_cache(small_kg, tmp_path):
+    """kg.json's fingerprint keys the entity-vector cache: a graph claiming WordNet's (or a path) gets
+    its own, computed from its files."""
+    from retrieval.kg.graph import Graph
+    from retrieval.kg.graphfile import read_meta
+
+    kg = _copy(small_kg, tmp_path, "kg")
+    real = read_meta(kg)["fingerprint"]
+    md = json.loads((kg / "kg.json").read_text())
+    md["fingerprint"] = read_meta(REPO / "retrieval" / "kg" / "data")["fingerprint"] + "/../../evil"
+    (kg / "kg.json").write_text(json.dumps(md))
+    assert Graph(kg).fingerprint == real
+
+
 # -- family 7: an index never reaches for the network ---------------------------------------------------
 NET_GUARD = '''
 import os, socket

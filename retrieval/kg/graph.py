@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import KGError
-from .graphfile import ARRAYS_FILE, norm_key, read_arrays, read_entities, read_meta
+from .graphfile import ARRAYS_FILE, content_fingerprint, norm_key, read_arrays, read_entities, read_meta
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
 WORDNET = "wordnet"
@@ -89,7 +89,7 @@ class Graph:
         arr = read_arrays(self.path)
         check_arrays(self.path, self.meta, ent, arr)
         self.name: str = self.meta.get("name", self.path.name)
-        self.fingerprint: str = self.meta.get("fingerprint", "")
+        self.fingerprint: str = content_fingerprint(self.path)  # not kg.json's claim: it keys caches
         self.ids: list[str] = ent["ids"].split("\n") if ent["ids"] else []
         self.names: list[list[str]] = [ns.split("\t") if ns else [] for ns in ent["names"].split("\n")]
         self.glosses: list[str] = ent["glosses"].split("\n")

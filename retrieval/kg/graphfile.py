@@ -230,6 +230,15 @@ def read_entities(path: Path) -> dict:
     return ent
 
 
+def content_fingerprint(path: Path) -> str:
+    """The fingerprint :func:`write_graph` records, computed from the files themselves: caches are keyed
+    by it, so a shared graph cannot claim another graph's (e.g. WordNet's) cached entity vectors."""
+    h = hashlib.sha256()
+    for name in (ENTITIES_FILE, ARRAYS_FILE):
+        h.update(read_bytes_capped(path / name, MAX_FILE_BYTES, "graph file", error=KGError))
+    return h.hexdigest()[:16]
+
+
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     f = path / ARRAYS_FILE
     return load_npz_capped(f, _unpack_cap(f, ARRAYS_FILE), "graph arrays", error=KGError)

@@ -272,10 +272,22 @@ def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise SourceError(f"{path}: not a readable Parquet file: {e}") from None
+    def strings_for_times(t):  # timestamp[ns] has no Python datetime: times as ISO-like strings, nested too
+        if pa.types.is_temporal(t):
+            return pa.string()
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, strings_for_times(f.type)) for f in t])
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return (pa.list_ if pa.types.is_list(t) else pa.large_list)(strings_for_times(t.value_type))
+        return t
+
     n = 0
     for batch in pf.iter_batches(batch_size=4096):
-        # timestamps (timestamp[ns] has no Python datetime), dates, times and durations as ISO-like strings
-        cols = [pc.cast(c, pa.string()) if pa.types.is_temporal(c.type) else c for c in batch.columns]
+        try:
+            cols = [c if strings_for_times(c.type) == c.type else pc.cast(c, strings_for_times(c.type))
+                    for c in batch.columns]
+        except (pa.ArrowException, ValueError) as e:
+            raise SourceError(f"{path}: a column's type cannot be read ({str(e).splitlines()[0][:120]})") from None
         for row in pa.RecordBatch.from_arrays(cols, names=batch.schema.names).to_pylist():
             n += 1
             yield n, row

@@ -500,7 +500,10 @@ def test_parquet_timestamp_ns_columns(sources, tmp_path):
     t = pa.table({"path": [str(sources / "imgs" / "p1.png"), str(sources / "imgs" / "p2.png")],
                   "taken": pa.array([1_700_000_000_123_456_789, 1_600_000_000_000_000_001], pa.timestamp("ns")),
                   "utc": pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns", tz="UTC")),
-                  "exposure": pa.array([5, 7], pa.duration("ns"))})
+                  "exposure": pa.array([5, 7], pa.duration("ns")),
+                  "exif": pa.array([{"at": 1_700_000_000_123_456_789}, {"at": None}],
+                                   pa.struct([("at", pa.timestamp("ns"))])),
+                  "shots": pa.array([[1_700_000_000_000_000_001], []], pa.list_(pa.timestamp("ns")))})
     pq.write_table(t, tmp_path / "m.parquet")
     code, _, err, _, _ = run(["build", tmp_path / "m.parquet", "-i", tmp_path / "idx", "--model", "fake:v1",
                               "--text-model", "fake:v1"], tmp_path)
@@ -509,3 +512,4 @@ def test_parquet_timestamp_ns_columns(sources, tmp_path):
     assert code == 0, err
     metas = {h["path"].rsplit("/", 1)[-1]: h["metadata"]["meta"] for h in json.loads(out)["hits"]}
     assert metas["p1.png"]["taken"].startswith("2023-11-14") and metas["p1.png"]["taken"].endswith("123456789")
+    assert metas["p1.png"]["exif"]["at"].endswith("123456789") and metas["p1.png"]["shots"][0].endswith("001")

@@ -158,9 +158,10 @@ def _invlists(r: _Reader, nlist: int, code_size: int) -> int:
 
 def _ivf(r: _Reader, pq: bool) -> tuple[int, int]:
     d, ntotal = _header(r, "the IVF index")
-    nlist, _nprobe = r.take("QQ")
-    if not 0 < nlist <= MAX_NLIST:
-        raise StructureError(f"the IVF index declares {nlist:,} lists (at most {MAX_NLIST:,})")
+    nlist, nprobe = r.take("QQ")
+    if not 0 < nlist <= MAX_NLIST or not 0 < nprobe <= nlist:
+        raise StructureError(f"the IVF index declares {nlist:,} lists (at most {MAX_NLIST:,}) and probes "
+                             f"{nprobe:,} of them")
     qd, qn = _walk(r, allowed=("IxFI",))
     if qd != d or qn != nlist:
         raise StructureError("the IVF coarse quantizer does not match the index")

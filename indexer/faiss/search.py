@@ -36,6 +36,7 @@ def _params_object(kind: str, value: int):
 
 
 SMALL_BATCH = 8
+MAX_EF_SEARCH = 1 << 16  # far above any tuned value (the tuning grid ends at 4096)
 
 
 def _raw_search(index, queries: np.ndarray, k: int, params: dict):
@@ -102,6 +103,9 @@ def search(index, queries: np.ndarray, k: int, params: dict | None = None,
         return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
     k_factor = int(params.get("k_factor", 1)) if rerank_fn is not None else 1
     kk = min(k * max(1, k_factor), int(ntotal)) if rerank_fn is not None else k
+    ef = params.get("efSearch")
+    if ef is not None and not kk <= ef <= MAX_EF_SEARCH:  # fewer than kk would return fewer hits
+        params = dict(params, efSearch=min(max(int(ef), kk), MAX_EF_SEARCH))
     scores, ids = _raw_search(index, q, kk, params)
     ids = ids.astype(np.int64, copy=False)
     if rerank_fn is not None:

@@ -1,0 +1,116 @@
+"""Check a loaded FAISS index against what it should hold: metric, dimension, ids and vectors.
+
+A FAISS file (and its sidecar) may come from anyone, so its content is not trusted: an L2 index,
+labels permuted among the vectors, or search parameters out of range (``efSearch: -1``,
+``nprobe: 2e9``) would give wrong or missing hits, or exhaust memory. :func:`problems` says what is
+wrong (the caller derives the index again from the store), :func:`safe_params` clamps search
+parameters into range with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+from .search import MAX_EF_SEARCH, search
+
+log = logging.getLogger(__name__)
+
+EXACT_TOL = 1e-4  # flat and HNSW store the vectors as they are
+APPROX_MISS = 0.1  # IVF/PQ: a sample query may miss itself this often (approximate search)
+
+
+def labels(index) -> np.ndarray | None:
+    """The store ids an ``IDMap`` index maps its rows to (None for an index without an id map)."""
+    import faiss
+
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    return None
+
+
+def problems(index, dim: int, n_expected: int | None = None) -> list[str]:
+    """What makes ``index`` unusable as kgclip's index: metric, dimension, count and id map."""
+    import faiss
+
+    out = []
+    if int(index.metric_type) != faiss.METRIC_INNER_PRODUCT:
+        name = "L2" if int(index.metric_type) == faiss.METRIC_L2 else f"type {int(index.metric_type)}"
+        out.append(f"uses the {name} metric, kgclip compares by inner product")
+    if int(index.d) != int(dim):
+        out.append(f"holds {int(index.d)}-d vectors, the model's are {int(dim)}-d")
+    if n_expected is not None and int(index.ntotal) != n_expected:
+        out.append(f"holds {int(index.ntotal)} vectors, the store has {n_expected}")
+    if labels(index) is None:
+        out.append("has no id map (kgclip indexes map rows to store ids)")
+    return out
+
+
+def sample_mismatches(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarray], params: dict | None = None,
+                      n: int = 32, seed: int = 0) -> tuple[int, int]:
+    """(mismatches, allowed) over ``n`` sampled rows: a row agrees when its reconstructed vector equals
+    the stored vector it should hold (``stored(rows, labels)``), or (IVF/PQ, which cannot reconstruct
+    exactly) a search with that stored vector finds the row's label among the top 10."""
+    import faiss
+
+    lab = labels(index)
+    if lab is None or not len(lab):
+        return 0, 0
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(len(lab), min(n, len(lab)), replace=False))
+    ids = lab[pos]
+    want = np.asarray(stored(pos, ids), np.float32)
+    inner = faiss.downcast_index(index.index)
+    ok = np.zeros(len(pos), bool)
+    exact = True
+    try:
+        got = np.stack([inner.reconstruct(int(p)) for p in pos])
+        ok = np.abs(got - want).max(axis=1) <= EXACT_TOL
+    except RuntimeError:  # IVF without a direct map: search instead
+        exact = False
+    if faiss.try_extract_index_ivf(inner) is not None:
+        exact = False  # PQ/SQ codes reconstruct approximately
+    todo = ~ok
+    if todo.any():
+        _, found = search(index, want[todo], min(10, int(index.ntotal)), safe_params(index, params or {}, 10))
+        ok[todo] = (found == ids[todo][:, None]).any(axis=1)
+    allowed = 0 if exact else int(APPROX_MISS * len(pos))
+    return int((~ok).sum()), allowed
+
+
+def agrees(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarray], params: dict | None = None, n: int = 8) -> bool:
+    """A cheap check for readers: ``n`` sampled rows agree with the store (see :func:`sample_mismatches`)."""
+    bad, allowed = sample_mismatches(index, stored, params, n=n)
+    return bad <= allowed
+
+
+def safe_params(index, params: dict, k: int | None = None, where: str = "", warn: bool = False) -> dict:
+    """``params`` with ``efSearch`` / ``nprobe`` / ``k_factor`` clamped into their useful range.
+
+    efSearch: at least ``k`` (fewer would return fewer hits than asked) and at most
+    :data:`MAX_EF_SEARCH`; nprobe: 1 to the index's nlist; k_factor: 1 to 64. A value that is not
+    a number is dropped. With ``warn``, one line names each value replaced.
+    """
+    import faiss
+
+    out = dict(params) if isinstance(params, dict) else {}
+    ivf = faiss.try_extract_index_ivf(index.index if labels(index) is not None else index)
+    ranges = {"efSearch": (max(1, k or 1), MAX_EF_SEARCH), "k_factor": (1, 64),
+              "nprobe": (1, int(ivf.nlist) if ivf is not None else 1 << 16)}
+    for name, (lo, hi) in ranges.items():
+        if name not in out:
+            continue
+        v = out[name]
+        good = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        fixed = min(max(int(v), lo), hi) if good else None
+        if fixed != v:
+            if warn:
+                log.warning("%s: search parameter %s=%s is out of range; using %s", where or "index.json", name,
+                            str(v)[:40], "the default" if fixed is None else fixed)
+            if fixed is None:
+                del out[name]
+            else:
+                out[name] = fixed
+    return out

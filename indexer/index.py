@@ -67,8 +67,8 @@ class Index:
             if index is None or fgen != gen or not self._trusted(index, kind, info):
                 stale.append(kind)
                 continue
-            info["params"] = check.safe_params(index, info.get("params") or {}, where=f"{p}: index.json",
-                                               warn=True)
+            where = f"{os.path.join(self.path, 'index.json')}: faiss.{kind}.params"
+            info["params"] = check.safe_params(index, info.get("params") or {}, where=where, warn=True)
             self._faiss[kind] = index
             self._info[kind] = info
         if stale:

@@ -68,9 +68,12 @@ class Pruner:
     # -- one unseen key ------------------------------------------------------------------------
     def protector(self, key: str) -> str | None:
         """The source or folder that keeps ``key`` (an unseen stored key), or None when it may go."""
-        for folder in self.folders:
-            if key.startswith(folder.rstrip(os.sep) + os.sep):
-                return folder
+        d = os.path.dirname(key.split("#", 1)[0] if "#" in key else key)
+        while d and self.folders:  # each folder above the key (not each unreadable folder: there may be many)
+            if d in self.folders:
+                return d
+            up = os.path.dirname(d)
+            d = up if up != d else ""
         owner = None
         for s, st in self.status.items():
             if key == s or key.startswith(s.rstrip(os.sep) + os.sep) or key.startswith(s + "#"):
@@ -84,7 +87,11 @@ class Pruner:
         if owner is None and any(st != "ok" for st in self.status.values()):
             # a key from a file list or manifest while one of them cannot be read: it may be its
             return next(s for s, st in self.status.items() if st != "ok")
-        return _folder_of_gone_file(key)
+        gone_from = _folder_of_gone_file(key)
+        if gone_from is None:
+            return None
+        self.folders[gone_from[0]] = gone_from[1]  # also protects its other files, without a stat each
+        return gone_from[0]
 
     def is_gone(self, key: str) -> bool:
         """True when ``key`` may be removed now; otherwise counted as kept or missing."""
@@ -122,6 +129,8 @@ class Pruner:
                 why = "is empty (an unmounted drive?); to remove them, run with --prune --yes"
             elif st and st.startswith("unreadable"):
                 why = f"cannot be read ({st.split(': ', 1)[-1]})"
+            elif self.folders.get(who) == "missing":
+                why = "is missing (an unmounted drive?)"
             elif who in self.folders:
                 why = f"cannot be read ({self.folders[who]})"
             else:
@@ -147,10 +156,11 @@ def _source_status(s: str) -> str:
         return f"unreadable: {e.strerror or e}"
     if not os.path.exists(s):
         return "missing"  # a broken symlink
+    folder = os.path.isdir(s)
     try:
         for it in iter_source(s):
-            if isinstance(it, Item):
-                return "ok"
+            if isinstance(it, Item) or not folder:
+                return "ok"  # a folder with an image, or a list, manifest or shard naming anything
     except KgclipError:
         return "ok"  # a malformed list or manifest: the scan reports it with its own clear error
     except OSError as e:
@@ -158,9 +168,9 @@ def _source_status(s: str) -> str:
     return "empty"
 
 
-def _folder_of_gone_file(key: str) -> str | None:
+def _folder_of_gone_file(key: str) -> tuple[str, str] | None:
     """None when ``key``'s file is gone from a folder that can be listed (or still exists but its
-    source no longer names it); else that folder (missing or unreadable: an unmounted drive)."""
+    source no longer names it); else (that folder, why): missing or unreadable, an unmounted drive."""
     try:
         os.lstat(key)
         return None
@@ -168,13 +178,15 @@ def _folder_of_gone_file(key: str) -> str | None:
         pass
     except OSError as e:
         if e.errno != errno.ENOENT:
-            return os.path.dirname(key)
+            return os.path.dirname(key), e.strerror or str(e)
     parent = os.path.dirname(key)
     try:
         os.listdir(parent)
         return None
-    except OSError:
-        return parent
+    except FileNotFoundError:
+        return parent, "missing"
+    except OSError as e:
+        return parent, e.strerror or str(e)
 
 
 def sweep(store: Store, seen, chunk: int = 1000, pruner: Pruner | None = None) -> int:

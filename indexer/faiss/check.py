@@ -19,16 +19,30 @@ from .search import MAX_EF_SEARCH, search
 log = logging.getLogger(__name__)
 
 EXACT_TOL = 1e-4  # flat and HNSW store the vectors as they are
-APPROX_MISS = 0.1  # IVF/PQ: a sample query may miss itself this often (approximate search)
+APPROX_MISS = 0.25  # IVF/PQ: a sample query may miss itself this often (approximate search)
 
 
 def labels(index) -> np.ndarray | None:
-    """The store ids an ``IDMap`` index maps its rows to (None for an index without an id map)."""
+    """The store ids an index holds: an ``IDMap``'s rows in order, or an IVF index's inverted lists
+    one after the other; None for an index without ids of its own."""
     import faiss
 
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
-    return None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    inv = ivf.invlists
+    parts = [faiss.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).astype(np.int64)
+             for j in range(ivf.nlist) if inv.list_size(j)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def is_id_map(index) -> bool:
+    """True for an ``IDMap`` index, whose rows are in the order they were added."""
+    import faiss
+
+    return isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2))
 
 
 def problems(index, dim: int, n_expected: int | None = None) -> list[str]:
@@ -44,7 +58,7 @@ def problems(index, dim: int, n_expected: int | None = None) -> list[str]:
     if n_expected is not None and int(index.ntotal) != n_expected:
         out.append(f"holds {int(index.ntotal)} vectors, the store has {n_expected}")
     if labels(index) is None:
-        out.append("has no id map (kgclip indexes map rows to store ids)")
+        out.append("has no ids of its own (kgclip indexes map rows to store ids)")
     return out
 
 
@@ -62,20 +76,19 @@ def sample_mismatches(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarr
     pos = np.sort(rng.choice(len(lab), min(n, len(lab)), replace=False))
     ids = lab[pos]
     want = np.asarray(stored(pos, ids), np.float32)
-    inner = faiss.downcast_index(index.index)
     ok = np.zeros(len(pos), bool)
-    exact = True
-    try:
-        got = np.stack([inner.reconstruct(int(p)) for p in pos])
-        ok = np.abs(got - want).max(axis=1) <= EXACT_TOL
-    except RuntimeError:  # IVF without a direct map: search instead
-        exact = False
-    if faiss.try_extract_index_ivf(inner) is not None:
-        exact = False  # PQ/SQ codes reconstruct approximately
-    todo = ~ok
-    if todo.any():
-        _, found = search(index, want[todo], min(10, int(index.ntotal)), safe_params(index, params or {}, 10))
-        ok[todo] = (found == ids[todo][:, None]).any(axis=1)
+    exact = is_id_map(index)
+    if exact:  # flat and HNSW keep the vectors as they are: row p must hold its label's vector
+        try:
+            inner = faiss.downcast_index(index.index)
+            got = np.stack([inner.reconstruct(int(p)) for p in pos])
+            ok = np.abs(got - want).max(axis=1) <= EXACT_TOL
+        except RuntimeError:
+            exact = False
+    if not exact:  # IVF/PQ: a search with the stored vector must find its own label
+        k = min(10, int(index.ntotal))
+        _, found = search(index, want, k, safe_params(index, params or {}, k))
+        ok = (found == ids[:, None]).any(axis=1)
     allowed = 0 if exact else int(APPROX_MISS * len(pos))
     return int((~ok).sum()), allowed
 
@@ -96,7 +109,7 @@ def safe_params(index, params: dict, k: int | None = None, where: str = "", warn
     import faiss
 
     out = dict(params) if isinstance(params, dict) else {}
-    ivf = faiss.try_extract_index_ivf(index.index if labels(index) is not None else index)
+    ivf = faiss.try_extract_index_ivf(index)
     ranges = {"efSearch": (max(1, k or 1), MAX_EF_SEARCH), "k_factor": (1, 64),
               "nprobe": (1, int(ivf.nlist) if ivf is not None else 1 << 16)}
     for name, (lo, hi) in ranges.items():
@@ -107,7 +120,7 @@ def safe_params(index, params: dict, k: int | None = None, where: str = "", warn
         fixed = min(max(int(v), lo), hi) if good else None
         if fixed != v:
             if warn:
-                log.warning("%s: search parameter %s=%s is out of range; using %s", where or "index.json", name,
+                log.warning("%s.%s=%s is out of range; using %s", where or "index.json: params", name,
                             str(v)[:40], "the default" if fixed is None else fixed)
             if fixed is None:
                 del out[name]

@@ -68,7 +68,7 @@ class Pruner:
     # -- one unseen key ------------------------------------------------------------------------
     def protector(self, key: str) -> str | None:
         """The source or folder that keeps ``key`` (an unseen stored key), or None when it may go."""
-        d = os.path.dirname(key.split("#", 1)[0] if "#" in key else key)
+        d = os.path.dirname(key)
         while d and self.folders:  # each folder above the key (not each unreadable folder: there may be many)
             if d in self.folders:
                 return d

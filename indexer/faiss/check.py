@@ -9,14 +9,12 @@ parameters into range with a warning.
 
 from __future__ import annotations
 
-import logging
+import sys
 from typing import Callable
 
 import numpy as np
 
 from .search import MAX_EF_SEARCH, search
-
-log = logging.getLogger(__name__)
 
 EXACT_TOL = 1e-4  # flat and HNSW store the vectors as they are
 APPROX_MISS = 0.25  # IVF/PQ: a sample query may miss itself this often (approximate search)
@@ -118,10 +116,10 @@ def safe_params(index, params: dict, k: int | None = None, where: str = "", warn
         v = out[name]
         good = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
         fixed = min(max(int(v), lo), hi) if good else None
-        if fixed != v:
+        if not good or fixed != v:
             if warn:
-                log.warning("%s.%s=%s is out of range; using %s", where or "index.json: params", name,
-                            str(v)[:40], "the default" if fixed is None else fixed)
+                print(f"{where or 'index.json: params'}.{name}={str(v)[:40]} is out of range; using "
+                      f"{'the default' if fixed is None else fixed}", file=sys.stderr)
             if fixed is None:
                 del out[name]
             else:

@@ -59,6 +59,13 @@ def _raw_search(index, queries: np.ndarray, k: int, params: dict):
         faiss.omp_set_num_threads(before)
 
 
+def _nlist(index) -> int | None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.cpu if isinstance(index, GpuIndex) else index)
+    return int(ivf.nlist) if ivf is not None else None
+
+
 def rerank(queries: np.ndarray, cand_ids: np.ndarray, k: int,
            rerank_fn: Callable[[np.ndarray], np.ndarray]):
     """Exact inner products of each query with its candidates' stored vectors;
@@ -107,6 +114,11 @@ def search(index, queries: np.ndarray, k: int, params: dict | None = None,
     if ef is not None and not kk <= ef <= MAX_EF_SEARCH:  # fewer than kk would return fewer hits
         params = dict(params, efSearch=min(max(int(ef), kk), MAX_EF_SEARCH))
     scores, ids = _raw_search(index, q, kk, params)
+    if "nprobe" in params and kk <= ntotal and (ids[:, -1] < 0).any():
+        # the probed lists held fewer than kk vectors: probe them all (rare; never fewer hits than asked)
+        nlist = _nlist(index)
+        if nlist and int(params["nprobe"]) < nlist:
+            scores, ids = _raw_search(index, q, kk, dict(params, nprobe=nlist))
     ids = ids.astype(np.int64, copy=False)
     if rerank_fn is not None:
         return rerank(q, ids, k, rerank_fn)

@@ -160,6 +160,8 @@ def write_batch(store: Store, entries: list[Entry], progress: dict | None = None
             it = e.item
             if e.op == "fail":
                 d = e.decoded
+                if d is not None and not d.sha256 and txn.get_path(it.key) is not None:
+                    continue  # its bytes could not be read now (permission, I/O, vanished): the item stays
                 size = d.item.size if d is not None else -1
                 mtime = d.item.mtime_ns if d is not None else -1
                 txn.set_failure(it.key, e.reason, size, mtime)

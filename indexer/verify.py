@@ -98,21 +98,25 @@ def verify_index(index_dir: str, repair: bool = False) -> dict:
     store = Store(index_dir, readonly=not repair)
     try:
         plan, counts, gen = _check_store(store, m)
-        stale = _check_faiss(store, index_dir, m, plan, counts)
+        _check_faiss(store, index_dir, m, plan, counts)
         found = list(plan.problems)
         if not repair or not plan.n_problems:
             return {"path": index_dir, "ok": not plan.n_problems, "problems": found, "repaired": [],
-                    "remaining": found, "counts": counts}
+                    "remaining": found, "counts": _public(counts)}
         repaired = plan.apply(store, gen)
         repaired += _rederive(store, index_dir, m)
         after, counts, _ = _check_store(store, m)
         _check_faiss(store, index_dir, m, after, counts)
         return {"path": index_dir, "ok": not after.n_problems, "problems": found, "repaired": repaired,
-                "remaining": list(after.problems), "counts": counts, "stale": stale}
+                "remaining": list(after.problems), "counts": _public(counts)}
     finally:
         store.close()
         if repair:
             lock.release()
+
+
+def _public(counts: dict) -> dict:
+    return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
 # -- the store ----------------------------------------------------------------------------------

@@ -196,3 +196,18 @@ def test_build_over_an_index_whose_other_source_vanished(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert lines(res.stderr) == [f"kept 6 indexed files: source {a} is missing (an unmounted drive?)"]
     assert count_items(idx) == 12 and verify_index(idx)["ok"]
+
+
+def test_known_file_that_cannot_be_read_now_keeps_its_item(lib):
+    """A changed file whose bytes cannot be read (permission, I/O error) is no reason to drop its item."""
+    src, idx = lib
+    f = src / "i00.png"
+    os.utime(f, ns=(1, 1))  # looks changed: the update reads it again
+    f.chmod(0)
+    try:
+        p = _update_without_dac(idx, "--prune")
+    finally:
+        f.chmod(0o644)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert lines(p.stderr) == [f"skipping {f}: permission denied"], p.stderr
+    assert count_items(idx) == 14 and verify_index(idx)["ok"]

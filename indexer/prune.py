@@ -5,13 +5,14 @@ An unmounted drive, an emptied or unreadable source root, or a folder that is br
 did not see is one of:
 
 - **protected**: it lies under a source that is missing, unreadable or empty, or under a folder the
-  scan could not read, or its own folder cannot be read. It is kept, and one warning names the
-  source or folder (:meth:`Pruner.warnings`);
+  scan could not read, or its folder is missing (a manifest's or list's images), unreadable or
+  empty now (a mount point with nothing in it). It is kept, and one warning names the source or
+  folder (:meth:`Pruner.warnings`);
 - **missing**: its file is verifiably gone from a folder that was read. Without ``prune`` it is
   kept and counted ("N missing (kept; use --prune to remove)"); with ``prune`` it is removed.
 
-An emptied source root (a mount point with nothing in it) is removed only with ``prune`` and ``yes``
-together. Like rsync's ``--max-delete``, :meth:`Pruner.check_guard` refuses to remove more than half
+An emptied source root or folder (a mount point with nothing in it) is removed only with ``prune``
+and ``yes`` together. Like rsync's ``--max-delete``, :meth:`Pruner.check_guard` refuses to remove more than half
 of the index (and more than :data:`GUARD_MIN` paths) without ``yes``: a :class:`PruneRefused`, raised
 before anything is written.
 """
@@ -47,6 +48,7 @@ class Pruner:
     folders: dict = field(default_factory=dict)  # unreadable folder -> reason (seen during the scan)
     kept: dict = field(default_factory=dict)  # what protected unseen keys: source or folder -> count
     missing: int = 0  # unseen keys verifiably gone but kept (no --prune)
+    _full: set = field(default_factory=set)  # folders found to hold something (not emptied)
 
     # -- the sources, before the scan ----------------------------------------------------------
     def check_sources(self, sources: list[str]) -> list[str]:
@@ -81,7 +83,7 @@ class Pruner:
                 if st != "ok" and not (st == "empty" and self.prune and self.yes):
                     return s
         if owner is not None and self.kinds.get(owner) == "folder":
-            return None  # walked in full, no unreadable folder on the way: it is gone
+            return self._emptied(key, owner)  # walked in full: gone, unless its folder was emptied
         if "#" in key and owner is not None:
             return None  # a tar member its readable shard no longer holds
         if owner is None and any(st != "ok" for st in self.status.values()):
@@ -89,9 +91,33 @@ class Pruner:
             return next(s for s, st in self.status.items() if st != "ok")
         gone_from = _folder_of_gone_file(key)
         if gone_from is None:
-            return None
+            return self._emptied(key, os.path.dirname(key))
         self.folders[gone_from[0]] = gone_from[1]  # also protects its other files, without a stat each
         return gone_from[0]
+
+    def _emptied(self, key: str, top: str) -> str | None:
+        """The nearest existing folder above ``key`` (up to ``top``) when it is empty: a mount point
+        with nothing in it keeps its items unless ``prune`` and ``yes``. None when the key may go."""
+        if self.prune and self.yes:
+            return None
+        d = os.path.dirname(key)
+        while d not in self._full:
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:  # a deleted folder: look at the one above it
+                if len(d) <= len(top.rstrip(os.sep)) or os.path.dirname(d) == d:
+                    return None
+                d = os.path.dirname(d)
+                continue
+            except OSError as e:
+                self.folders[d] = e.strerror or str(e)
+                return d
+            if names:
+                self._full.add(d)
+                return None
+            self.folders[d] = "empty"
+            return d
+        return None
 
     def is_gone(self, key: str) -> bool:
         """True when ``key`` may be removed now; otherwise counted as kept or missing."""
@@ -108,7 +134,7 @@ class Pruner:
     def check_guard(self, store: Store, seen) -> int:
         """Count what a sweep would remove; refuse (PruneRefused) a large share without ``yes``."""
         n_gone = 0
-        probe = Pruner(self.prune, self.yes, self.status, self.kinds, self.folders)
+        probe = Pruner(self.prune, self.yes, self.status, self.kinds, dict(self.folders))
         for keys in store.iter_key_chunks("paths", 1000):
             n_gone += sum(probe.is_gone(k) for k, ok in zip(keys, seen.contains(keys)) if not ok)
         total = store.count("paths")
@@ -131,6 +157,8 @@ class Pruner:
                 why = f"cannot be read ({st.split(': ', 1)[-1]})"
             elif self.folders.get(who) == "missing":
                 why = "is missing (an unmounted drive?)"
+            elif self.folders.get(who) == "empty":
+                why = "is empty (an unmounted drive?); to remove them, run with --prune --yes"
             elif who in self.folders:
                 why = f"cannot be read ({self.folders[who]})"
             else:

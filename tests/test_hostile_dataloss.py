@@ -153,6 +153,32 @@ def test_deleted_subfolder_is_pruned_like_its_files(lib):
     assert json.loads(res.stdout)["removed"] == 7 and count_items(idx) == 7
 
 
+def test_emptied_subfolder_keeps_its_items_unless_prune_and_yes(lib):
+    """A drive mounted inside the source (``src/sub``) and unmounted now: an empty folder, not deletions."""
+    src, idx = lib
+    shutil.rmtree(src / "sub")
+    (src / "sub").mkdir()
+    res = update(idx, "--prune")
+    assert res.exit_code == 0 and lines(res.stderr) == [
+        f"kept 7 indexed files: folder {src / 'sub'} is empty (an unmounted drive?); "
+        "to remove them, run with --prune --yes"], res.stderr
+    assert count_items(idx) == 14
+    res = update(idx, "--prune", "--yes", "--format", "json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["removed"] == 7 and count_items(idx) == 7
+
+
+def test_file_list_over_an_emptied_mount_point_keeps_its_items(tmp_path):
+    drive = make_source(tmp_path / "mnt", n=12, sub=False)
+    (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in sorted(drive.glob("*.png"))))
+    idx = tmp_path / "idx"
+    build_index([tmp_path / "list.txt"], idx, **FAKE)
+    for p in drive.iterdir():
+        p.unlink()
+    res = update(idx, "--prune")
+    assert res.exit_code == 0 and len(lines(res.stderr)) == 1 and f"folder {drive} is empty" in res.stderr
+    assert count_items(idx) == 12
+
+
 # -- the guard: a large share of the index needs --yes ------------------------------------------------------
 def test_removing_most_of_the_index_needs_yes(lib):
     src, idx = lib

@@ -82,7 +82,7 @@ class Index:
         map, and sampled rows hold the stored vectors of their labels (a file with permuted ids or
         another metric, even with a matching sidecar, is derived again from the store)."""
         dim = self.dim if kind == "image" else self.text_dim
-        if check.problems(index, dim):
+        if check.problems(index, dim, self.store.count("vecs" if kind == "image" else "capvecs")):
             return False
         if kind != "image":
             return True  # caption rows share their item's label: the metric and shape checks only

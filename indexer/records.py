@@ -46,6 +46,14 @@ def id_of(db: str, key) -> int:
     return struct.unpack(">Q", b)[0]
 
 
+def text_key(db: str, key) -> str:
+    """A path or failure key: UTF-8 text."""
+    try:
+        return bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecord(db, key, "key is not UTF-8") from None
+
+
 def json_value(db: str, key, raw) -> object:
     """A JSON value (``None`` for a missing record)."""
     if raw is None:
@@ -64,6 +72,11 @@ def item(key, raw) -> dict | None:
     if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("sha256"), str) \
             or not isinstance(rec.get("aliases", []), list) or not all(isinstance(a, str) for a in rec.get("aliases", [])):
         raise BadRecord("items", key, "not an item record (path, sha256 and aliases)")
+    try:
+        for text in [rec["path"], rec["sha256"], *rec.get("aliases", [])]:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRecord("items", key, "a path in the record is not valid UTF-8") from None
     if rec.get("id") != id_of("items", key):
         raise BadRecord("items", key, f"record says id {str(rec.get('id'))[:20]}")
     rec.setdefault("aliases", [])
@@ -75,7 +88,7 @@ def path(key, raw) -> dict | None:
     rec = json_value("paths", key, raw)
     if rec is None:
         return None
-    ok = isinstance(rec, dict) and _is_int(rec.get("id")) and _int_list(rec.get("cap_ids", [])) \
+    ok = isinstance(rec, dict) and _is_id(rec.get("id")) and _int_list(rec.get("cap_ids", [])) \
         and isinstance(rec.get("captions", []), list) and isinstance(rec.get("meta", {}), dict) \
         and _is_int(rec.get("size", 0)) and _is_int(rec.get("mtime_ns", 0))
     if not ok:
@@ -152,4 +165,8 @@ def _is_int(v) -> bool:
 
 
 def _int_list(v) -> bool:
-    return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+    return isinstance(v, list) and all(_is_id(x) for x in v)
+
+
+def _is_id(v) -> bool:
+    return _is_int(v) and 0 <= v < 1 << 63

@@ -407,26 +407,26 @@ class Store:
                     ok = cur.next()
             if not keys:
                 return
-            yield [k.decode() for k in keys]
+            yield [records.text_key(db, k) for k in keys]
             last = keys[-1]
 
     def iter_paths(self) -> Iterator[tuple[str, dict]]:
         with self.read() as t:
             for k, v in t.cursor(db=self.db["paths"]):
-                yield bytes(k).decode(), records.path(k, v)
+                yield records.text_key("paths", k), records.path(k, v)
 
     def iter_failures(self) -> Iterator[tuple[str, dict]]:
         with self.read() as t:
             for k, v in t.cursor(db=self.db["fails"]):
-                yield bytes(k).decode(), records.failure(k, v)
+                yield records.text_key("fails", k), records.failure(k, v)
 
     def path_keys(self) -> list[str]:
         with self.read() as t:
-            return [bytes(k).decode() for k in t.cursor(db=self.db["paths"]).iternext(values=False)]
+            return [records.text_key("paths", k) for k in t.cursor(db=self.db["paths"]).iternext(values=False)]
 
     def failure_keys(self) -> list[str]:
         with self.read() as t:
-            return [bytes(k).decode() for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
+            return [records.text_key("fails", k) for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
 
 
 class Txn:

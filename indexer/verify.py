@@ -197,6 +197,7 @@ def _check_store(store: Store, m: dict) -> tuple[Plan, dict, int]:
                             "cap_ids": [], "meta": {}}), i)
         for k, v in t.cursor(db=db["fails"]):
             try:
+                R.text_key("fails", k)
                 R.failure(k, v)
             except R.BadRecord as e:
                 p.bad(str(e).split("; ")[0])
@@ -270,10 +271,10 @@ def _check_paths(t, db, items: dict, cap_owner: dict, p: Plan) -> dict[str, int]
     path_of = {}
     for k, v in t.cursor(db=db["paths"]):
         try:
-            key = bytes(k).decode("utf-8")
+            key = R.text_key("paths", k)
             pr = R.path(k, v)
-        except (R.BadRecord, UnicodeDecodeError) as e:
-            p.bad(str(e).split("; ")[0] if isinstance(e, R.BadRecord) else "store.lmdb paths: a key is not UTF-8")
+        except R.BadRecord as e:
+            p.bad(str(e).split("; ")[0])
             p.deletes.add(("paths", bytes(k)))
             continue
         i = pr["id"]

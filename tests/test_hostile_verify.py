@@ -143,6 +143,21 @@ def test_junk_value_in_any_database(idx, db, key, needle, kept):
     check_repair(idx, needle, kept)
 
 
+@pytest.mark.parametrize("db", ["paths", "fails"])
+def test_junk_key_in_a_path_keyed_database(idx, db):
+    poke(idx, db, b"/x/\xff\xfe.png", b'{"id": 1, "reason": "x"}')
+    res = cli("-q", "update", idx, "--workers", "0")
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr, res.stderr
+    assert res.exit_code == 0 or lines(res.stderr) == [
+        f"Error: store.lmdb {db}[/x/\\xff\\xfe.png]: key is not UTF-8; run `kgclip verify --repair`"], res.stderr
+    check_repair(idx, f"store.lmdb {db}[/x/", N)
+
+
+def test_item_record_with_a_lone_surrogate_path(idx):
+    poke(idx, "items", ikey(2), json.dumps({"id": 2, "path": "/x/\ud800.png", "sha256": "ab", "aliases": []}).encode())
+    check_repair(idx, "store.lmdb items[2]: a path in the record is not valid UTF-8", N - 1)
+
+
 def test_junk_key_in_an_id_keyed_database(idx):
     poke(idx, "vecs", b"abc", np.ones(32, np.float32).tobytes())
     check_repair(idx, "store.lmdb vecs[abc]", N)
@@ -245,3 +260,33 @@ def test_nprobe_out_of_range(tmp_path, value):
     assert res.exit_code == 0 and len(lines(res.stdout)) == 5, res.stderr
     warn = lines(res.stderr)
     assert len(warn) == 1 and "faiss.image.params.nprobe=" in warn[0], warn
+
+
+def _inner_l2(index):
+    """An id map that claims inner product around an L2 index."""
+    import faiss
+
+    ids = faiss.vector_to_array(index.id_map)
+    vecs = np.stack([index.index.reconstruct(i) for i in range(index.ntotal)])
+    out = faiss.IndexIDMap(faiss.IndexFlatL2(index.d))
+    out.add_with_ids(vecs, ids)
+    out.metric_type = faiss.METRIC_INNER_PRODUCT
+    return out
+
+
+def _extra_row(index):
+    v = np.ones((1, index.d), np.float32) / np.sqrt(index.d)
+    index.add_with_ids(v, np.array([3], np.int64))  # a second row claiming item 3
+    return index
+
+
+@pytest.mark.parametrize("change,needle", [(_inner_l2, "uses the L2 metric"), (_extra_row, "holds 13 vectors")])
+def test_more_hostile_faiss_files(idx, change, needle):
+    with open_index(idx) as ix:
+        want = ix.get([7])[0]["path"]
+    _rewrite_faiss(idx, change)
+    res = cli("verify", idx)
+    assert res.exit_code == 1 and any(needle in x for x in lines(res.stdout)), res.stdout
+    assert _top_path(idx, 7) == want
+    check_repair_or_ok = cli("verify", idx)
+    assert check_repair_or_ok.exit_code == 0, check_repair_or_ok.stdout

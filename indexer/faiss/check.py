@@ -26,7 +26,8 @@ def labels(index) -> np.ndarray | None:
     import faiss
 
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
+        n = int(index.id_map.size())
+        return faiss.rev_swig_ptr(index.id_map.data(), n).view(np.int64) if n else np.zeros(0, np.int64)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
         return None
@@ -48,14 +49,17 @@ def problems(index, dim: int, n_expected: int | None = None) -> list[str]:
     import faiss
 
     out = []
-    if int(index.metric_type) != faiss.METRIC_INNER_PRODUCT:
-        name = "L2" if int(index.metric_type) == faiss.METRIC_L2 else f"type {int(index.metric_type)}"
+    metrics = {int(index.metric_type)}
+    if is_id_map(index):
+        metrics.add(int(faiss.downcast_index(index.index).metric_type))  # the wrapper's and the inner one's
+    for metric in sorted(metrics - {faiss.METRIC_INNER_PRODUCT}):
+        name = "L2" if metric == faiss.METRIC_L2 else f"type {metric}"
         out.append(f"uses the {name} metric, kgclip compares by inner product")
     if int(index.d) != int(dim):
         out.append(f"holds {int(index.d)}-d vectors, the model's are {int(dim)}-d")
     if n_expected is not None and int(index.ntotal) != n_expected:
         out.append(f"holds {int(index.ntotal)} vectors, the store has {n_expected}")
-    if labels(index) is None:
+    if not is_id_map(index) and faiss.try_extract_index_ivf(index) is None:
         out.append("has no ids of its own (kgclip indexes map rows to store ids)")
     return out
 
@@ -72,7 +76,7 @@ def sample_mismatches(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarr
         return 0, 0
     rng = np.random.default_rng(seed)
     pos = np.sort(rng.choice(len(lab), min(n, len(lab)), replace=False))
-    ids = lab[pos]
+    ids = np.array(lab[pos], np.int64)
     want = np.asarray(stored(pos, ids), np.float32)
     ok = np.zeros(len(pos), bool)
     exact = is_id_map(index)

@@ -104,9 +104,18 @@ def verify_index(index_dir: str, repair: bool = False) -> dict:
             return {"path": index_dir, "ok": not plan.n_problems, "problems": found, "repaired": [],
                     "remaining": found, "counts": _public(counts)}
         repaired = plan.apply(store, gen)
-        repaired += _rederive(store, index_dir, m)
-        after, counts, _ = _check_store(store, m)
-        _check_faiss(store, index_dir, m, after, counts)
+        after = None
+        try:
+            repaired += _rederive(store, index_dir, m)
+        except KgclipError as e:  # what the plan could not fix: reported as remaining, never a crash
+            after = Plan()
+            after.bad(f"FAISS could not be derived again: {str(e).splitlines()[0]}")
+        checked, counts, _ = _check_store(store, m)
+        _check_faiss(store, index_dir, m, checked, counts)
+        if after is not None:
+            checked.problems[:0] = after.problems
+            checked.n_problems += after.n_problems
+        after = checked
         return {"path": index_dir, "ok": not after.n_problems, "problems": found, "repaired": repaired,
                 "remaining": list(after.problems), "counts": _public(counts)}
     finally:

@@ -31,6 +31,7 @@ from .store import Store, WriteLock, dumps, ikey
 PROBLEM_LIMIT = 50
 N_CLASSES = {"imagenet-1k": 1000}  # the class sets concept profiles index into
 COUNTERS = ("generation", "next_id", "next_cap_id")
+VERIFY_SAMPLE = 1024  # FAISS rows compared with the stored vectors (all of them in a small index)
 
 
 class Plan:
@@ -347,12 +348,12 @@ def _check_faiss(store: Store, index_dir: str, m: dict, p: Plan, counts: dict) -
                 stored = ((lambda _rows, ids: store.get_vectors(ids, dim)) if kind == "image" else
                           (lambda rows, _ids: store.get_vectors(caps[rows], tdim, kind="caption")))
                 try:
-                    bad, allowed = check.sample_mismatches(index, stored, params)
+                    bad, allowed = check.sample_mismatches(index, stored, params, n=VERIFY_SAMPLE)
                 except KgclipError:  # a stored vector is junk: reported above, repaired with the store
                     bad, allowed = 0, 0
                 if bad > allowed:
-                    issues.append(f"{bad} of the sampled rows do not hold their item's stored vector "
-                                  "(ids permuted or vectors changed)")
+                    issues.append(f"{bad} of {min(VERIFY_SAMPLE, len(want))} sampled rows do not hold their "
+                                  "item's stored vector (ids permuted or vectors changed)")
         for issue in issues:
             p.bad(f"{name} {issue}")
         if issues:

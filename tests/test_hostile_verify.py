@@ -192,6 +192,15 @@ def _permute(index):
     return index
 
 
+def _swap_two(index):
+    import faiss
+
+    ids = faiss.vector_to_array(index.id_map)
+    ids[[2, 9]] = ids[[9, 2]]
+    faiss.copy_array_to_vector(ids.astype(np.int64), index.id_map)
+    return index
+
+
 def _as_l2(index):
     import faiss
 
@@ -209,7 +218,8 @@ def _top_path(idx: Path, item: int) -> str:
         return ix.get([ids[0, 0]])[0]["path"]
 
 
-@pytest.mark.parametrize("change,needle", [(_permute, "do not hold their item's stored vector"),
+@pytest.mark.parametrize("change,needle", [(_permute, "12 of 12 sampled rows do not hold their item's stored vector"),
+                                           (_swap_two, "2 of 12 sampled rows"),
                                            (_as_l2, "uses the L2 metric")])
 def test_hostile_faiss_file_fails_verify_and_search_stays_right(idx, change, needle):
     with open_index(idx) as ix:

@@ -65,10 +65,11 @@ def problems(index, dim: int, n_expected: int | None = None) -> list[str]:
 
 
 def sample_mismatches(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarray], params: dict | None = None,
-                      n: int = 32, seed: int = 0) -> tuple[int, int]:
+                      n: int = 32, seed: int | None = None) -> tuple[int, int]:
     """(mismatches, allowed) over ``n`` sampled rows: a row agrees when its reconstructed vector equals
     the stored vector it should hold (``stored(rows, labels)``), or (IVF/PQ, which cannot reconstruct
-    exactly) a search with that stored vector finds the row's label among the top 10."""
+    exactly) a search with that stored vector finds the row's label among the top 10. The rows are
+    drawn afresh each time (``seed=None``): a crafted file cannot know which rows are looked at."""
     import faiss
 
     lab = labels(index)
@@ -95,7 +96,8 @@ def sample_mismatches(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarr
     return int((~ok).sum()), allowed
 
 
-def agrees(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarray], params: dict | None = None, n: int = 8) -> bool:
+def agrees(index, stored: Callable[[np.ndarray, np.ndarray], np.ndarray], params: dict | None = None,
+           n: int = 32) -> bool:
     """A cheap check for readers: ``n`` sampled rows agree with the store (see :func:`sample_mismatches`)."""
     bad, allowed = sample_mismatches(index, stored, params, n=n)
     return bad <= allowed

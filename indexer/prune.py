@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass, field
 
 from retrieval.errors import KgclipError
@@ -177,20 +178,23 @@ def _source_status(s: str) -> str:
         if os.path.isdir(s):
             with os.scandir(s):
                 pass
-        else:
-            with open(s, "rb"):
-                pass
+        else:  # without blocking: a FIFO named as a source must not hang the update
+            fd = os.open(s, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return "unreadable: not a regular file"
+            finally:
+                os.close(fd)
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     if not os.path.exists(s):
         return "missing"  # a broken symlink
-    folder = os.path.isdir(s)
+    if not os.path.isdir(s):  # a list, manifest or shard: reading it twice would double the scan
+        return "empty" if os.path.getsize(s) == 0 else "ok"
     try:
         for it in iter_source(s):
-            if isinstance(it, Item) or not folder:
-                return "ok"  # a folder with an image, or a list, manifest or shard naming anything
-    except KgclipError:
-        return "ok"  # a malformed list or manifest: the scan reports it with its own clear error
+            if isinstance(it, Item):
+                return "ok"  # the walk stops at the first image
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     return "empty"

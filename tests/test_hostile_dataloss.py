@@ -209,6 +209,25 @@ def test_manifest_whose_images_drive_is_unmounted_keeps_its_items(tmp_path):
     assert count_items(idx) == 12 and verify_index(idx)["ok"]
 
 
+@pytest.mark.parametrize("replace", ["fifo", "empty", "missing"])
+def test_file_list_source_replaced(tmp_path, replace):
+    """The list itself became a FIFO (no hang), an empty file, or vanished: its items are kept."""
+    imgs = make_source(tmp_path / "imgs", n=6, sub=False)
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{p}\n" for p in sorted(imgs.glob("*.png"))))
+    idx = tmp_path / "idx"
+    build_index([lst], idx, **FAKE)
+    lst.unlink()
+    if replace == "fifo":
+        os.mkfifo(lst)
+    elif replace == "empty":
+        lst.write_text("")
+    res = update(idx, "--prune")
+    assert res.exit_code == 0 and len(lines(res.stderr)) == 1, res.stderr
+    assert lines(res.stderr)[0].startswith(f"kept 6 indexed files: source {lst} ")
+    assert count_items(idx) == 6
+
+
 def test_build_over_an_index_whose_other_source_vanished(tmp_path):
     """`build B -i IDX` over an index that also holds A: A's vanished items follow the same rules."""
     a = make_source(tmp_path / "a", n=6, sub=False, seed=1)

@@ -328,7 +328,8 @@ class Store:
         for ids, raw in self._id_chunks(db, chunk):
             width = len(raw[0])
             if width % 4 or any(len(r) != width for r in raw):
-                raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}")
+                raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}; "
+                                   f"{records.REPAIR_HINT}")
             m = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), width)
             top = width // 4
             yield (np.asarray(ids, np.int64), m[:, : 2 * top].copy().view("<u2"),

@@ -190,7 +190,9 @@ def _source_status(s: str) -> str:
     if not os.path.exists(s):
         return "missing"  # a broken symlink
     if not os.path.isdir(s):  # a list, manifest or shard: reading it twice would double the scan
-        return "empty" if os.path.getsize(s) == 0 else "ok"
+        # an emptied list or JSONL names nothing (a CSV, Parquet or tar reader refuses an empty file)
+        silent = source_kind(s) == "list" or s.lower().endswith((".jsonl", ".ndjson"))
+        return "empty" if silent and os.path.getsize(s) == 0 else "ok"
     try:
         for it in iter_source(s):
             if isinstance(it, Item):

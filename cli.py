@@ -137,6 +137,14 @@ def output_option(fn):
                         help="Also write the JSON here.")(fn)
 
 
+def prune_options(fn):
+    """--prune and --yes: build and update forget gone files only when asked (indexer.prune)."""
+    fn = click.option("--yes", is_flag=True,
+                      help="Confirm removing more than half of the index, or an emptied source's items.")(fn)
+    return click.option("--prune", is_flag=True,
+                        help="Remove indexed files that are verifiably gone (default: keep and count them).")(fn)
+
+
 def index_argument(fn):
     """An optional INDEX that defaults to $KGCLIP_INDEX (read with `_index_arg`)."""
     return click.argument("index", required=False)(fn)
@@ -428,16 +436,6 @@ def kg_embed(model, kg_path, device):
 
 
 # -- build side (indexer) -------------------------------------------------------------------
-def _concepts_row(model: dict) -> list[tuple[str, str]]:
-    """`kgclip info`'s line on what lite grounding reads: concept profiles, or the top 5 of an older index."""
-    prof = model.get("profile")
-    if prof:
-        return [("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
-    if str(model.get("spec", "")).startswith("lite"):
-        return [("concepts", "top 5 classes per image (built before profiles; `kgclip build --restart` adds them)")]
-    return []
-
-
 def _index_arg(index):
     from retrieval.errors import UsageError
 
@@ -472,13 +470,15 @@ def _index_arg(index):
                    "then its images/ subfolder).")
 @click.option("--resume/--restart", default=True, show_default=True,
               help="Continue an existing index (--restart deletes it first).")
+@prune_options
 @format_option(REPORT_FORMATS, help="json: print the build report as JSON on stdout.")
 def build(sources, index, model, text_model, captions, batch_size, workers, device, index_type, max_memory,
-          max_pixels, timeout, root, base, resume, fmt):
+          max_pixels, timeout, root, base, resume, prune, yes, fmt):
     """Index images from SOURCE... (folders, file lists, CSV/JSONL/Parquet manifests, .tar shards).
 
-    Re-running continues an interrupted build and picks up new, changed and
-    deleted files. Skipped files are listed as `skipping PATH: REASON` on stderr.
+    Re-running continues an interrupted build and picks up new and changed
+    files; deleted files are removed with --prune. Skipped files are listed as
+    `skipping PATH: REASON` on stderr.
 
     \b
         kgclip build ~/Pictures -i pics.kgc
@@ -493,7 +493,7 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
         workers=workers, device=device, index_type=index_type, max_memory=parse_memory(max_memory),
         resume=resume, progress=not quiet(), quiet=quiet() and fmt == "text",
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, timeout_per_file=timeout or DEFAULT_TIMEOUT, root=root,
-        base=base,
+        base=base, prune=prune, yes=yes,
     )
     if fmt == "json":
         echo_json(report.to_dict())
@@ -506,16 +506,19 @@ def build(sources, index, model, text_model, captions, batch_size, workers, devi
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--workers", type=click.IntRange(0), default=None, help="Decode processes (0 = none).")
 @device_option()
+@prune_options
 @format_option(REPORT_FORMATS, help="json: print the report as JSON on stdout.")
-def update(index, batch_size, workers, device, fmt):
-    """Re-scan INDEX's sources: encode new or changed files, drop deleted ones.
+def update(index, batch_size, workers, device, prune, yes, fmt):
+    """Re-scan INDEX's sources: encode new or changed files; with --prune, drop deleted ones.
 
     INDEX defaults to $KGCLIP_INDEX. Uses the models the index was built with.
+    A missing, empty or unreadable source or folder never loses its items:
+    they are kept with a warning. Removing more than half of the index needs --yes.
     """
     from indexer import update_index
 
     report = update_index(_index_arg(index), batch_size=batch_size, workers=workers, device=device,
-                          progress=not quiet(), quiet=quiet() and fmt == "text")
+                          progress=not quiet(), quiet=quiet() and fmt == "text", prune=prune, yes=yes)
     if fmt == "json":
         echo_json(report.to_dict())
 
@@ -526,42 +529,13 @@ def update(index, batch_size, workers, device, fmt):
 def info(index, fmt):
     """Show what INDEX holds: models, counts, FAISS setup, failures, timings."""
     from indexer import index_info
+    from retrieval.render import render_index_info
 
     d = index_info(_index_arg(index))
     if fmt == "json":
         echo_json(d)
-        return
-    c, live = d.get("counts") or {}, d["live_counts"]
-    tm = d.get("text_model")
-    rows = [
-        ("index", d["path"]),
-        ("format", f"{d['format']} v{d['format_version']} (kgclip {d.get('kgclip_version')})"),
-        ("state", f"{d.get('store_state')} (generation {d['store_generation']})" + (", locked by a writer"
-                                                                                 if d["locked"] else "")),
-        ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
-        ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
-        *_concepts_row(d["model"]),
-        ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
-        ("skipped files", str(live["failures"])),
-    ]
-    for kind, f in sorted(d.get("faiss", {}).items()):
-        fresh = "fresh" if f.get("fresh") else "stale: derived again on open"
-        params = " " + ", ".join(f"{k}={v}" for k, v in f["params"].items()) if f.get("params") else ""
-        rows.append((f"faiss {kind}", f"{f.get('factory')}{params} n={f.get('n')} "
-                                      f"recall@10={f.get('recall_at_10')} ({fresh})"))
-    reasons = (d.get("failures") or {}).get("by_reason") or {}
-    if reasons:
-        rows.append(("skip reasons", "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))))
-    t = d.get("timings") or {}
-    if t:
-        rows.append(("last build", f"{t.get('total', 0):.1f} s (encode {t.get('encode', 0):.1f} s, "
-                                   f"decode wait {t.get('decode_wait', 0):.1f} s, write {t.get('write', 0):.1f} s)"))
-    rows.append(("sources", ", ".join(d.get("sources") or [])))
-    rows.append(("disk", f"{d['disk_bytes'] / 2**20:.1f} MiB"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
-    del c
+    else:
+        click.echo(render_index_info(d))
 
 
 @command(main)
@@ -581,10 +555,12 @@ def verify(index, repair, fmt):
             click.echo(f"problem: {p}")
         for f in r["repaired"]:
             click.echo(f"repaired: {f}")
-        status = "ok" if r["ok"] else ("repaired" if r["repaired"] else "FAILED")
+        for p in r["remaining"] if r["repaired"] else ():
+            click.echo(f"remaining: {p}")
+        status = ("repaired" if r["repaired"] else "ok") if r["ok"] else "FAILED"
         click.echo(f"{status}: {c.get('items', 0)} items, {c.get('paths', 0)} paths, {c.get('captions', 0)} captions, "
                    f"generation {c.get('generation', 0)}")
-    if not r["ok"] and not r["repaired"]:
+    if not r["ok"]:
         sys.exit(1)
 
 

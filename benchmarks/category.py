@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 from benchmarks import write_result
 from benchmarks.recall import MODES, RESULTS, ExactIndex, ensure_index, open_checked, parse_list, score_matrix

@@ -21,7 +21,6 @@ autofaiss pins numpy<2 in its metadata; install it without deps:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform

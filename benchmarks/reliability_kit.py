@@ -101,7 +101,7 @@ def build_args(sources: list[str], index: Path, model: str = "fake:v1", text_mod
 
 def update_args(index: Path, batch_size: int = 3, workers: int = 0) -> list[str]:
     return ["-q", "update", str(index), "--batch-size", str(batch_size), "--workers", str(workers),
-            "--format", "json"]
+            "--prune", "--format", "json"]
 
 
 def run_cli(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -463,7 +463,7 @@ class Scenario:
             if phase == "build":
                 rep = build_index(self.sources, d, model=self.model, text_model=self.text_model, **quiet).to_dict()
             else:
-                rep = update_index(d, **quiet).to_dict()
+                rep = update_index(d, prune=True, **quiet).to_dict()
         res["resumed_added"] = rep["added"]
         # nothing committed is encoded again
         res["reencoded"] = rep["added"] + new_committed - ref_report["added"]

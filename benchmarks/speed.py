@@ -44,7 +44,7 @@ def _one(x, ids, queries, gt, k, index_type, max_memory, gpu=False):
     params = info["params"]
     use_rr = rr if info["rerank"] else None
     searched = V.to_gpu(index) if gpu else index
-    stats, got = single_query(lambda q, kk: V.search(searched, q, kk, params, rerank_fn=use_rr), queries, k,
+    stats, got = single_query(lambda q, kk, s=searched: V.search(s, q, kk, params, rerank_fn=use_rr), queries, k,
                               min_seconds=1.0)
     t0 = time.perf_counter()
     V.search(searched, queries, k, params, rerank_fn=use_rr)

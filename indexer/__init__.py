@@ -10,11 +10,12 @@ Importing this package is cheap: numpy only; lmdb, faiss and the models load on 
 
 from __future__ import annotations
 
-from .admin import index_info, verify_index
+from .admin import index_info
 from .build import BuildOptions, build_index, update_index
 from .index import Index, open_index, open_searcher
 from .pipeline import BuildInterrupted
 from .report import BuildReport
+from .verify import verify_index
 
 __all__ = ["build_index", "update_index", "BuildOptions", "open_index", "open_searcher", "Index", "BuildReport", "BuildInterrupted",
            "index_info", "verify_index"]

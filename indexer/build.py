@@ -63,6 +63,8 @@ class BuildOptions:
     log: Callable[[str], None] | None = None
     map_size: int | None = None
     quiet: bool = False
+    prune: bool = False  # remove stored files that are verifiably gone (indexer.prune); else keep them
+    yes: bool = False  # confirm removing more than half of the index (and an emptied source's items)
     # update: the models come from this index's manifest, not from the user: local or shipped files only
     # unless KGCLIP_ALLOW_DOWNLOAD=1 (retrieval.encoders.base.Encoder.named_by)
     models_named_by: str | None = None
@@ -103,7 +105,8 @@ def build_index(sources: Sequence[str], index_dir: str, options: BuildOptions | 
     """Index ``sources`` into ``index_dir``; re-running continues or updates (``resume=False`` starts over).
 
     The result equals a fresh build of the same files: unchanged files keep their ids and vectors,
-    new or changed ones are encoded, gone ones are removed. ``kwargs`` are :class:`BuildOptions`
+    new or changed ones are encoded; gone ones are removed with ``prune=True`` (else kept and
+    counted as missing; :mod:`indexer.prune`). ``kwargs`` are :class:`BuildOptions`
     fields (``model=``, ``text_model=``, ``batch_size=``, ...). A newly named source without a
     single image is a :class:`SourceError` (almost always a wrong path).
     """
@@ -114,9 +117,11 @@ def build_index(sources: Sequence[str], index_dir: str, options: BuildOptions | 
 
 
 def update_index(index_dir: str, **kwargs) -> BuildReport:
-    """Re-scan the index's sources: encode new/changed files, drop gone ones (same models as the build).
+    """Re-scan the index's sources: encode new/changed files (same models as the build); with
+    ``prune=True``, drop files that are verifiably gone.
 
-    A source that has become empty is legal here: its items are removed.
+    A source that has become missing, empty or unreadable is legal here: its items are kept and a
+    warning names it (an unmounted drive must not wipe the library).
     """
     index_dir = os.path.abspath(os.fspath(index_dir))
     m = read_manifest(index_dir)
@@ -145,7 +150,7 @@ def update_index(index_dir: str, **kwargs) -> BuildReport:
 
 def _run(sources: Sequence[str], index_dir: str, opts: BuildOptions, check_empty: bool) -> BuildReport:
     t_all = time.perf_counter()
-    b = _check_request(sources, index_dir, opts)
+    b = _check_request(sources, index_dir, opts, named=check_empty)
     try:
         _open_folder(b)
         if check_empty:
@@ -167,14 +172,17 @@ def _run(sources: Sequence[str], index_dir: str, opts: BuildOptions, check_empty
 
 
 # -- the steps ---------------------------------------------------------------------------------
-def _check_request(sources: Sequence[str], index_dir: str, opts: BuildOptions) -> _Build:
-    """Sources and folder checked before anything is written; the folder made; the models named."""
+def _check_request(sources: Sequence[str], index_dir: str, opts: BuildOptions, named: bool = True) -> _Build:
+    """Sources and folder checked before anything is written; the folder made; the models named.
+
+    ``named``: the sources come from the command line (a missing one is an error); an update's
+    recorded sources may be missing (an unmounted drive: their items are kept, with a warning)."""
     sources = [os.path.abspath(os.fspath(s)) for s in sources]
     if not sources:
         raise UsageError("no sources given: name at least one folder, file list, manifest or .tar shard")
     if opts.batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {opts.batch_size})")
-    for s in sources:
+    for s in sources if named else ():
         source_kind(s)  # a clear error for a missing source, before anything is written
     index_dir = os.path.abspath(os.fspath(index_dir))
     if os.path.exists(index_dir) and not os.path.isdir(index_dir):
@@ -302,6 +310,7 @@ def _ingest(b: _Build) -> None:
                 batch_size=opts.batch_size, workers=default_workers() if opts.workers is None else opts.workers,
                 timeout=opts.timeout_per_file, max_pixels=opts.max_pixels, progress=opts.progress and not opts.quiet,
                 log=opts.say, stop_after_batches=opts.stop_after_batches, report=b.report,
+                prune=opts.prune, yes=opts.yes,
             )
     except KeyboardInterrupt:
         opts.say(f"interrupted after {b.report.batches} committed batches: run the same command again to continue")

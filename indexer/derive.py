@@ -3,7 +3,7 @@
 one store snapshot; :func:`faiss_generation` reads the generation a saved file covers).
 
 Shared by the build (:mod:`indexer.build`), the reader that re-derives stale files
-(:mod:`indexer.index`) and ``verify`` (:mod:`indexer.admin`).
+(:mod:`indexer.index`) and ``verify`` (:mod:`indexer.verify`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from . import faiss as V
-from .store import Store, loads
+from . import records
+from .store import Store
 
 FAISS_FILES = {"image": "image.faiss", "caption": "caption.faiss"}
 TUNE_QUERIES = 500
@@ -89,5 +90,5 @@ def faiss_generation(index_dir: str, kind: str) -> int | None:
 
 
 def store_meta(txn, store: Store, key: str, default=None):
-    v = loads(txn.get(key.encode(), db=store.db["meta"]))
+    v = records.json_value("meta", key.encode(), txn.get(key.encode(), db=store.db["meta"]))
     return default if v is None else v

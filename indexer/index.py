@@ -17,6 +17,7 @@ from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UsageError
 from retrieval.query import Searcher
 
 from . import faiss as V
+from .faiss import check
 from .derive import FAISS_FILES, derive_faiss, faiss_generation, store_meta
 from .manifest import read_manifest, rebuild_command, write_manifest
 from .store import Store, WriteLock
@@ -64,9 +65,11 @@ class Index:
                 index, fgen = V.load(p, dim=dim, ntotal=self.store.count("vecs" if kind == "image" else "capvecs"))
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
                 index, fgen = None, None
-            if index is None or fgen != gen:
+            if index is None or fgen != gen or not self._trusted(index, kind, info):
                 stale.append(kind)
                 continue
+            where = f"{os.path.join(self.path, 'index.json')}: faiss.{kind}.params"
+            info["params"] = check.safe_params(index, info.get("params") or {}, where=where, warn=True)
             self._faiss[kind] = index
             self._info[kind] = info
         if stale:
@@ -74,6 +77,18 @@ class Index:
                 raise IndexCorrupt(f"{self.path}: FAISS files {', '.join(stale)} are stale or missing")
             self._rederive(stale, loaded_gen=gen)
         self.generation = gen if not stale else self.generation
+
+    def _trusted(self, index, kind: str, info: dict) -> bool:
+        """The loaded file is kgclip's index of this store: inner product, the right dimension, an id
+        map, and sampled rows hold the stored vectors of their labels (a file with permuted ids or
+        another metric, even with a matching sidecar, is derived again from the store)."""
+        dim = self.dim if kind == "image" else self.text_dim
+        if check.problems(index, dim, self.store.count("vecs" if kind == "image" else "capvecs")):
+            return False
+        if kind != "image":
+            return True  # caption rows share their item's label: the metric and shape checks only
+        params = check.safe_params(index, info.get("params") or {})
+        return check.agrees(index, lambda _rows, ids: self.store.get_vectors(ids, dim), params)
 
     def _rederive(self, kinds: list[str], loaded_gen: int | None = None) -> None:
         """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock.

@@ -26,9 +26,6 @@ METRIC = "inner_product"
 MAX_MANIFEST_BYTES = 8 * MB  # a manifest is a few KB; a 3 GB "index.json" is refused before it is read
 MAX_MANIFEST_VALUES = 200_000
 MAX_DIM = 1 << 16
-# tuned search parameters (indexer.faiss.tune's grids stay far inside): a larger value read from a shared
-# index would cost gigabytes and minutes per query, so it is clamped with a warning
-PARAM_RANGES = {"efSearch": (1, 16_384), "nprobe": (1, 65_536), "k_factor": (1, 256)}
 MAX_RECORDED_BATCH = 1024
 
 
@@ -131,7 +128,8 @@ def _is_num(v) -> bool:
 
 def check_manifest(m: dict, p: str) -> None:
     """Type and range of every manifest field a reader relies on; raises :class:`IndexCorrupt` naming the
-    field, and clamps an out-of-range tuned search parameter in place (with a one-line warning)."""
+    field, and clamps a recorded batch size above :data:`MAX_RECORDED_BATCH` (with a one-line warning).
+    Tuned search parameters are clamped where the index is opened (:func:`indexer.faiss.check.safe_params`)."""
 
     def bad(field: str, want: str, got) -> IndexCorrupt:
         return IndexCorrupt(f"{p}: manifest field {field} must be {want} (got {json.dumps(got)[:60]})")
@@ -184,7 +182,7 @@ def check_manifest(m: dict, p: str) -> None:
     for kind, info in (m.get("faiss") or {}).items():
         if not isinstance(info, dict):
             raise IndexCorrupt(f"{p}: manifest faiss.{kind} must be a JSON object")
-        _check_faiss(kind, info, p, bad)
+        _check_faiss(kind, info, bad)
 
 
 def _check_options(opts: dict, bad, p: str = "") -> None:
@@ -207,7 +205,7 @@ def _check_options(opts: dict, bad, p: str = "") -> None:
             raise bad(f"options.{key}", "a string", opts[key])
 
 
-def _check_faiss(kind: str, info: dict, p: str, bad) -> None:
+def _check_faiss(kind: str, info: dict, bad) -> None:
     for key in ("generation", "n", "dim"):
         v = info.get(key)
         if v is not None and not (_is_int(v) and v >= 0):
@@ -217,18 +215,6 @@ def _check_faiss(kind: str, info: dict, p: str, bad) -> None:
             raise bad(f"faiss.{kind}.{key}", "a string", info[key])
     if info.get("rerank") is not None and not isinstance(info["rerank"], bool):
         raise bad(f"faiss.{kind}.rerank", "true or false", info["rerank"])
-    params = info.get("params")
-    if params is None:
-        return
-    if not isinstance(params, dict):
+    params = info.get("params")  # their ranges: indexer.faiss.check.safe_params, which knows the index
+    if params is not None and not isinstance(params, dict):
         raise bad(f"faiss.{kind}.params", "an object", params)
-    for key, v in list(params.items()):
-        if key not in PARAM_RANGES:
-            continue
-        lo, hi = PARAM_RANGES[key]
-        if not _is_int(v):
-            raise bad(f"faiss.{kind}.params.{key}", f"an integer in {lo}..{hi}", v)
-        if not lo <= v <= hi:
-            params[key] = min(max(v, lo), hi)
-            log.warning("warning: %s: faiss.%s.params.%s = %d is out of range (%d..%d); using %d",
-                        p, kind, key, v, lo, hi, params[key])

@@ -20,6 +20,7 @@ import numpy as np
 
 from .decode import Decoded
 from .decode_pool import DecodePool
+from .prune import Pruner, sweep
 from .sources import Item, Skip, iter_sources
 from .report import BuildReport
 from .store import Store, Txn
@@ -159,6 +160,8 @@ def write_batch(store: Store, entries: list[Entry], progress: dict | None = None
             it = e.item
             if e.op == "fail":
                 d = e.decoded
+                if d is not None and not d.sha256 and txn.get_path(it.key) is not None:
+                    continue  # its bytes could not be read now (permission, I/O, vanished): the item stays
                 size = d.item.size if d is not None else -1
                 mtime = d.item.mtime_ns if d is not None else -1
                 txn.set_failure(it.key, e.reason, size, mtime)
@@ -199,8 +202,14 @@ def run(
     log: Callable[[str], None] | None = None,
     stop_after_batches: int | None = None,
     report: BuildReport,
+    prune: bool = False,
+    yes: bool = False,
 ) -> BuildReport:
-    """Bring the store in line with ``sources``; returns the report (FAISS is not touched here)."""
+    """Bring the store in line with ``sources``; returns the report (FAISS is not touched here).
+
+    Stored files the scan no longer finds are removed only with ``prune`` and only when verifiably
+    gone (:mod:`indexer.prune`); a missing, empty or unreadable source or folder keeps its items.
+    """
     t_start = time.perf_counter()
     tm = report.timings
     report.workers, report.batch_size = workers, batch_size
@@ -208,15 +217,20 @@ def run(
 
     # pass 1: what is there, and how much is to do (for the progress bar's ETA)
     t0 = time.perf_counter()
+    pruner = Pruner(prune=prune, yes=yes)
+    sources = pruner.check_sources(list(sources))  # missing, unreadable or empty sources are not walked
     seen = SeenKeys()
     todo = 0
     for it in iter_sources(sources, root=root, base=base):
+        if _held(store, pruner, it):
+            continue
         seen.add(it.key)
         if is_current(store, it):
             report.unchanged += isinstance(it, Item) and store.get_path(it.key) is not None
         else:
             todo += 1
     tm.scan += time.perf_counter() - t0
+    pruner.check_guard(store, seen)  # a large share of the index about to go: refused before any write
 
     bar = None
     if progress and _on_terminal(sys.stderr):  # redirected to a file or a pipe: no bar lines in it
@@ -229,6 +243,8 @@ def run(
 
     def todo_items() -> Iterator[Item]:
         for it in iter_sources(sources, root=root, base=base):
+            if _held(store, pruner, it):
+                continue
             seen.add(it.key)  # a file that appeared since pass 1 is kept, not swept
             if is_current(store, it):
                 continue
@@ -330,12 +346,25 @@ def run(
         if bar is not None:
             bar.close()
 
-    # gone files: forget them (only after a complete scan)
+    # gone files: forget them (only after a complete scan, only with --prune, only when verifiably gone)
     t = time.perf_counter()
-    report.removed += sweep(store, seen)
+    report.removed += sweep(store, seen, pruner=pruner)
+    report.missing = pruner.missing
+    report.kept = sum(pruner.kept.values())
+    for line in pruner.warnings():
+        say(line)
     tm.sweep += time.perf_counter() - t
     tm.total += time.perf_counter() - t_start
     return report
+
+
+def _held(store: Store, pruner: Pruner, it) -> bool:
+    """A Skip for a file the index holds (it vanished, or cannot be stat'ed now) is no failure: the
+    item stays, and the sweep's rules decide whether it is gone. An unreadable folder is noted."""
+    if not isinstance(it, Skip):
+        return False
+    pruner.saw(it.key, it.reason)
+    return store.get_path(it.key) is not None
 
 
 def _on_terminal(stream) -> bool:
@@ -343,39 +372,6 @@ def _on_terminal(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
-
-
-def sweep(store: Store, seen, chunk: int = 1000) -> int:
-    """Forget stored paths and failures whose keys are not in ``seen``; returns the paths removed.
-
-    Streams the store's keys ``chunk`` at a time and removes gone keys ``chunk`` per transaction
-    (paths first, then failures), so memory holds two chunks, not the store's key lists.
-    """
-    pending: list[str] = []
-
-    def flush():
-        def fn(txn: Txn, gone=list(pending)):
-            for k in gone:
-                txn.remove_path(k)
-                txn.clear_failure(k)
-
-        store.write(fn)
-        pending.clear()
-
-    removed = 0
-    for db in ("paths", "fails"):
-        for keys in store.iter_key_chunks(db, chunk):
-            gone = [k for k, ok in zip(keys, seen.contains(keys)) if not ok]
-            removed += len(gone) if db == "paths" else 0
-            pending.extend(gone)
-            while len(pending) >= chunk:
-                rest = pending[chunk:]
-                del pending[chunk:]
-                flush()
-                pending.extend(rest)
-    if pending:
-        flush()
-    return removed
 
 
 def iter_batches(it: Iterable, n: int):

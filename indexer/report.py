@@ -32,7 +32,9 @@ class BuildReport:
     duplicates: int = 0  # new paths whose content was already indexed (kept as aliases)
     changed: int = 0  # known paths re-read because size/mtime/captions changed
     unchanged: int = 0
-    removed: int = 0  # paths whose files are gone
+    removed: int = 0  # paths whose files are gone (removed with --prune)
+    missing: int = 0  # paths whose files are gone, kept (no --prune)
+    kept: int = 0  # paths not seen under a missing, empty or unreadable source or folder, kept
     failed: int = 0  # skipped in this run
     batches: int = 0
     items: int = 0

@@ -34,6 +34,8 @@ import numpy as np
 from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
 from retrieval.safefile import check_regular
 
+from . import records
+
 DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
 OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
@@ -226,12 +228,13 @@ class Store:
     # -- read helpers -------------------------------------------------------------------
     def meta(self, key: str, default=None):
         with self.read() as t:
-            v = loads(t.get(key.encode(), db=self.db["meta"]))
+            v = records.json_value("meta", key.encode(), t.get(key.encode(), db=self.db["meta"]))
         return default if v is None else v
 
     def all_meta(self) -> dict:
         with self.read() as t:
-            return {bytes(k).decode(): loads(v) for k, v in t.cursor(db=self.db["meta"])}
+            return {bytes(k).decode("utf-8", "replace"): records.json_value("meta", k, v)
+                    for k, v in t.cursor(db=self.db["meta"])}
 
     def last_txnid(self) -> int | None:
         """The id of the last committed write transaction (any process): changes with every commit."""
@@ -242,7 +245,8 @@ class Store:
 
     @property
     def generation(self) -> int:
-        return int(self.meta("generation", 0))
+        with self.read() as t:
+            return records.meta_int("generation", t.get(b"generation", db=self.db["meta"]))
 
     def count(self, db: str) -> int:
         with self.read() as t:
@@ -250,11 +254,11 @@ class Store:
 
     def get_path(self, key: str) -> dict | None:
         with self.read() as t:
-            return loads(t.get(key.encode(), db=self.db["paths"]))
+            return records.path(key.encode(), t.get(key.encode(), db=self.db["paths"]))
 
     def get_failure(self, key: str) -> dict | None:
         with self.read() as t:
-            return loads(t.get(key.encode(), db=self.db["fails"]))
+            return records.failure(key.encode(), t.get(key.encode(), db=self.db["fails"]))
 
     def has_hash(self, sha: str) -> bool:
         with self.read() as t:
@@ -265,15 +269,15 @@ class Store:
         with self.read() as t:
             for i in ids:
                 i = int(i)
-                rec = loads(t.get(ikey(i), db=self.db["items"])) if i >= 0 else None
+                rec = records.item(ikey(i), t.get(ikey(i), db=self.db["items"])) if i >= 0 else None
                 out.append(self._hydrate(t, rec) if rec else None)
         return out
 
     def _hydrate(self, t, rec: dict) -> dict:
-        prim = loads(t.get(rec["path"].encode(), db=self.db["paths"])) or {}
+        prim = records.path(rec["path"].encode(), t.get(rec["path"].encode(), db=self.db["paths"])) or {}
         caps = list(prim.get("captions", []))
         for a in rec.get("aliases", []):
-            for c in (loads(t.get(a.encode(), db=self.db["paths"])) or {}).get("captions", []):
+            for c in (records.path(a.encode(), t.get(a.encode(), db=self.db["paths"])) or {}).get("captions", []):
                 if c not in caps:
                     caps.append(c)
         return {
@@ -294,8 +298,11 @@ class Store:
             for r, i in enumerate(ids):
                 b = t.get(ikey(int(i)), db=db) if int(i) >= 0 else None
                 if b is not None:
-                    b = bytes(b)
-                    out[r] = np.frombuffer(b if kind == "image" else b[8:], np.float32)
+                    b = bytes(b) if kind == "image" else bytes(b)[8:]
+                    if len(b) != 4 * dim:
+                        raise records.BadRecord("vecs" if kind == "image" else "capvecs", ikey(int(i)),
+                                                f"vector is {len(b)} bytes, the model's {dim} dims need {4 * dim}")
+                    out[r] = np.frombuffer(b, np.float32)
         return out
 
     def iter_items(self) -> Iterator[tuple[int, dict]]:
@@ -307,7 +314,7 @@ class Store:
                 cur = t.cursor(db=self.db["items"])
                 ok = cur.set_range(ikey(last + 1)) if last is not None else cur.first()
                 while ok and len(chunk) < 1024:
-                    rec = loads(cur.value())
+                    rec = records.item(cur.key(), cur.value())
                     chunk.append((unikey(cur.key()), self._hydrate(t, rec)))
                     ok = cur.next()
             if not chunk:
@@ -324,7 +331,8 @@ class Store:
         for ids, raw in self._id_chunks(db, chunk):
             width = len(raw[0])
             if width % 4 or any(len(r) != width for r in raw):
-                raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}")
+                raise IndexCorrupt(f"{self.path}: concept profiles of different sizes near item {ids[0]}; "
+                                   f"{records.REPAIR_HINT}")
             m = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), width)
             top = width // 4
             yield (np.asarray(ids, np.int64), m[:, : 2 * top].copy().view("<u2"),
@@ -370,12 +378,17 @@ class Store:
     def _vector_rows(self, kind: str, batch: int, txn, with_vectors: bool):
         """Batches of (ids, list of vectors or None, item_ids or None) in id order, each from one read
         transaction (or all from ``txn``)."""
-        for ids, vals in self._id_chunks(self.db["vecs" if kind == "image" else "capvecs"], batch, txn):
+        name = "vecs" if kind == "image" else "capvecs"
+        for ids, vals in self._id_chunks(self.db[name], batch, txn):
+            want = len(vals[0])
+            for i, b in zip(ids, vals):  # one odd size would break the batch's stack: name its record
+                if len(b) != want or (len(b) - (0 if kind == "image" else 8)) % 4 or (kind != "image" and len(b) < 8):
+                    raise records.BadRecord(name, ikey(i), f"vector record of {len(b)} bytes among ones of {want}")
             if kind == "image":
                 owners = None
                 vecs = [np.frombuffer(b, np.float32) for b in vals] if with_vectors else None
             else:
-                owners = np.asarray([unikey(b[:8]) for b in vals], np.int64)
+                owners = np.asarray([records.item_ref("capvecs", ikey(i), b[:8]) for i, b in zip(ids, vals)], np.int64)
                 vecs = [np.frombuffer(b[8:], np.float32) for b in vals] if with_vectors else None
             yield np.asarray(ids, np.int64), vecs, owners
 
@@ -398,26 +411,26 @@ class Store:
                     ok = cur.next()
             if not keys:
                 return
-            yield [k.decode() for k in keys]
+            yield [records.text_key(db, k) for k in keys]
             last = keys[-1]
 
     def iter_paths(self) -> Iterator[tuple[str, dict]]:
         with self.read() as t:
             for k, v in t.cursor(db=self.db["paths"]):
-                yield bytes(k).decode(), loads(v)
+                yield records.text_key("paths", k), records.path(k, v)
 
     def iter_failures(self) -> Iterator[tuple[str, dict]]:
         with self.read() as t:
             for k, v in t.cursor(db=self.db["fails"]):
-                yield bytes(k).decode(), loads(v)
+                yield records.text_key("fails", k), records.failure(k, v)
 
     def path_keys(self) -> list[str]:
         with self.read() as t:
-            return [bytes(k).decode() for k in t.cursor(db=self.db["paths"]).iternext(values=False)]
+            return [records.text_key("paths", k) for k in t.cursor(db=self.db["paths"]).iternext(values=False)]
 
     def failure_keys(self) -> list[str]:
         with self.read() as t:
-            return [bytes(k).decode() for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
+            return [records.text_key("fails", k) for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
 
 
 class Txn:
@@ -427,7 +440,7 @@ class Txn:
         self.s, self.t, self.db = store, t, store.db
 
     def meta(self, key: str, default=None):
-        v = loads(self.t.get(key.encode(), db=self.db["meta"]))
+        v = records.json_value("meta", key.encode(), self.t.get(key.encode(), db=self.db["meta"]))
         return default if v is None else v
 
     def set_meta(self, key: str, value) -> None:
@@ -439,14 +452,14 @@ class Txn:
         return n
 
     def get_path(self, key: str) -> dict | None:
-        return loads(self.t.get(key.encode(), db=self.db["paths"]))
+        return records.path(key.encode(), self.t.get(key.encode(), db=self.db["paths"]))
 
     def hash_id(self, sha: str) -> int | None:
         b = self.t.get(sha.encode(), db=self.db["hashes"])
-        return None if b is None else unikey(b)
+        return None if b is None else records.item_ref("hashes", sha.encode(), b)
 
     def _item(self, i: int) -> dict:
-        rec = loads(self.t.get(ikey(i), db=self.db["items"]))
+        rec = records.item(ikey(i), self.t.get(ikey(i), db=self.db["items"]))
         if rec is None:
             raise IndexCorrupt(f"{self.s.path}: item {i} is referenced but missing (run `kgclip verify --repair`)")
         return rec
@@ -515,7 +528,7 @@ class Txn:
         self._drop_captions(prec.get("cap_ids"))
         self.t.delete(key.encode(), db=self.db["paths"])
         i = prec["id"]
-        rec = loads(self.t.get(ikey(i), db=self.db["items"]))
+        rec = records.item(ikey(i), self.t.get(ikey(i), db=self.db["items"]))
         if rec is None:
             return
         if rec["path"] == key:

@@ -148,7 +148,7 @@ def test_update_add_modify_delete_rename_equals_fresh_build(tmp_path):
     (src / "new.png").write_bytes(png_bytes(999, 16, 16))  # add
     (src / "blue.png").write_bytes(png_bytes(998, 16, 16))  # modify content
     os.utime(src / "green.png", ns=(1, 1))  # touch: new mtime, same bytes
-    r = update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None)
+    r = update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None, prune=True)
     # new + modified blue are encoded; the renamed file is its old content (kept, not re-encoded); touch = re-read
     assert (r.added, r.duplicates, r.removed, r.changed) == (2, 1, 2, 1)
     after = by_path(snapshot(tmp_path / "idx"))
@@ -179,7 +179,7 @@ def test_duplicates_stored_once_with_aliases(tmp_path):
         assert sorted(os.path.basename(a) for a in red["aliases"]) == ["red.png", "red.png"]
         rid = red["id"]
     os.unlink(src / "red copy.png")
-    update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None)
+    update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None, prune=True)
     with open_index(tmp_path / "idx") as ix:
         it = ix.get([rid])[0]
         assert it["path"] == str(src / "red.png") and it["aliases"] == [str(src / "sub" / "red.png")]
@@ -557,6 +557,8 @@ def test_a_source_without_images_is_an_error_naming_it_but_update_of_an_emptied_
     for p in src.iterdir():
         p.unlink()
     r = update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None)
+    assert r.removed == 0 and r.kept == 8 and r.items == 8  # an emptied source (an unmounted drive?) is kept
+    r = update_index(tmp_path / "idx", workers=0, quiet=True, log=lambda s: None, prune=True, yes=True)
     assert r.removed == 8 and r.items == 0
     r = build_index([src], tmp_path / "idx", **FAKE)  # re-running the build of a source it holds: an update
     assert r.items == 0

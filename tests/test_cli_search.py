@@ -265,7 +265,7 @@ def test_subprocess_end_to_end(tmp_path, kgclip_env, colour_images):
     # a new image arrives; update indexes it and search finds it
     Image.new("RGB", (30, 30), (250, 140, 20)).save(colour_images / "new-orange.png")
     (colour_images / "red.png").unlink()
-    r = kg("-q", "update", idx)
+    r = kg("-q", "update", idx, "--prune")
     assert r.returncode == 0, r.stderr
     r = kg("search", idx, "-k", "2", *EXPAND, "--format", "jsonl", input="orange\nred\n")
     assert r.returncode == 0, r.stderr

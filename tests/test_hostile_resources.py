@@ -276,7 +276,7 @@ def test_huge_ef_search_is_clamped_with_a_warning(hnsw_index, tmp_path, baseline
 
 
 @pytest.mark.parametrize("case", ["3 GB sparse", "6 MB of values", "nested 100000 deep", "dim 2e9",
-                                  "count not an integer", "nprobe a string", "sources not strings"])
+                                  "count not an integer", "params not an object", "sources not strings"])
 def test_hostile_manifest_is_one_line(base_index, tmp_path, baselines, case):
     idx = _copy(base_index, tmp_path)
     p = idx / "index.json"
@@ -295,7 +295,7 @@ def test_hostile_manifest_is_one_line(base_index, tmp_path, baselines, case):
     else:
         field, value, frag = {"dim 2e9": (("model", "dim"), 2_000_000_000, "'model'"),
                               "count not an integer": (("counts", "items"), "12", "counts.items"),
-                              "nprobe a string": (("faiss", "image", "params", "nprobe"), "16", "nprobe"),
+                              "params not an object": (("faiss", "image", "params"), [64], "params"),
                               "sources not strings": (("sources",), [{"a": 1}], "sources")}[case]
         obj = m
         for k in field[:-1]:

@@ -156,7 +156,7 @@ def test_update_keeps_one_profile_per_item(tmp_path, photos_dir, lite_encoder):
     (src / names[0]).unlink()  # removed
     shutil.copy(src / names[1], src / "copy.jpg")  # a duplicate: an alias, no new item
     Image.open(src / names[2]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(src / names[2])  # changed
-    rep = build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu")
+    rep = build_index([src], d, model="lite", text_model=None, workers=0, quiet=True, device="cpu", prune=True)
     assert (rep.removed, rep.duplicates, rep.added) == (1, 1, 1), rep  # changed content is a new item
     idx = open_index(str(d))
     try:

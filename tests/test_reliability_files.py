@@ -13,7 +13,7 @@ import indexer.pipeline as pipeline
 import benchmarks.reliability_hooks  # noqa: F401  registers fakehang:v1
 from indexer import build_index, open_index, update_index, verify_index
 from benchmarks.hostile import kinds, make_hostile_tree
-from benchmarks.reliability_kit import CLI, REPO, env_for
+from benchmarks.reliability_kit import REPO, env_for
 
 
 @pytest.fixture

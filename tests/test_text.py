@@ -1,7 +1,7 @@
 """retrieval.text (content words, white space) and retrieval.choices."""
 
 from retrieval.choices import EXPAND_MODES, EXPANSIONS
-from retrieval.text import FILLER, clean_text, content_words, fold_space, is_short_query
+from retrieval.text import FILLER, content_words, fold_space, is_short_query
 
 
 def test_content_words_leave_out_filler():

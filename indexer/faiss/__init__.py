@@ -6,6 +6,7 @@
 - :mod:`.exact` -- exact top-k (ground truth) and recall@k
 - :mod:`.tune` -- tune nprobe / efSearch on a sample; :func:`build_and_tune`, the one build flow
 - :mod:`.files` -- save atomically with a generation/CRC sidecar, load
+- :mod:`.check` -- a loaded index against the store: metric, dimension, id map, sampled rows; safe search parameters
 
 Pure numpy in and out. ``import faiss`` (the library) happens inside functions, so importing this
 package is cheap; inside it, ``import faiss`` is absolute and names the library, never this package.

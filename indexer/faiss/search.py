@@ -36,6 +36,7 @@ def _params_object(kind: str, value: int):
 
 
 SMALL_BATCH = 8
+MAX_EF_SEARCH = 1 << 16  # far above any tuned value (the tuning grid ends at 4096)
 
 
 def _raw_search(index, queries: np.ndarray, k: int, params: dict):
@@ -56,6 +57,13 @@ def _raw_search(index, queries: np.ndarray, k: int, params: dict):
         return index.search(queries, k) if sp is None else index.search(queries, k, params=sp)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _nlist(index) -> int | None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.cpu if isinstance(index, GpuIndex) else index)
+    return int(ivf.nlist) if ivf is not None else None
 
 
 def rerank(queries: np.ndarray, cand_ids: np.ndarray, k: int,
@@ -102,7 +110,15 @@ def search(index, queries: np.ndarray, k: int, params: dict | None = None,
         return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
     k_factor = int(params.get("k_factor", 1)) if rerank_fn is not None else 1
     kk = min(k * max(1, k_factor), int(ntotal)) if rerank_fn is not None else k
+    ef = params.get("efSearch")
+    if ef is not None and not kk <= ef <= MAX_EF_SEARCH:  # fewer than kk would return fewer hits
+        params = dict(params, efSearch=min(max(int(ef), kk), MAX_EF_SEARCH))
     scores, ids = _raw_search(index, q, kk, params)
+    if "nprobe" in params and kk <= ntotal and (ids[:, -1] < 0).any():
+        # the probed lists held fewer than kk vectors: probe them all (rare; never fewer hits than asked)
+        nlist = _nlist(index)
+        if nlist and int(params["nprobe"]) < nlist:
+            scores, ids = _raw_search(index, q, kk, dict(params, nprobe=nlist))
     ids = ids.astype(np.int64, copy=False)
     if rerank_fn is not None:
         return rerank(q, ids, k, rerank_fn)

@@ -6,7 +6,7 @@ and an HNSW link past the end crashes the process. kgclip only writes four layou
 ``IDMap,HNSW32``, ``IVF{n},Flat``, ``IVF{n},PQ{m}x8``; :mod:`indexer.faiss.choose`), so this walks
 those (in faiss's own order: ``faiss/impl/index_read.cpp``) and refuses any other: every declared
 length must fit in the bytes left in the file, dimensions and counts must agree with each other and
-with what the caller expects, the metric must be inner product, HNSW links must point at vectors,
+with what the caller expects (the metric is :mod:`indexer.faiss.check`'s), HNSW links must point at vectors,
 and the work faiss does on load (IVF-PQ's precomputed table) must be bounded. A refused file is one
 kgclip did not write: the caller derives it again from the store.
 """
@@ -20,7 +20,7 @@ import numpy as np
 MAX_NLIST = 1 << 16  # indexer.faiss.choose.IVF_MAX_NLIST
 MAX_EF = 1 << 14  # the search parameter an HNSW file carries (tuning stays at or below 4096)
 MAX_DIM = 1 << 16
-METRIC_INNER_PRODUCT = 0
+METRIC_INNER_PRODUCT, METRIC_L2 = 0, 1
 TABLE_MIN_BUDGET = 256 << 20  # IVF-PQ's precomputed table: at most this, or 8x the file's size
 CHUNK = 1 << 22
 
@@ -75,8 +75,8 @@ def _header(r: _Reader, what: str) -> tuple[int, int]:
         r.take("f")
     if not 0 < d <= MAX_DIM or ntotal < 0:
         raise StructureError(f"{what} declares dimension {d} and {ntotal} vectors")
-    if metric != METRIC_INNER_PRODUCT:
-        raise StructureError(f"{what} uses metric {metric}, not inner product")
+    if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):  # which of the two: indexer.faiss.check's problems()
+        raise StructureError(f"{what} uses metric {metric}")
     return d, ntotal
 
 
@@ -202,6 +202,8 @@ _TYPES = {"IxFI": _flat, "IHNf": _hnsw, "IxMp": _idmap,
 
 def _walk(r: _Reader, allowed=("IxMp", "IwFl", "IwPQ")) -> tuple[int, int]:
     h = r.fourcc()
+    if h == "IxF2" and "IxFI" in allowed:  # the same layout (an L2 flat index; check.problems says so)
+        h = "IxFI"
     if h not in allowed:
         raise StructureError(f"index type {h!r} is not one kgclip writes here")
     return _TYPES[h](r)

@@ -263,6 +263,45 @@ def test_faiss_load_never_hands_a_bad_file_to_faiss(tmp_path, monkeypatch):
         V.load(p)
 
 
+@pytest.mark.parametrize("patch,frag", [("nlist", "lists"), ("list size", "more than the file holds"),
+                                        ("pq centroids", "entries"), ("trailing bytes", "unexpected bytes")])
+def test_ivf_declarations_are_checked_before_faiss(tmp_path, monkeypatch, patch, frag):
+    """IVF files: faiss allocates nlist lists and every list's codes before reading them."""
+    import faiss
+
+    from indexer import faiss as V
+    from retrieval.errors import IndexCorrupt
+
+    x = np.random.default_rng(1).standard_normal((600, 16)).astype("float32")
+    index = faiss.index_factory(16, "IVF8,PQ4x8" if patch == "pq centroids" else "IVF8,Flat",
+                                faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 2
+    if patch == "pq centroids":
+        index.pq.cp.niter = 2
+        index.do_polysemous_training = False
+    index.train(x)
+    index.add_with_ids(x, np.arange(600, dtype=np.int64))
+    p = tmp_path / "image.faiss"
+    V.save_atomic(index, p, generation=1)
+    raw = bytearray(p.read_bytes())
+    head = 4 + struct.calcsize("<iqqq?i")
+    if patch == "nlist":
+        raw[head:head + 8] = struct.pack("<Q", 1 << 40)
+    elif patch == "list size":
+        at = raw.find(b"full") + 4 + 8  # the sizes vector: its length, then one size per list
+        raw[at:at + 8] = struct.pack("<Q", 1 << 36)
+    elif patch == "pq centroids":
+        at = raw.find(struct.pack("<QQQ", 16, 4, 8)) + 24
+        raw[at:at + 8] = struct.pack("<Q", 1 << 36)
+    else:
+        raw += b"\0" * 64
+    p.write_bytes(bytes(raw))
+    _sidecar_for(p, 1, 600, dim=16)
+    monkeypatch.setattr(faiss, "read_index", lambda *a: pytest.fail("faiss.read_index was called"))
+    with pytest.raises(IndexCorrupt, match=frag):
+        V.load(p)
+
+
 def test_huge_ef_search_is_clamped_with_a_warning(hnsw_index, tmp_path, baselines):
     idx = _copy(hnsw_index, tmp_path)
     m = json.loads((idx / "index.json").read_text())

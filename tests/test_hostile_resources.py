@@ -175,6 +175,15 @@ def test_fifo_manifest_or_store_is_one_line(base_index, tmp_path, baselines, nam
         one_line(code, err, name.split("/")[-1], "FIFO", what)
 
 
+def test_manifest_model_must_be_the_stores(base_index, tmp_path, baselines):
+    idx = _copy(base_index, tmp_path)
+    m = json.loads((idx / "index.json").read_text())
+    m["model"]["dim"] = 384  # the store's vectors are 32-d: deriving FAISS would fail deep inside
+    (idx / "index.json").write_text(json.dumps(m))
+    code, _, err, _, _ = _search(idx, tmp_path)
+    one_line(code, err, "index.json", "the store was built with")
+
+
 def test_symlinked_manifest_is_refused(base_index, tmp_path, baselines):
     idx = _copy(base_index, tmp_path)
     os.rename(idx / "index.json", tmp_path / "elsewhere.json")
@@ -450,6 +459,11 @@ def test_index_named_model_is_not_downloaded(base_index, tmp_path, baselines, fi
     m[field]["spec"] = spec
     m[field].pop("fingerprint", None)
     (idx / "index.json").write_text(json.dumps(m))
+    from indexer.store import Store
+
+    store = Store(str(idx))  # the store records the same model (else open_index refuses the manifest)
+    store.write(lambda txn: txn.set_meta(field, dict(m[field])), bump=False)
+    store.close()
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NET_GUARD)

@@ -193,11 +193,12 @@ class Encoder(ABC):
         with hub_offline():
             try:
                 self._load()
-            except ModelError:
+            except ModelError as e:
+                why = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
                 raise WeightsNotFound(
-                    f"{self.named_by} names the model {self.spec}, which is not on this machine, and kgclip "
-                    "downloads no model that an index names: if you trust the index, fetch the model with "
-                    "KGCLIP_ALLOW_DOWNLOAD=1 (or `kgclip search --allow-download`)") from None
+                    f"{self.named_by} names the model {self.spec}, which is not on this machine ({why}); kgclip "
+                    "downloads no model that an index names unless you trust it: KGCLIP_ALLOW_DOWNLOAD=1 "
+                    "(or `kgclip search --allow-download`)") from None
 
     @abstractmethod
     def _load(self) -> None:

@@ -8,18 +8,22 @@ are :mod:`indexer.build`'s; ``verify`` is :mod:`indexer.admin`'s.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from typing import Iterator
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UsageError
+from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UnsafePath, UsageError
 from retrieval.query import Searcher
 
 from . import faiss as V
 from .derive import FAISS_FILES, derive_faiss, faiss_generation, store_meta
 from .manifest import read_manifest, rebuild_command, write_manifest
 from .store import Store, WriteLock
+
+log = logging.getLogger(__name__)
 
 MAX_K = 1 << 20  # most results one Index.search call returns per query
 
@@ -55,24 +59,41 @@ class Index:
     def _load(self, rebuild: bool = True) -> None:
         gen = self.store.generation
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
-        stale = []
+        loaded: dict[str, tuple] = {}
         for kind in kinds:
-            p = os.path.join(self.path, FAISS_FILES[kind])
-            info = dict((self.manifest.get("faiss") or {}).get(kind) or {})
             try:
-                index, fgen = V.load(p)
+                loaded[kind] = V.load(os.path.join(self.path, FAISS_FILES[kind]))
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
-                index, fgen = None, None
-            if index is None or fgen != gen:
-                stale.append(kind)
-                continue
-            self._faiss[kind] = index
-            self._info[kind] = info
+                loaded[kind] = (None, None)
+        stale = [k for k in kinds if loaded[k][0] is None or loaded[k][1] != gen]
+        if stale:
+            published = self._published_generation(loaded)
+            if published is not None and WriteLock(self.path).holder() is not None:
+                # a writer is at work and publishes its FAISS files when it finishes: until then serve
+                # the last complete generation it published (what a long-lived searcher keeps serving)
+                # instead of deriving and tuning FAISS again in every cold process
+                gen, stale = published, []
+        for kind in kinds:
+            if kind not in stale:
+                self._faiss[kind] = loaded[kind][0]
+                self._info[kind] = dict((self.manifest.get("faiss") or {}).get(kind) or {})
         if stale:
             if not rebuild:
                 raise IndexCorrupt(f"{self.path}: FAISS files {', '.join(stale)} are stale or missing")
             self._rederive(stale, loaded_gen=gen)
         self.generation = gen if not stale else self.generation
+
+    def _published_generation(self, loaded: dict[str, tuple]) -> int | None:
+        """The generation every FAISS file and the manifest's record of it cover (one complete, published
+        generation), or None when they disagree or a file is missing or unreadable."""
+        gens = {g for _, g in loaded.values()}
+        if None in gens or len(gens) != 1 or any(ix is None for ix, _ in loaded.values()):
+            return None
+        g = gens.pop()
+        recorded = self.manifest.get("faiss") or {}
+        if any(not isinstance(recorded.get(k), dict) or recorded[k].get("generation") != g for k in loaded):
+            return None  # the search parameters in the manifest belong to another file
+        return g
 
     def _rederive(self, kinds: list[str], loaded_gen: int | None = None) -> None:
         """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock.
@@ -99,10 +120,18 @@ class Index:
         self._save_derived(kinds, gen)
 
     def _save_derived(self, kinds: list[str], gen: int) -> None:
+        """Save FAISS files this reader derived, when it may write: never through a link, never without
+        the write lock, never on a store it reads without the lock table. Otherwise (or when the save
+        fails: a full disk, read-only files) the derived index is served from memory."""
+        if self.store.nolock or not os.access(self.path, os.W_OK):
+            return  # a read-only folder or mount: a reader does not write there
         lock = WriteLock(self.path)
         try:
             if not lock.try_acquire():
                 return  # a writer is at work: it writes its own FAISS files when it finishes
+        except UnsafePath as e:
+            log.warning("warning: %s; searching without saving the FAISS files derived again", e)
+            return
         except OSError:  # a read-only index folder: keep the derived index in memory only
             return
         try:
@@ -118,8 +147,10 @@ class Index:
                 self.manifest = m
             except (KgclipError, OSError):
                 pass
-        except OSError:
-            pass  # could not write (disk full, read-only files): served from memory all the same
+        except (OSError, RuntimeError) as e:  # a full disk, read-only files: served from memory all the same
+            if not (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                log.warning("warning: could not save the FAISS files derived again (%s); searching from memory",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
         finally:
             lock.release()
 

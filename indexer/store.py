@@ -20,10 +20,9 @@ crash leaves the store at the last committed batch. The map grows when full.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
+import stat
 import struct
 import threading
 from contextlib import nullcontext
@@ -31,13 +30,20 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from retrieval.atomic import disk_full, refuse_link
 from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
+
+from .lock import LOCK_FILE, WriteLock  # noqa: F401 - re-exported: callers import the lock from here
 
 DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
 OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
 STORE_DIR = "store.lmdb"
-LOCK_FILE = "write.lock"
+LMDB_FILES = ("data.mdb", "lock.mdb")
+
+
+def _is_access_error(e: Exception) -> bool:
+    return any(w in str(e) for w in ("Permission denied", "Operation not permitted", "Read-only file system"))
 
 
 def ikey(i: int) -> bytes:
@@ -62,67 +68,21 @@ def loads(b: bytes | None) -> Any:
     return None if b is None else json.loads(bytes(b).decode("utf-8"))
 
 
-class WriteLock:
-    """An exclusive, non-blocking writer lock (fcntl) on ``INDEX/write.lock`` holding the writer's pid.
-
-    The kernel drops the lock when the process dies, so a SIGKILLed build never
-    leaves a stale lock behind.
-    """
-
-    def __init__(self, index_dir: str):
-        self.path = os.path.join(index_dir, LOCK_FILE)
-        self.fd: int | None = None
-
-    def acquire(self) -> "WriteLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise
-            try:
-                pid = os.pread(fd, 32, 0).decode().strip() or "?"
-            except OSError:
-                pid = "?"
-            os.close(fd)
-            raise IndexLocked(
-                f"index {os.path.dirname(self.path)} is locked by pid {pid} (another build or update is running)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def try_acquire(self) -> bool:
-        try:
-            self.acquire()
-            return True
-        except IndexLocked:
-            return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
 _OPEN: dict[str, dict] = {}  # realpath of store.lmdb -> the environment shared by this process's Stores
 _OPEN_LOCK = threading.Lock()
 
 
 class Store:
-    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer)."""
+    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer).
+
+    A writer refuses a ``store.lmdb``, ``data.mdb`` or ``lock.mdb`` that is a symbolic link
+    (:class:`UnsafePath`). A reader opens the environment read-only and writes nothing but its slot in
+    the LMDB lock table, and that only when ``lock.mdb`` is a regular file it may write; otherwise
+    (missing, a link, a read-only folder or mount) it reads without the lock table (``lock=False``,
+    :attr:`nolock`): such a reader refuses to start while a writer holds ``write.lock`` and checks that
+    no writer took it at every read transaction, since a writer cannot see it and could recycle pages
+    under it (``docs/reliability.md``).
+    """
 
     def __init__(self, index_dir: str, readonly: bool = False, map_size: int | None = None, create: bool = False):
         import lmdb
@@ -130,14 +90,19 @@ class Store:
         self.lmdb = lmdb
         self.index_dir = index_dir
         self.path = os.path.join(index_dir, STORE_DIR)
+        self.nolock = False
+        if not readonly:  # LMDB opens these by name (O_CREAT, no O_NOFOLLOW): check them first
+            refuse_link(self.path, want="dir")
+            for name in LMDB_FILES:
+                refuse_link(os.path.join(self.path, name))
         if not os.path.isdir(self.path):
             if not create:
                 raise IndexNotFound(f"{index_dir}: not a kgclip index (no {STORE_DIR}/ inside)")
             os.makedirs(self.path, exist_ok=True)
         self.readonly = readonly
         # LMDB forbids opening one environment twice in a process (py-lmdb refuses; closing one copy
-        # would drop the other's locks), so Stores on the same folder share one environment, opened
-        # writable whenever the folder allows it so that a reader and a writer can coexist.
+        # would drop the other's locks), so Stores on the same folder share one environment; a writer
+        # after a reader in the same process reopens it writable once the readers are closed.
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             shared = _OPEN.get(self._key)
@@ -145,24 +110,26 @@ class Store:
                 if not readonly and not shared["writable"]:
                     raise IndexLocked(f"{self.path} is open read-only in this process; close its readers first")
                 shared["refs"] += 1
-                self.env, self.db = shared["env"], shared["db"]
+                self.env, self.db, self.nolock = shared["env"], shared["db"], shared["nolock"]
                 if not readonly:
                     self._open_optional(create=True)  # a reader of an older store opened it without them
                 return
-            writable = not readonly or os.access(self.path, os.W_OK)
+            if readonly:
+                self._check_data_file()
+            use_lock = not readonly or self._may_lock()
             try:
-                self.env = lmdb.open(
-                    self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
-                    readonly=not writable, subdir=True, max_readers=256, metasync=True, sync=True,
-                    create=not readonly,
-                )
-                self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
-                self._open_optional(create=not readonly)
+                try:
+                    self._open_env(readonly, use_lock, map_size)
+                except lmdb.Error as e:
+                    if not (readonly and use_lock and _is_access_error(e)):
+                        raise
+                    use_lock = False  # lock.mdb looked writable but is not (an immutable file, root-squash)
+                    self._open_env(readonly, use_lock, map_size)
             except lmdb.Error as e:
-                if getattr(self, "env", None) is not None:
-                    self.env.close()
-                    self.env = None
                 raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
+            self.nolock = not use_lock
+            if self.nolock:
+                self.check_no_writer()
             # a truncated data file (a partial copy, a full disk) would crash the process with SIGBUS
             # on the first read of a missing page: refuse it with a clear error instead
             need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
@@ -172,7 +139,54 @@ class Store:
                 self.env = None
                 raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
                                    "or rebuild the index with `kgclip build --restart`")
-            _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": writable}
+            _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": not readonly,
+                                "nolock": self.nolock}
+
+    def _open_env(self, readonly: bool, lock: bool, map_size: int | None) -> None:
+        lmdb = self.lmdb
+        try:
+            self.env = lmdb.open(
+                self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
+                readonly=readonly, lock=lock, subdir=True, max_readers=256, metasync=True, sync=True,
+                create=not readonly,
+            )
+            self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
+            self._open_optional(create=not readonly)
+        except lmdb.Error:
+            if getattr(self, "env", None) is not None:
+                self.env.close()
+                self.env = None
+            raise
+
+    def _check_data_file(self) -> None:
+        """A reader's data.mdb must be a regular file (a FIFO would hang LMDB's open)."""
+        p = os.path.join(self.path, "data.mdb")
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise IndexCorrupt(f"{p}: cannot open the LMDB store: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise IndexCorrupt(f"{p}: the LMDB data file is not a regular file")
+
+    def _may_lock(self) -> bool:
+        """Whether a reader may use the LMDB lock table: ``lock.mdb`` is a regular file (not a link) in a
+        real ``store.lmdb`` folder and this process may write it. Nothing is created."""
+        try:
+            if stat.S_ISLNK(os.lstat(self.path).st_mode):
+                return False
+            st = os.lstat(os.path.join(self.path, "lock.mdb"))
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and os.access(os.path.join(self.path, "lock.mdb"), os.W_OK)
+
+    def check_no_writer(self) -> None:
+        """For a reader without the lock table (:attr:`nolock`): :class:`IndexLocked` while a writer
+        holds ``write.lock`` (it cannot see this reader, so it could reuse pages the reader reads)."""
+        pid = WriteLock(self.index_dir).holder()
+        if pid is not None:
+            raise IndexLocked(f"index {self.index_dir} is being written by pid {pid} and its lock table "
+                              f"{os.path.join(self.path, 'lock.mdb')} cannot be used from here (a read-only "
+                              "folder or file): try again when the update has finished")
 
     def _open_optional(self, create: bool) -> None:
         for n in OPTIONAL_DBS:
@@ -198,6 +212,8 @@ class Store:
     # -- transactions ----------------------------------------------------------------
     def read(self):
         """A read transaction (adopts a map grown by a writer in another process)."""
+        if self.nolock:
+            self.check_no_writer()
         try:
             return self.env.begin()
         except self.lmdb.MapResizedError:
@@ -219,6 +235,11 @@ class Store:
                     return out
             except self.lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except self.lmdb.Error as e:  # the commit failed: the store stays at the last one
+                full = disk_full(e, os.path.join(self.path, "data.mdb"))
+                if full is None:
+                    raise
+                raise full from None
 
     # -- read helpers -------------------------------------------------------------------
     def meta(self, key: str, default=None):

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UnsafePath, UsageError
+from retrieval.errors import DiskFull, IndexCorrupt, KgclipError, QueryError, UnsafePath, UsageError
 from retrieval.query import Searcher
 
 from . import faiss as V
@@ -149,8 +149,9 @@ class Index:
                 pass
         except (OSError, RuntimeError) as e:  # a full disk, read-only files: served from memory all the same
             if not (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
-                log.warning("warning: could not save the FAISS files derived again (%s); searching from memory",
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                why = (f"no space left on device writing {e.filename}" if isinstance(e, DiskFull)
+                       else str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.warning("warning: could not save the FAISS files derived again (%s); searching from memory", why)
         finally:
             lock.release()
 

@@ -150,6 +150,7 @@ class Index:
         except (OSError, RuntimeError) as e:  # a full disk, read-only files: served from memory all the same
             if not (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
                 why = (f"no space left on device writing {e.filename}" if isinstance(e, DiskFull)
+                       else e.strerror if isinstance(e, OSError) and e.strerror
                        else str(e).splitlines()[0] if str(e) else type(e).__name__)
                 log.warning("warning: could not save the FAISS files derived again (%s); searching from memory", why)
         finally:

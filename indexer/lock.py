@@ -14,7 +14,7 @@ import stat
 import time
 
 from retrieval.atomic import open_nofollow
-from retrieval.errors import IndexLocked
+from retrieval.errors import IndexError_, IndexLocked, KgclipError
 
 LOCK_FILE = "write.lock"
 LOCK_TRIES = 5  # attempts 10 ms apart before "locked by pid N"
@@ -34,7 +34,13 @@ class WriteLock:
     def acquire(self) -> "WriteLock":
         """Take the lock (:class:`IndexLocked` when a writer holds it). A symbolic link (dangling or
         not) or a non-regular file at ``write.lock`` is refused (:class:`UnsafePath`), never followed."""
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            if isinstance(e, KgclipError) or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise IndexError_(f"{self.path}: cannot open the index for writing ({e.strerror}): the folder is "
+                              "read-only to you (readers such as search and info still work)") from None
         for attempt in range(LOCK_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import threading
+import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
@@ -108,8 +109,9 @@ class Store:
             shared = _OPEN.get(self._key)
             if shared is not None:
                 if not readonly and not shared["writable"]:
-                    raise IndexLocked(f"{self.path} is open read-only in this process; close its readers first")
+                    self._reopen_writable(shared, map_size)
                 shared["refs"] += 1
+                shared["stores"].add(self)
                 self.env, self.db, self.nolock = shared["env"], shared["db"], shared["nolock"]
                 if not readonly:
                     self._open_optional(create=True)  # a reader of an older store opened it without them
@@ -140,7 +142,23 @@ class Store:
                 raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
                                    "or rebuild the index with `kgclip build --restart`")
             _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": not readonly,
-                                "nolock": self.nolock}
+                                "nolock": self.nolock, "stores": weakref.WeakSet([self])}
+
+    def _reopen_writable(self, shared: dict, map_size: int | None) -> None:
+        """A writer in a process whose readers opened the environment read-only: LMDB allows one
+        environment per process, so it is reopened writable and handed to those readers too (a read
+        transaction they hold right now ends; between reads they notice nothing)."""
+        shared["env"].close()  # py-lmdb refuses a second open of the same folder
+        try:
+            self._open_env(False, True, map_size)
+            shared.update(env=self.env, db=self.db, writable=True, nolock=False)
+        except self.lmdb.Error as e:
+            self._open_env(True, not shared["nolock"], None)  # the readers carry on read-only
+            shared.update(env=self.env, db=self.db)
+            raise IndexCorrupt(f"{self.path}: cannot open the LMDB store for writing: {e}") from None
+        finally:
+            for st in list(shared["stores"]):
+                st.env, st.db, st.nolock = shared["env"], shared["db"], shared["nolock"]
 
     def _open_env(self, readonly: bool, lock: bool, map_size: int | None) -> None:
         lmdb = self.lmdb

@@ -65,9 +65,11 @@ def _write_index(index, path: str) -> tuple[int, int]:
             faiss.write_index(index, writer)
         finally:
             del writer  # flushes its buffer
-    except RuntimeError as e:  # faiss's own failure (a full disk reads "No space left on device")
-        raise disk_full(e, path) or OSError(errno.EIO, f"cannot write the FAISS index: {str(e).splitlines()[0]}",
-                                            path) from None
+    except RuntimeError as e:  # faiss's own failure (a full disk reads "No space left on device"); atomic_write
+        # names the final file in its DiskFull
+        if disk_full(e, path) is not None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise OSError(errno.EIO, f"faiss cannot write the index: {str(e).splitlines()[0]}") from None
     finally:
         os.close(fd)
     return state["crc"], state["size"]

@@ -128,6 +128,9 @@ class Store:
                     use_lock = False  # lock.mdb looked writable but is not (an immutable file, root-squash)
                     self._open_env(readonly, use_lock, map_size)
             except lmdb.Error as e:
+                full = None if readonly else disk_full(e, os.path.join(self.path, "data.mdb"))
+                if full is not None:
+                    raise full from None
                 raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
             self.nolock = not use_lock
             if self.nolock:

@@ -320,6 +320,9 @@ def test_failed_faiss_save_serves_from_memory(case, monkeypatch, caplog, error):
         raise error
 
     monkeypatch.setattr(faiss, "write_index", fail)
+    import indexer.index as index_mod
+
+    monkeypatch.setattr(index_mod.log, "disabled", False)  # import-linter's dictConfig (test_layers) disables it
     with caplog.at_level("WARNING"):
         with open_index(idx) as ix:
             assert ix.rebuilt == ["image"]

@@ -65,6 +65,9 @@ def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int
     except OSError as e:
         if e.errno == errno.ELOOP or (e.errno in (errno.EEXIST, errno.EMLINK) and os.path.islink(path)):
             raise _link_error(path) from None
+        if e.errno in (errno.EISDIR, errno.ENXIO):  # a folder, a socket
+            raise UnsafePath(e.errno, f"{path} is not a regular file: kgclip will not write to it "
+                                      "(remove it and run again)", path) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

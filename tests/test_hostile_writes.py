@@ -185,6 +185,38 @@ def test_readers_do_not_create_a_dangling_write_lock_target(case):
     assert list(victim.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_write_lock_that_is_not_a_file_is_refused(case, kind):
+    idx, _, src = case
+    (idx / "write.lock").unlink()
+    if kind == "folder":
+        (idx / "write.lock").mkdir()
+    else:
+        os.mkfifo(idx / "write.lock")
+    res = run_cli(_args(READERS["info"], idx))
+    assert res.returncode == 0, res.stderr
+    res = run_cli(_args(WRITERS["update"], idx, src))
+    one_error_line(res, str(idx / "write.lock"), "not a regular file")
+
+
+@pytest.mark.parametrize("name", ["index.json", "image.faiss", "image.faiss.json", "caption.faiss.json"])
+def test_linked_files_that_kgclip_replaces_are_replaced_not_written_through(case, name):
+    """Files written whole (temp file + rename) replace a planted link; the link's target stays as it is."""
+    idx, victim, src = case
+    victim.write_bytes((idx / name).read_bytes())  # readers read it through the link: a read is no write
+    (idx / name).unlink()
+    os.symlink(victim, idx / name)
+    saved = victim.read_bytes()
+    for cmd in READERS.values():
+        res = run_cli(_args(cmd, idx))
+        clean(res)
+    res = run_cli(_args(WRITERS["build"], idx, src))  # a new source (this copy): a new generation to write
+    clean(res)
+    assert res.returncode == 0, res.stderr
+    assert not (idx / name).is_symlink() and verify_index(idx)["ok"], res.stderr
+    assert victim.read_bytes() == saved and sorted(p.name for p in victim.parent.iterdir()) == ["victim"]
+
+
 # -- family 2: the LMDB files ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["lock.mdb", "data.mdb"])
 @pytest.mark.parametrize("target", ["victim", "dangling"])

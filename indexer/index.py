@@ -132,7 +132,7 @@ class Index:
         except UnsafePath as e:
             log.warning("warning: %s; searching without saving the FAISS files derived again", e)
             return
-        except OSError:  # a read-only index folder: keep the derived index in memory only
+        except (KgclipError, OSError):  # a read-only index folder: keep the derived index in memory only
             return
         try:
             if self.store.generation != gen:

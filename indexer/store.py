@@ -103,7 +103,7 @@ class Store:
         self.readonly = readonly
         # LMDB forbids opening one environment twice in a process (py-lmdb refuses; closing one copy
         # would drop the other's locks), so Stores on the same folder share one environment; a writer
-        # after a reader in the same process reopens it writable once the readers are closed.
+        # after readers in the same process reopens it writable and hands it to them.
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             shared = _OPEN.get(self._key)
@@ -134,7 +134,12 @@ class Store:
                 raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
             self.nolock = not use_lock
             if self.nolock:
-                self.check_no_writer()
+                try:
+                    self.check_no_writer()
+                except IndexLocked:
+                    self.env.close()
+                    self.env = None
+                    raise
             # a truncated data file (a partial copy, a full disk) would crash the process with SIGBUS
             # on the first read of a missing page: refuse it with a clear error instead
             need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]

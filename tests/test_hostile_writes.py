@@ -451,3 +451,33 @@ def test_disk_full_names_the_file_and_stays_resumable(case, monkeypatch, where):
     assert r.exit_code == 0, r.stderr
     rep = verify_index(idx)
     assert rep["ok"] and rep["counts"]["items"] == 12, rep  # 12 images (and an alias, and a broken file)
+
+
+@pytest.mark.parametrize("where", ["store-commit", "faiss"])
+def test_disk_full_during_update_keeps_the_index(case, monkeypatch, where):
+    from cli import main
+
+    from benchmarks.reliability_kit import mutate_sources
+
+    idx, _, src = case
+    shutil.rmtree(idx)
+    build_index([str(src / "imgs")], idx, model="fake:v1", text_model="fake:v1", batch_size=2, workers=0,
+                quiet=True, log=lambda s: None)
+    before = verify_index(idx)["counts"]["items"]
+    mutate_sources(src, seed=5)  # adds, deletes, modifies, renames
+    if where == "store-commit":
+        _fail_store_commits(monkeypatch, 1, "mdb_txn_commit: No space left on device")
+    else:
+        _fail_file_writes(monkeypatch, ".image.faiss.")
+    args = ["update", str(idx), "--workers", "0", "--batch-size", "2"]
+    r = _runner().invoke(main, args)
+    assert r.exit_code == 1, r.stderr
+    lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("skipping ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: no space left on device writing "), r.stderr
+    monkeypatch.undo()
+    with open_index(idx) as ix:  # the index still answers, from what was committed
+        first = next(iter(ix.iter_items()))[0]
+        assert len(ix) >= before - 2 and ix.search(ix.get_vectors([first]), k=1)[1][0, 0] == first
+    r = _runner().invoke(main, args)
+    assert r.exit_code == 0, r.stderr
+    assert verify_index(idx)["ok"]

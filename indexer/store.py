@@ -237,14 +237,26 @@ class Store:
 
     # -- transactions ----------------------------------------------------------------
     def read(self):
-        """A read transaction (adopts a map grown by a writer in another process)."""
+        """A read transaction (adopts a map grown by a writer in another process); without the lock
+        table (:attr:`nolock`) one that checks, when it ends, that its snapshot was not recycled."""
         if self.nolock:
             self.check_no_writer()
+            start = self.last_txnid()
         try:
-            return self.env.begin()
+            t = self.env.begin()
         except self.lmdb.MapResizedError:
             self.env.set_mapsize(0)
-            return self.env.begin()
+            t = self.env.begin()
+        return _CheckedRead(self, t, start) if self.nolock else t
+
+    def check_snapshot(self, start: int | None) -> None:
+        """After a read without the lock table that began at LMDB transaction ``start``: a writer could
+        have reused its pages only if it committed twice since, or holds the lock now."""
+        now = self.last_txnid()
+        if start is not None and now is not None and now - start >= 2:
+            raise IndexLocked(f"index {self.index_dir} changed while it was read without a lock table "
+                              f"({os.path.join(self.path, 'lock.mdb')} cannot be used from here): try again")
+        self.check_no_writer()
 
     def write(self, fn: Callable[["Txn"], Any], bump: bool = True) -> Any:
         """Run ``fn(Txn)`` in one write transaction; retried on a grown map when full.
@@ -462,6 +474,31 @@ class Store:
     def failure_keys(self) -> list[str]:
         with self.read() as t:
             return [bytes(k).decode() for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
+
+
+class _CheckedRead:
+    """A read transaction of a store opened without the lock table: used like one, and on its end
+    :meth:`Store.check_snapshot` says whether what was read can be trusted (IndexLocked if not)."""
+
+    def __init__(self, store: Store, t, start: int | None):
+        self._store, self._t, self._start = store, t, start
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+    def __enter__(self):
+        self._t.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        out = self._t.__exit__(*exc)
+        if exc[0] is None:
+            self._store.check_snapshot(self._start)
+        return out
+
+    def abort(self) -> None:
+        self._t.abort()
+        self._store.check_snapshot(self._start)
 
 
 class Txn:

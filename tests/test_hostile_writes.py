@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from benchmarks.reliability_kit import REPO, make_sources
 from indexer import build_index, open_index, verify_index
 from indexer.store import Store, WriteLock
+from retrieval.errors import IndexLocked
 
 MEM_LIMIT = 4 << 30  # importing numpy + faiss takes about 1.5-2.5 GB of address space
 TIMEOUT = 60
@@ -318,6 +319,26 @@ def test_reader_without_a_lock_table_waits_for_no_writer(case):
     with WriteLock(str(idx)):
         res = run_cli(_args(READERS["search"], idx))
     one_error_line(res, "is being written by pid", "lock.mdb")
+
+
+def test_reader_without_a_lock_table_notices_a_recycled_snapshot(case):
+    """The generation check behind ``lock=False``: a read during which a writer committed twice (so it
+    may have reused the snapshot's pages) ends in IndexLocked, never in silently torn data."""
+    idx, _, _ = case
+    (idx / "store.lmdb" / "lock.mdb").unlink()
+    st = Store(str(idx), readonly=True)
+    try:
+        assert st.nolock
+        with st.read() as t:  # nothing written meanwhile: fine
+            assert t.stat(st.db["items"])["entries"] == 16
+        writer = ("import sys; from indexer.store import Store; s = Store(sys.argv[1]); "
+                  "[s.write(lambda t: None) for _ in range(2)]; s.close()")
+        with pytest.raises(IndexLocked, match="changed while it was read"):
+            with st.read():
+                subprocess.run([sys.executable, "-c", writer, str(idx)], cwd=str(REPO), check=True, timeout=TIMEOUT,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    finally:
+        st.close()
 
 
 # -- family 9: searches during an update; a failed FAISS save -------------------------------------

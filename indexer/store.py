@@ -22,29 +22,18 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
-import threading
-import weakref
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from retrieval.atomic import disk_full, refuse_link
-from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
+from retrieval.atomic import disk_full
+from retrieval.errors import IndexCorrupt
 
-from .lock import LOCK_FILE, WriteLock  # noqa: F401 - re-exported: callers import the lock from here
-
-DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
-OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
-DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
-STORE_DIR = "store.lmdb"
-LMDB_FILES = ("data.mdb", "lock.mdb")
-
-
-def _is_access_error(e: Exception) -> bool:
-    return any(w in str(e) for w in ("Permission denied", "Operation not permitted", "Read-only file system"))
+# re-exported: callers import these from here
+from .lmdb_env import DBS, DEFAULT_MAP_SIZE, OPTIONAL_DBS, STORE_DIR, CheckedRead, SharedEnv  # noqa: F401
+from .lock import LOCK_FILE, WriteLock  # noqa: F401
 
 
 def ikey(i: int) -> bytes:
@@ -69,171 +58,12 @@ def loads(b: bytes | None) -> Any:
     return None if b is None else json.loads(bytes(b).decode("utf-8"))
 
 
-_OPEN: dict[str, dict] = {}  # realpath of store.lmdb -> the environment shared by this process's Stores
-_OPEN_LOCK = threading.Lock()
-
-
-class Store:
-    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer).
-
-    A writer refuses a ``store.lmdb``, ``data.mdb`` or ``lock.mdb`` that is a symbolic link
-    (:class:`UnsafePath`). A reader opens the environment read-only and writes nothing but its slot in
-    the LMDB lock table, and that only when ``lock.mdb`` is a regular file it may write; otherwise
-    (missing, a link, a read-only folder or mount) it reads without the lock table (``lock=False``,
-    :attr:`nolock`): such a reader refuses to start while a writer holds ``write.lock`` and checks that
-    no writer took it at every read transaction, since a writer cannot see it and could recycle pages
-    under it (``docs/reliability.md``).
-    """
+class Store(SharedEnv):
+    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer; they write
+    nothing: how the environment is opened and shared is :mod:`indexer.lmdb_env`'s)."""
 
     def __init__(self, index_dir: str, readonly: bool = False, map_size: int | None = None, create: bool = False):
-        import lmdb
-
-        self.lmdb = lmdb
-        self.index_dir = index_dir
-        self.path = os.path.join(index_dir, STORE_DIR)
-        self.nolock = False
-        if not readonly:  # LMDB opens these by name (O_CREAT, no O_NOFOLLOW): check them first
-            refuse_link(self.path, want="dir")
-            for name in LMDB_FILES:
-                refuse_link(os.path.join(self.path, name))
-        if not os.path.isdir(self.path):
-            if not create:
-                raise IndexNotFound(f"{index_dir}: not a kgclip index (no {STORE_DIR}/ inside)")
-            os.makedirs(self.path, exist_ok=True)
-        self.readonly = readonly
-        # LMDB forbids opening one environment twice in a process (py-lmdb refuses; closing one copy
-        # would drop the other's locks), so Stores on the same folder share one environment; a writer
-        # after readers in the same process reopens it writable and hands it to them.
-        self._key = os.path.realpath(self.path)
-        with _OPEN_LOCK:
-            shared = _OPEN.get(self._key)
-            if shared is not None:
-                if not readonly and not shared["writable"]:
-                    self._reopen_writable(shared, map_size)
-                shared["refs"] += 1
-                shared["stores"].add(self)
-                self.env, self.db, self.nolock = shared["env"], shared["db"], shared["nolock"]
-                if not readonly:
-                    self._open_optional(create=True)  # a reader of an older store opened it without them
-                return
-            if readonly:
-                self._check_data_file()
-            use_lock = not readonly or self._may_lock()
-            try:
-                try:
-                    self._open_env(readonly, use_lock, map_size)
-                except lmdb.Error as e:
-                    if not (readonly and use_lock and _is_access_error(e)):
-                        raise
-                    use_lock = False  # lock.mdb looked writable but is not (an immutable file, root-squash)
-                    self._open_env(readonly, use_lock, map_size)
-            except lmdb.Error as e:
-                full = None if readonly else disk_full(e, os.path.join(self.path, "data.mdb"))
-                if full is not None:
-                    raise full from None
-                raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
-            self.nolock = not use_lock
-            if self.nolock:
-                try:
-                    self.check_no_writer()
-                except IndexLocked:
-                    self.env.close()
-                    self.env = None
-                    raise
-            # a truncated data file (a partial copy, a full disk) would crash the process with SIGBUS
-            # on the first read of a missing page: refuse it with a clear error instead
-            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-            have = os.path.getsize(os.path.join(self.path, "data.mdb"))
-            if have < need:
-                self.env.close()
-                self.env = None
-                raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
-                                   "or rebuild the index with `kgclip build --restart`")
-            _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": not readonly,
-                                "nolock": self.nolock, "stores": weakref.WeakSet([self])}
-
-    def _reopen_writable(self, shared: dict, map_size: int | None) -> None:
-        """A writer in a process whose readers opened the environment read-only: LMDB allows one
-        environment per process, so it is reopened writable and handed to those readers too (a read
-        transaction they hold right now ends; between reads they notice nothing)."""
-        shared["env"].close()  # py-lmdb refuses a second open of the same folder
-        try:
-            self._open_env(False, True, map_size)
-            shared.update(env=self.env, db=self.db, writable=True, nolock=False)
-        except self.lmdb.Error as e:
-            self._open_env(True, not shared["nolock"], None)  # the readers carry on read-only
-            shared.update(env=self.env, db=self.db)
-            raise IndexCorrupt(f"{self.path}: cannot open the LMDB store for writing: {e}") from None
-        finally:
-            for st in list(shared["stores"]):
-                st.env, st.db, st.nolock = shared["env"], shared["db"], shared["nolock"]
-
-    def _open_env(self, readonly: bool, lock: bool, map_size: int | None) -> None:
-        lmdb = self.lmdb
-        try:
-            self.env = lmdb.open(
-                self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
-                readonly=readonly, lock=lock, subdir=True, max_readers=256, metasync=True, sync=True,
-                create=not readonly,
-            )
-            self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
-            self._open_optional(create=not readonly)
-        except lmdb.Error:
-            if getattr(self, "env", None) is not None:
-                self.env.close()
-                self.env = None
-            raise
-
-    def _check_data_file(self) -> None:
-        """A reader's data.mdb must be a regular file (a FIFO would hang LMDB's open)."""
-        p = os.path.join(self.path, "data.mdb")
-        try:
-            st = os.stat(p)
-        except OSError as e:
-            raise IndexCorrupt(f"{p}: cannot open the LMDB store: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise IndexCorrupt(f"{p}: the LMDB data file is not a regular file")
-
-    def _may_lock(self) -> bool:
-        """Whether a reader may use the LMDB lock table: ``lock.mdb`` is a regular file (not a link) in a
-        real ``store.lmdb`` folder and this process may write it. Nothing is created."""
-        try:
-            if stat.S_ISLNK(os.lstat(self.path).st_mode):
-                return False
-            st = os.lstat(os.path.join(self.path, "lock.mdb"))
-        except OSError:
-            return False
-        return stat.S_ISREG(st.st_mode) and os.access(os.path.join(self.path, "lock.mdb"), os.W_OK)
-
-    def check_no_writer(self) -> None:
-        """For a reader without the lock table (:attr:`nolock`): :class:`IndexLocked` while a writer
-        holds ``write.lock`` (it cannot see this reader, so it could reuse pages the reader reads)."""
-        pid = WriteLock(self.index_dir).holder()
-        if pid is not None:
-            raise IndexLocked(f"index {self.index_dir} is being written by pid {pid} and its lock table "
-                              f"{os.path.join(self.path, 'lock.mdb')} cannot be used from here (a read-only "
-                              "folder or file): try again when the update has finished")
-
-    def _open_optional(self, create: bool) -> None:
-        for n in OPTIONAL_DBS:
-            if self.db.get(n) is None:
-                try:
-                    self.db[n] = self.env.open_db(n.encode(), create=create)
-                except self.lmdb.NotFoundError:
-                    self.db[n] = None
-
-    def close(self) -> None:
-        if getattr(self, "env", None) is not None:
-            with _OPEN_LOCK:
-                shared = _OPEN.get(self._key)
-                if shared is not None and shared["env"] is self.env:
-                    shared["refs"] -= 1
-                    if shared["refs"] <= 0:
-                        del _OPEN[self._key]
-                        self.env.close()
-                else:
-                    self.env.close()
-            self.env = None
+        self._attach(index_dir, readonly, map_size, create)
 
     # -- transactions ----------------------------------------------------------------
     def read(self):
@@ -247,16 +77,7 @@ class Store:
         except self.lmdb.MapResizedError:
             self.env.set_mapsize(0)
             t = self.env.begin()
-        return _CheckedRead(self, t, start) if self.nolock else t
-
-    def check_snapshot(self, start: int | None) -> None:
-        """After a read without the lock table that began at LMDB transaction ``start``: a writer could
-        have reused its pages only if it committed twice since, or holds the lock now."""
-        now = self.last_txnid()
-        if start is not None and now is not None and now - start >= 2:
-            raise IndexLocked(f"index {self.index_dir} changed while it was read without a lock table "
-                              f"({os.path.join(self.path, 'lock.mdb')} cannot be used from here): try again")
-        self.check_no_writer()
+        return CheckedRead(self, t, start) if self.nolock else t
 
     def write(self, fn: Callable[["Txn"], Any], bump: bool = True) -> Any:
         """Run ``fn(Txn)`` in one write transaction; retried on a grown map when full.
@@ -288,13 +109,6 @@ class Store:
     def all_meta(self) -> dict:
         with self.read() as t:
             return {bytes(k).decode(): loads(v) for k, v in t.cursor(db=self.db["meta"])}
-
-    def last_txnid(self) -> int | None:
-        """The id of the last committed write transaction (any process): changes with every commit."""
-        try:
-            return int(self.env.info()["last_txnid"])
-        except Exception:  # noqa: BLE001 - a closed or odd environment: callers fall back to a read
-            return None
 
     @property
     def generation(self) -> int:
@@ -474,31 +288,6 @@ class Store:
     def failure_keys(self) -> list[str]:
         with self.read() as t:
             return [bytes(k).decode() for k in t.cursor(db=self.db["fails"]).iternext(values=False)]
-
-
-class _CheckedRead:
-    """A read transaction of a store opened without the lock table: used like one, and on its end
-    :meth:`Store.check_snapshot` says whether what was read can be trusted (IndexLocked if not)."""
-
-    def __init__(self, store: Store, t, start: int | None):
-        self._store, self._t, self._start = store, t, start
-
-    def __getattr__(self, name):
-        return getattr(self._t, name)
-
-    def __enter__(self):
-        self._t.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        out = self._t.__exit__(*exc)
-        if exc[0] is None:
-            self._store.check_snapshot(self._start)
-        return out
-
-    def abort(self) -> None:
-        self._t.abort()
-        self._store.check_snapshot(self._start)
 
 
 class Txn:

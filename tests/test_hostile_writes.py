@@ -502,3 +502,17 @@ def test_disk_full_during_update_keeps_the_index(case, monkeypatch, where):
     r = _runner().invoke(main, args)
     assert r.exit_code == 0, r.stderr
     assert verify_index(idx)["ok"]
+
+
+def test_a_writer_after_readers_in_one_process(case):
+    """Readers open the store read-only; an update in the same process reopens it writable for all of
+    them (LMDB allows one environment per folder and process), and the readers carry on."""
+    from indexer import open_searcher, update_index
+
+    idx, _, _ = case
+    with open_searcher(idx, expand="none") as s:
+        before = [h.id for h in s.search("a picture", k=3).hits]
+        assert s.index.store.env.flags()["readonly"]  # opened read-only
+        update_index(idx, workers=0, quiet=True, log=lambda x: None)
+        assert [h.id for h in s.search("a picture", k=3).hits] == before
+    assert verify_index(idx)["ok"]

@@ -8,6 +8,7 @@ usage). Heavy imports (torch, faiss, open_clip) happen inside commands, so
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -57,6 +58,8 @@ def handle_errors(fn):
         except Exception as e:  # a bug: one line unless --debug, which shows the traceback
             if _flag("debug"):
                 raise
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write not wrapped yet
+                raise KgclipCommandError(f"no space left on device writing {e.filename or 'a file'}") from None
             raise KgclipCommandError(
                 f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                 "(rerun with --debug for the traceback)"

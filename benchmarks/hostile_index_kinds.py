@@ -360,7 +360,7 @@ KG_STEPS = [S("search", "{idx}", "cat", "--kg", "{kg}", "--expand", "multi", "-k
 @kind("kg-gzip-bomb", "resources", [*KG_STEPS, S("kg", "info", "{kg}")])
 def _kg_bomb(t: Trial):
     """A user KG whose entities.json.gz (about 1 MB) inflates to 1 GiB."""
-    gzip_bomb(t.kg / "entities.json.gz", t.bomb_bytes, b'{"extra":{},"glosses":"","ids":"', b'","names":""}')
+    gzip_bomb(t.kg / "entities.json.gz", t.bomb_bytes, b'{"extra":{},"glosses":"","ids":"', b'","lemma_keys":"","names":""}')
 
 
 def _kg_arrays(t: Trial, **change):

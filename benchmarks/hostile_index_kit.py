@@ -189,13 +189,14 @@ def write_faiss(t: Trial, index, name: str = "image.faiss") -> None:
 
 
 def faiss_header_bomb(ntotal: int = 1 << 25, dim: int = DIM) -> bytes:
-    """An ``IDMap,Flat`` (inner product) file of 90 bytes whose header and code vector declare ``ntotal``
-    vectors (4 GiB of codes at the defaults) and hold none."""
+    """An ``IDMap,Flat`` (inner product) file of 90 bytes whose header and vector array declare ``ntotal``
+    vectors (4 GiB of float32 at the defaults: faiss allocates it before it finds the bytes missing) and
+    hold none."""
     def header(fourcc: bytes) -> bytes:
         # d, ntotal, two dummies, is_trained, metric (0 = inner product)
         return fourcc + struct.pack("<iqqqBi", dim, ntotal, 1 << 20, 1 << 20, 1, 0)
 
-    return header(b"IxMp") + header(b"IxFI") + struct.pack("<Q", ntotal * dim * 4) + struct.pack("<Q", 0)
+    return header(b"IxMp") + header(b"IxFI") + struct.pack("<Q", ntotal * dim) + struct.pack("<Q", 0)
 
 
 def gzip_bomb(path: Path, inflated: int, prefix: bytes, suffix: bytes) -> None:

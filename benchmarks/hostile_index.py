@@ -39,6 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.fakes import COLOURS
 from benchmarks.hostile_index_kinds import KINDS
 from benchmarks.hostile_index_kit import BUILD, READERS, REPAIR, UPDATE, VERIFY_OK, VICTIM_BYTES, Kind, Trial, \
     write_kg
@@ -58,7 +61,8 @@ def fill(arg, t: Trial):
     return arg.format(idx=t.idx, root=t.root, kg=t.kg, src=t.src)
 
 
-def make_trial(name: str, base: Path, work: Path, fresh: bool, bomb_bytes: int, env: dict) -> Trial:
+def make_trial(name: str, base: Path, work: Path, fresh: bool, bomb_bytes: int, env: dict,
+               build: bool = True) -> Trial:
     root = work / "trials" / name
     if root.exists():
         release(root)
@@ -67,11 +71,12 @@ def make_trial(name: str, base: Path, work: Path, fresh: bool, bomb_bytes: int, 
     if fresh:  # the kind changes the sources: an index of the trial's own copy
         shutil.copytree(base / "src", root / "src", symlinks=True)
         t.src = root / "src"
+    if fresh and build:
         r = run_command(kgclip_command() + ["-q"] + [fill(a, t) for a in BUILD.args], root, env, work / "io",
                         timeout=120)
         if r["exit"] != 0:
             raise RuntimeError(f"fresh build for {name} failed: {r['stderr'][-800:]!r}")
-    else:
+    else:  # a copy of the base index (also what a fresh kind gets without ``build``, e.g. in a unit test)
         shutil.copytree(base / "idx", t.idx, symlinks=True)
     shutil.copytree(base / "kg", t.kg, symlinks=True)
     t.victim.write_bytes(VICTIM_BYTES)
@@ -145,10 +150,7 @@ def run_trial(k, base: Path, work: Path, opts: dict) -> dict:
 # -- the base index -----------------------------------------------------------------------------------------------
 def make_corpus(src: Path) -> None:
     """Coloured images (the fake encoder names the nearest colour), a subfolder, and a captioned JSONL."""
-    import numpy as np
     from PIL import Image
-
-    from benchmarks.fakes import COLOURS
 
     rng = np.random.default_rng(0)
 

@@ -15,9 +15,10 @@ import shutil
 
 import numpy as np
 
-from .hostile_index_kit import (BUILD, DIM, INFO, READERS, REPAIR, REPAIRED, SEARCH, SEARCH_OK, UPDATE,
+from benchmarks.hostile import png_header_bomb
+from benchmarks.hostile_index_kit import (BUILD, DIM, INFO, READERS, REPAIR, REPAIRED, SEARCH, SEARCH_OK, UPDATE,
                                 VERIFY, VERIFY_BAD, VERIFY_OK, Kind, S, Trial, faiss_header_bomb, gzip_bomb, ikey,
-                                lmdb_items, lmdb_put, make_fifo, move_out, nested_json, png_header_bomb,
+                                lmdb_items, lmdb_put, make_fifo, move_out, nested_json,
                                 read_manifest, replace_with_symlink, stale_sidecar, store_vectors, write_faiss,
                                 write_manifest, write_matching_sidecar)
 

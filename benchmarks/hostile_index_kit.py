@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from retrieval.kg.graphfile import write_graph
+
 VICTIM_BYTES = b"precious data outside the index\n" * 64
 DIM = 32  # benchmarks.fakes.DIM: every vector in the base index has this length
 
@@ -215,16 +217,8 @@ def nested_json(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-def png_header_bomb(w: int, h: int) -> bytes:
-    from benchmarks.hostile import png_header_bomb as bomb
-
-    return bomb(w, h)
-
-
 def write_kg(path: Path) -> Path:
     """A tiny user KG: cat/dog -> animal, rocket -> vehicle, red -> colour."""
-    from retrieval.kg.graphfile import write_graph
-
     ids = ["cat", "dog", "animal", "rocket", "vehicle", "red", "colour"]
     edges = [(0, 2), (1, 2), (3, 4), (5, 6)]
     return write_graph(path, name="hostile-bench", ids=ids, names=[[i] for i in ids], glosses=[""] * len(ids),

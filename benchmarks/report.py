@@ -303,7 +303,8 @@ def hostile_section(d: dict) -> list[str]:
             f"{t.get('peak_mb')} MB and {t.get('seconds')} s per command, a hang is {t.get('hang_timeout_s')} s). "
             f"{s['passed']} pass; control (a pristine copy) {'passes' if s['control_ok'] else 'FAILS'}. "
             f"Permissions: {d.get('permissions')}.")
-    rows = [[k["kind"], k["family"], len(k["steps"]), k["outcome"], k.get("peak_mb"), k.get("seconds"),
+    rows = [[k["kind"], k["family"], len(k["steps"]), k["outcome"], f"{k.get('peak_mb') or 0:.0f}",
+             f"{k.get('seconds') or 0:.1f}",
              (k["reasons"][0] if k["reasons"] else "").replace("|", "/")[:140]] for k in d["kinds"]]
     return [head, "", table(["kind", "family", "commands", "outcome", "peak MB", "s", "first reason"], rows,
                             "markdown"), ""]

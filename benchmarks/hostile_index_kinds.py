@@ -160,6 +160,14 @@ def _src_manifest_empty(t: Trial):
     (t.src / "cap.jsonl").write_bytes(b"")
 
 
+@kind("source-row-nested-json", "dataloss", [S("update", "{idx}", ok=(0,), label="update (must skip the row)"), INFO],
+      fresh=True)
+def _src_nested(t: Trial):
+    """One JSONL manifest row nests 100,000 lists deep: that row is skipped with a reason, the rest indexed."""
+    with open(t.src / "cap.jsonl", "a") as fh:
+        fh.write('{"path": "cap/c0.png", "caption": "deep", "x": ' + nested_json(100_000) + "}\n")
+
+
 @kind("nan-vector", "dataloss", [VERIFY_BAD, *REPAIRED])
 def _nan_vec(t: Trial):
     """One stored image vector is all NaN."""
@@ -361,7 +369,8 @@ KG_STEPS = [S("search", "{idx}", "cat", "--kg", "{kg}", "--expand", "multi", "-k
 @kind("kg-gzip-bomb", "resources", [*KG_STEPS, S("kg", "info", "{kg}")])
 def _kg_bomb(t: Trial):
     """A user KG whose entities.json.gz (about 1 MB) inflates to 1 GiB."""
-    gzip_bomb(t.kg / "entities.json.gz", t.bomb_bytes, b'{"extra":{},"glosses":"","ids":"', b'","lemma_keys":"","names":""}')
+    gzip_bomb(t.kg / "entities.json.gz", t.bomb_bytes, b'{"extra":{},"glosses":"","ids":"',
+              b'","lemma_keys":"","names":""}')
 
 
 def _kg_arrays(t: Trial, **change):

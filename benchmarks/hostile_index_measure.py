@@ -118,7 +118,8 @@ def run_command(argv: list, cwd: Path, env: dict, io_dir: Path, timeout: float =
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    return {"exit": p.returncode, "timed_out": timed_out, "mem_killed": mem_killed, "peak_mb": round(ru.ru_maxrss / 1024, 1),
+    return {"exit": p.returncode, "timed_out": timed_out, "mem_killed": mem_killed,
+            "peak_mb": round(ru.ru_maxrss / 1024, 1),
             "seconds": round(seconds, 2), "stdout": out_p.read_bytes(), "stderr": err_p.read_bytes()}
 
 

@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import hostile_index_kinds  # noqa: F401  (registers the index-folder kinds, in order)
+from benchmarks import hostile_index_inputs  # noqa: F401,I001  (then the KG and query kinds)
 from benchmarks.fakes import COLOURS
-from benchmarks.hostile_index_kinds import KINDS
-from benchmarks.hostile_index_kit import BUILD, READERS, REPAIR, UPDATE, VERIFY_OK, VICTIM_BYTES, Kind, Trial, \
+from benchmarks.hostile_index_kit import BUILD, KINDS, READERS, REPAIR, UPDATE, VERIFY_OK, VICTIM_BYTES, Kind, Trial, \
     write_kg
 from benchmarks.hostile_index_measure import REPO, TARGET_MB, TARGET_S, can_enforce_modes, child_env, count_items, \
     diff, judge, kgclip_command, run_command, snapshot

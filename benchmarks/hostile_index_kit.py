@@ -80,6 +80,20 @@ class Kind:
     extra: dict = field(default_factory=dict)
 
 
+# -- the registry: benchmarks.hostile_index_kinds (index folders) and hostile_index_inputs (KGs, queries) --
+KINDS: dict[str, Kind] = {}
+
+
+def kind(name: str, family: str, steps, **kw):
+    def register(fn):
+        if name in KINDS:
+            raise ValueError(f"hostile kind {name!r} registered twice")
+        KINDS[name] = Kind(name, family, " ".join((fn.__doc__ or name).split()), fn, list(steps), **kw)
+        return fn
+
+    return register
+
+
 # -- the standard commands -----------------------------------------------------------------------------
 def S(*args, ok=(0, 1, 2), stdin=None, keeps=True, hits=None, label=""):
     return Step(list(args), tuple(ok), stdin, keeps, hits, label)

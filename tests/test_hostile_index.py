@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from benchmarks import hostile_index as hi
-from benchmarks.hostile_index_kinds import KINDS
-from benchmarks.hostile_index_kit import S, VICTIM_BYTES
+from benchmarks.hostile_index_kit import KINDS, S, VICTIM_BYTES
 from benchmarks.hostile_index_measure import child_env, diff, judge, run_command, snapshot, strict_json
 
 

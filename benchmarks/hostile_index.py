@@ -222,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default=None, help="comma-separated kind names (see --list)")
     ap.add_argument("--list", action="store_true", help="list the kinds and exit")
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds before a command counts as a hang")
+    ap.add_argument("--target-mb", type=float, default=TARGET_MB, help="peak RSS a command may reach (MB)")
+    ap.add_argument("--target-s", type=float, default=TARGET_S, help="seconds a command may take (a loaded machine)")
     ap.add_argument("--kill-mb", type=int, default=3072, help="kill a command whose RSS passes this (MB)")
     ap.add_argument("--as-limit-mb", type=int, default=0,
                     help="also cap each command's address space (MB; 0: none; a cap hides allocations as errors)")
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
     os.chmod(work, 0o755)
     opts = {"timeout": args.timeout, "as_limit_mb": args.as_limit_mb or None, "kill_mb": args.kill_mb,
             "bomb_bytes": args.bomb_mb << 20,
-            "keep": args.keep, "target_mb": TARGET_MB, "target_s": TARGET_S, "modes": can_enforce_modes()}
+            "keep": args.keep, "target_mb": args.target_mb, "target_s": args.target_s, "modes": can_enforce_modes()}
     t0 = time.monotonic()
     try:
         base = make_base(work)
@@ -271,7 +273,7 @@ def main(argv=None) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "root": os.geteuid() == 0},
         "permissions": opts["modes"][1],
-        "targets": {"peak_mb": TARGET_MB, "seconds": TARGET_S, "hang_timeout_s": args.timeout,
+        "targets": {"peak_mb": args.target_mb, "seconds": args.target_s, "hang_timeout_s": args.timeout,
                     "memory_watchdog_mb": args.kill_mb, "address_space_cap_mb": args.as_limit_mb or None,
                     "kg_bomb_mb": args.bomb_mb},
         "summary": summary, "control": control, "kinds": results,

@@ -40,7 +40,8 @@ def child_env(work: Path, offline: bool = True) -> dict:
            if k not in ("KGCLIP_OFFLINE", "HF_HUB_OFFLINE", "KGCLIP_INDEX", "KGCLIP_HOOK_EVENTS")}
     env.update(PYTHONPATH=os.environ.get("KGCLIP_PYTHONPATH", str(REPO)), KGCLIP_PLUGINS="benchmarks.fakes",
                KGCLIP_CACHE=str(work / "cache"), HF_HOME=str(work / "hf-home"), OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", LC_ALL="C.UTF-8")
+               MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", LC_ALL="C.UTF-8",
+               PYTHONDONTWRITEBYTECODE="1")  # the tree under test stays as it is
     if offline:
         env["KGCLIP_OFFLINE"] = "1"
     return env

@@ -15,6 +15,7 @@ _WORD = re.compile(r"[^\W\d_]+")  # runs of letters: digits and "_" split words
 # the longest query accepted (after white space is folded): CLIP-style text towers read 77 tokens, so
 # longer text only costs time (a 1 MB query with --expand multi took 55 s before this cap)
 MAX_QUERY_CHARS = 1000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def safe_text(s: object) -> str:
@@ -48,10 +49,9 @@ def decodable(text: str) -> str:
     except UnicodeEncodeError:
         pass
     try:
-        raw = text.encode("utf-8", "surrogateescape")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # surrogates that are not escaped bytes
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def fold_space(text: object) -> str:

@@ -449,16 +449,6 @@ def kg_embed(model, kg_path, device):
 
 
 # -- build side (indexer) -------------------------------------------------------------------
-def _concepts_row(model: dict) -> list[tuple[str, str]]:
-    """`kgclip info`'s line on what lite grounding reads: concept profiles, or the top 5 of an older index."""
-    prof = model.get("profile")
-    if prof:
-        return [("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
-    if str(model.get("spec", "")).startswith("lite"):
-        return [("concepts", "top 5 classes per image (built before profiles; `kgclip build --restart` adds them)")]
-    return []
-
-
 def _index_arg(index):
     from retrieval.errors import UsageError
 
@@ -547,42 +537,9 @@ def update(index, batch_size, workers, device, fmt):
 def info(index, fmt):
     """Show what INDEX holds: models, counts, FAISS setup, failures, timings."""
     from indexer import index_info
+    from retrieval.render import render_index_info
 
-    d = index_info(_index_arg(index))
-    if fmt == "json":
-        echo_json(d)
-        return
-    c, live = d.get("counts") or {}, d["live_counts"]
-    tm = d.get("text_model")
-    rows = [
-        ("index", d["path"]),
-        ("format", f"{d['format']} v{d['format_version']} (kgclip {d.get('kgclip_version')})"),
-        ("state", f"{d.get('store_state')} (generation {d['store_generation']})" + (", locked by a writer"
-                                                                                 if d["locked"] else "")),
-        ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
-        ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
-        *_concepts_row(d["model"]),
-        ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
-        ("skipped files", str(live["failures"])),
-    ]
-    for kind, f in sorted(d.get("faiss", {}).items()):
-        fresh = "fresh" if f.get("fresh") else "stale: derived again on open"
-        params = " " + ", ".join(f"{k}={v}" for k, v in f["params"].items()) if f.get("params") else ""
-        rows.append((f"faiss {kind}", f"{f.get('factory')}{params} n={f.get('n')} "
-                                      f"recall@10={f.get('recall_at_10')} ({fresh})"))
-    reasons = (d.get("failures") or {}).get("by_reason") or {}
-    if reasons:
-        rows.append(("skip reasons", "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))))
-    t = d.get("timings") or {}
-    if t:
-        rows.append(("last build", f"{t.get('total', 0):.1f} s (encode {t.get('encode', 0):.1f} s, "
-                                   f"decode wait {t.get('decode_wait', 0):.1f} s, write {t.get('write', 0):.1f} s)"))
-    rows.append(("sources", ", ".join(d.get("sources") or [])))
-    rows.append(("disk", f"{d['disk_bytes'] / 2**20:.1f} MiB"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {safe_text(v)}")  # sources, specs and reasons come from the index
-    del c
+    click.echo(render_index_info(index_info(_index_arg(index)), fmt))  # index strings sanitised there
 
 
 @command(main)

@@ -81,8 +81,8 @@ class BuildReport:
         ]
         if self.failure_reasons:
             top = sorted(self.failure_reasons.items(), key=lambda kv: -kv[1])[:8]
-            lines.append(f"{self.failures_total} files skipped in all: "
-                         + "; ".join(f"{n} x {r}" for r, n in top))
+            lines.append(safe_text(f"{self.failures_total} files skipped in all: "
+                                   + "; ".join(f"{n} x {r}" for r, n in top)))
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -339,11 +339,20 @@ def render_kg_info(info: dict[str, Any], fmt: str = "table") -> str:
 
 
 # -- an index's info ------------------------------------------------------------------------------
+def _concepts_row(model: dict) -> list[tuple[str, str]]:
+    """The line on what lite grounding reads: concept profiles, or the top 5 of an older index."""
+    prof = model.get("profile")
+    if prof:
+        return [("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
+    if str(model.get("spec", "")).startswith("lite"):
+        return [("concepts", "top 5 classes per image (built before profiles; `kgclip build --restart` adds them)")]
+    return []
+
+
 def index_info_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     """``kgclip info``'s table rows from :func:`indexer.index_info`'s dict."""
     live = d["live_counts"]
     tm = d.get("text_model")
-    prof = d["model"].get("profile")
     rows = [
         ("index", d["path"]),
         ("format", f"{d['format']} v{d['format_version']} (kgclip {d.get('kgclip_version')})"),
@@ -351,8 +360,7 @@ def index_info_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
                                                                                  if d["locked"] else "")),
         ("model", f"{d['model']['spec']} ({d['model']['dim']}-d, {d['model'].get('fingerprint')})"),
         ("text model", f"{tm['spec']} ({tm['dim']}-d)" if tm else "none (no caption index)"),
-        *([("concepts", f"profiles: {prof['top']} classes per image at temperature {prof['temperature']:g}")]
-          if prof else []),
+        *_concepts_row(d["model"]),
         ("items", f"{live['items']} ({live['paths']} paths, {live['captions']} captions)"),
         ("skipped files", str(live["failures"])),
     ]

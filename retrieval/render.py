@@ -206,8 +206,8 @@ def render(results: Sequence[Results], fmt: str = "table", explain: bool = False
         raise ValueError(f"unknown format {fmt!r}")
     if fmt == "table":
         return render_table(results, explain)
-    if fmt == "paths":
-        return "\n".join(h.path or "" for r in results for h in r.hits)
+    if fmt == "paths":  # escaped too: a name holding ESC or a newline is shown as \x1b or \n (jsonl: exact)
+        return "\n".join(_safe(h.path or "") for r in results for h in r.hits)
     if fmt == "jsonl":
         return "\n".join(to_json(rec, indent=None) for r in results for rec in hit_records(r, explain))
     objs = [_result_dict(r, explain) for r in results]

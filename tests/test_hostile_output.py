@@ -73,9 +73,11 @@ def world(tmp_path_factory):
         rows.append({"path": f"{name}.png", "caption": f"a {name} square {EVIL}",
                      "score": [float("nan"), float("inf"), -float("inf"), 1.0][i % 4]})
     pq.write_table(pa.Table.from_pylist(rows), src / "m.parquet")
+    (tmp / "named").mkdir()
+    Image.fromarray(np.full((16, 16, 3), (251, 141, 21), np.uint8)).save(tmp / "named" / f"evil{EVIL}.png")
     env = env_for(tmp)
     idx = tmp / "idx"
-    p = subprocess.run(CLI + ["build", str(src / "m.parquet"), "-i", str(idx), "--model", "fake:v1",
+    p = subprocess.run(CLI + ["build", str(src / "m.parquet"), str(tmp / "named"), "-i", str(idx), "--model", "fake:v1",
                               "--text-model", "fake:v1", "--workers", "0", "-q"],
                        env=env, capture_output=True, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -210,10 +212,10 @@ def test_nan_metadata_gives_strict_json(world, fmt):
     clean(p, 0)
     docs = [strict_json(x) for x in p.stdout.decode().splitlines()] if fmt == "jsonl" \
         else [strict_json(p.stdout.decode())]
-    metas = [h["metadata"]["meta"]["score"] for d in docs for h in (d["hits"] if fmt == "json" else [d])]
+    metas = [h["metadata"].get("meta", {}).get("score") for d in docs for h in (d["hits"] if fmt == "json" else [d])]
     assert None in metas and 1.0 in metas  # NaN and infinities became null
     caps = [h["caption"] for d in docs for h in (d["hits"] if fmt == "json" else [d])]
-    assert all(EVIL in c for c in caps)  # JSON keeps the data exactly, as escapes (checked by clean)
+    assert all(EVIL in c for c in caps if c)  # JSON keeps the data exactly, as escapes (checked by clean)
     assert strict_json(run(world, "info", world[1], "--format", "json").stdout.decode())
 
 
@@ -221,7 +223,8 @@ def test_nan_metadata_gives_strict_json(world, fmt):
     ("kg", "link", "giraffe"), ("kg", "expand", "giraffe"), ("kg", "link", "giraffe", "--format", "json"),
     ("kg", "expand", "giraffe", "--format", "json"), ("kg", "info", "{kg}"),
     ("search", "{idx}", "giraffe", "--explain"), ("search", "{idx}", "red", "-k", "3"),
-    ("search", "{idx}", "red", "--format", "paths"), ("info", "{idx}"),
+    ("search", "{idx}", "red", "--format", "paths"), ("search", "{idx}", "orange", "--format", "jsonl"),
+    ("info", "{idx}"),
 ])
 def test_kg_and_index_strings_are_sanitised(world, args):
     tmp, idx, env = world
@@ -236,6 +239,10 @@ def test_kg_and_index_strings_are_sanitised(world, args):
     assert "giraffe" in out or "red" in out or "fake:v1" in out or args[1] == "info"
     if "--format" in args and "json" in args:
         strict_json(out)
+    if "paths" in args:  # the file named with escapes is listed, escaped
+        assert "evil\\x1b]0;pwned\\x07\\x1b[31m\\u202e\\x9b.png" in out
+    if "jsonl" in args:
+        assert any(strict_json(x)["path"].endswith(f"evil{EVIL}.png") for x in out.splitlines())
 
 
 def _png_header(path: Path, w: int, h: int) -> None:

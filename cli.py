@@ -264,7 +264,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     """
     from retrieval.errors import QueryError, UsageError
     from retrieval.query.options import SearchOptions
-    from retrieval.text import clean_text
+    from retrieval.text import MAX_QUERY_CHARS, clean_text
 
     index, query = _split_search_args(args)
     options = SearchOptions(**({"max_pixels": max_pixels} if max_pixels else {}))
@@ -307,7 +307,7 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
                        options=options) as s:
         if batch:  # printed as each chunk is answered: the first results come before stdin ends
             for piece in render_stream(s.search_chunks(stream.chunks(), **kw), fmt, explain=explain):
-                if not stream.count:
+                if not stream.count:  # json's empty list: no query came, which is an error below
                     break
                 click.echo(piece)
         else:
@@ -316,9 +316,10 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
                 click.echo(text)
     if batch:
         if stream.skipped > stream.shown:
-            click.echo(f"skipped {stream.skipped} stdin lines in all (queries over 1000 characters)", err=True)
+            click.echo(f"skipped {stream.skipped} stdin lines in all (queries over {MAX_QUERY_CHARS} characters)",
+                       err=True)
         if not stream.count:
-            raise QueryError("no queries on stdin (expected one query per line, up to 1000 characters)")
+            raise QueryError(f"no queries on stdin (expected one query per line, up to {MAX_QUERY_CHARS} characters)")
 
 
 @command(main)

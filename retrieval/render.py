@@ -82,7 +82,7 @@ def _clip(s: str | None, width: int) -> str:
 
 def _linked_line(link: Any) -> str:
     if not isinstance(link, dict):
-        return str(link)
+        return clip(link, EXPLAIN_LINE_CHARS)
     span = clip(link.get("span") or link.get("text") or "", 60)
     name = clip(link.get("name") or link.get("entity") or "", 60)
     eid = clip(link.get("entity_id") or link.get("id") or "", 60)

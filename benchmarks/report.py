@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from retrieval.render import to_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -72,7 +74,7 @@ def category_rows(res: dict) -> tuple[list[str], list[list]]:
 
 def format_result(res: dict, fmt: str = "table") -> str:
     if fmt == "json":
-        return json.dumps(res, indent=2)
+        return to_json(res)  # strict: a NaN metric is null
     kind = res.get("benchmark")
     if kind == "recall":
         h, r = recall_rows(res)
@@ -83,7 +85,7 @@ def format_result(res: dict, fmt: str = "table") -> str:
     if kind == "category":
         h, r = category_rows(res)
         return f"category queries, model {res['model']}\n\n" + table(h, r, fmt)
-    return json.dumps(res, indent=2)
+    return to_json(res)
 
 
 def kg_targets(recalls: list[dict], cat: dict | None) -> tuple[list[str], list[list], str]:

@@ -8,8 +8,8 @@ usage). Heavy imports (torch, faiss, open_clip) happen inside commands, so
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
 import os
 import sys
 
@@ -18,6 +18,7 @@ import click
 from retrieval import __version__
 from retrieval.choices import EXPAND_MODES, HYBRID_MODES, INDEX_TYPES, RESULT_FORMATS, TRIPLE_FORMATS
 from retrieval.errors import KgclipError
+from retrieval.text import safe_text
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "KGCLIP", "max_content_width": 100}
 
@@ -30,7 +31,7 @@ class KgclipCommandError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None):
-        click.echo(f"Error: {self.format_message()}", err=True)
+        click.echo(f"Error: {safe_text(self.format_message())}", err=True)  # names from an index: escaped
 
 
 def handle_errors(fn):
@@ -57,6 +58,8 @@ def handle_errors(fn):
         except Exception as e:  # a bug: one line unless --debug, which shows the traceback
             if _flag("debug"):
                 raise
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write not wrapped yet
+                raise KgclipCommandError(f"no space left on device writing {e.filename or 'a file'}") from None
             raise KgclipCommandError(
                 f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                 "(rerun with --debug for the traceback)"
@@ -161,7 +164,16 @@ def command(group, *args, **kwargs):
 
 
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+    """Strict JSON (NaN -> null; retrieval.render.to_json) on stdout."""
+    from retrieval.render import to_json
+
+    click.echo(to_json(obj))
+
+
+def max_pixels_option(fn):
+    return click.option("--max-pixels", type=click.IntRange(1), default=None,
+                        help="Largest image in pixels: builds skip larger files, image queries are refused "
+                             "(default 100M).")(fn)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -235,13 +247,16 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--allow-download", is_flag=True,
               help="Let the models the index names be downloaded (default: local or shipped files only; "
                    "also KGCLIP_ALLOW_DOWNLOAD=1).")
+@max_pixels_option
 @device_option()
 def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt,
-           to_captions, model, allow_download, device):
+           to_captions, model, allow_download, max_pixels, device):
     """Search INDEX for QUERY (text), --image PATH, or both.
 
     Without QUERY (and without --image), queries are read from stdin, one per
-    line, and searched as one warm batch. INDEX defaults to $KGCLIP_INDEX.
+    line, searched in warm batches and printed as they are answered. A query
+    may be up to 1000 characters long (longer ones are refused; in a stdin
+    batch, skipped with a warning). INDEX defaults to $KGCLIP_INDEX.
 
     \b
         kgclip search pics.kgc "a dog on a beach" -k 5
@@ -262,10 +277,13 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
                              --hybrid rrf: a reciprocal-rank-fusion score
     """
     from retrieval.errors import QueryError, UsageError
+    from retrieval.query.options import SearchOptions
+    from retrieval.text import MAX_QUERY_CHARS, clean_text
 
     if allow_download:
         os.environ["KGCLIP_ALLOW_DOWNLOAD"] = "1"
     index, query = _split_search_args(args)
+    options = SearchOptions(**({"max_pixels": max_pixels} if max_pixels else {}))
     if not index:
         raise UsageError("no INDEX given (pass it as the first argument or set KGCLIP_INDEX)")
     if k <= 0:
@@ -276,39 +294,48 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
         from retrieval.render import render_captions
         from indexer import open_searcher
 
-        with open_searcher(index, expand="none", device=device, model=model) as s:
+        with open_searcher(index, expand="none", device=device, model=model, options=options) as s:
             rows = s.search_captions(image, k=k)
         click.echo(render_captions(os.path.basename(image), rows, fmt))
         return
-    if query is not None and not query.strip():
-        raise QueryError("empty query: give some words to search for (or --image PATH)")
+    if query is not None:
+        query = clean_text(query)  # empty, too long or undecodable: one line before any model loads
     batch = query is None and image is None
-    queries = None
+    stream = None
     if batch:
         stdin = sys.stdin
         if stdin is None or stdin.isatty():
             raise UsageError("no QUERY given: pass one, use --image PATH, or pipe queries on stdin (one per line)")
-        raw = getattr(stdin, "buffer", None)  # bytes: a non-UTF-8 line must not end the batch (or the locale)
-        lines = (b.decode("utf-8", "replace") for b in raw) if raw is not None else stdin
-        queries = [line.strip() for line in lines if line.strip()]
-        if not queries:
-            raise QueryError("no queries on stdin (expected one query per line)")
+        from retrieval.query.batch import QueryStream
 
-    from retrieval.render import render
+        # bytes: a non-UTF-8 line must not end the batch (or the locale)
+        stream = QueryStream(getattr(stdin, "buffer", None) or stdin,
+                             skip=lambda no, why: click.echo(f"skipping stdin line {no}: {why}", err=True))
+
+    from retrieval.render import render, render_stream
     from retrieval.query.filters import parse_filters
     from indexer import open_searcher
 
     parsed = parse_filters(filters)  # usage errors before any model loads
     kw = dict(k=k, filters=parsed, min_score=min_score, explain=explain, hybrid=hybrid,
               weights={"image": image_weight, "caption": caption_weight})
-    with open_searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model) as s:
-        if batch:
-            results = s.search_many(queries, **kw)
+    with open_searcher(index, expand=expand, kg=kg, device=device, hybrid=hybrid, model=model,
+                       options=options) as s:
+        if batch:  # printed as each chunk is answered: the first results come before stdin ends
+            for piece in render_stream(s.search_chunks(stream.chunks(), **kw), fmt, explain=explain):
+                if not stream.count:  # json's empty list: no query came, which is an error below
+                    break
+                click.echo(piece)
         else:
-            results = [s.search(query, image=image, **kw)]
-    text = render(results, fmt, explain=explain, batch=batch)
-    if text:
-        click.echo(text)
+            text = render([s.search(query, image=image, **kw)], fmt, explain=explain)
+            if text:
+                click.echo(text)
+    if batch:
+        if stream.skipped > stream.shown:
+            click.echo(f"skipped {stream.skipped} stdin lines in all (queries over {MAX_QUERY_CHARS} characters)",
+                       err=True)
+        if not stream.count:
+            raise QueryError(f"no queries on stdin (expected one query per line, up to {MAX_QUERY_CHARS} characters)")
 
 
 @command(main)
@@ -345,10 +372,12 @@ def kg():
 @format_option()
 def kg_link(text, kg_path, sense_model, fmt):
     """Show the entities TEXT links to (sense, gloss, confidence)."""
-    from retrieval.render import links_table
+    from retrieval.render import render_links
+    from retrieval.text import clean_text
 
+    text = clean_text(text)  # the query rules: a length cap, undecodable bytes replaced
     links = [lk.to_dict() for lk in _expander(kg_path, sense_model).link(text)]
-    click.echo(json.dumps(links, ensure_ascii=False, indent=2) if fmt == "json" else links_table(links))
+    click.echo(render_links(links, fmt))
 
 
 @command(kg, "expand")
@@ -361,8 +390,10 @@ def kg_link(text, kg_path, sense_model, fmt):
 @format_option()
 def kg_expand(text, kg_path, mode, model, sense_model, fmt):
     """Show how TEXT is expanded: linked entities, expansions with weights and paths."""
-    from retrieval.render import plan_dict, plan_table
+    from retrieval.render import render_plan
+    from retrieval.text import clean_text
 
+    text = clean_text(text)
     ex = _expander(kg_path, sense_model)
     weights = None
     if model:
@@ -371,8 +402,7 @@ def kg_expand(text, kg_path, mode, model, sense_model, fmt):
         _vecs, weights, plan = ex.query_vectors(text, get_encoder(model, device="cpu"), mode=mode)
     else:
         plan = ex.plan(text, mode=mode)
-    click.echo(json.dumps(plan_dict(plan, weights), ensure_ascii=False, indent=2) if fmt == "json"
-               else plan_table(plan, weights))
+    click.echo(render_plan(plan, weights, fmt))
 
 
 @command(kg, "import")
@@ -411,12 +441,12 @@ def kg_info(kg_path, fmt):
     import time
 
     from retrieval.kg import load_graph
-    from retrieval.render import kg_info_table as info_table
+    from retrieval.render import render_kg_info
 
     t = time.perf_counter()
     g = load_graph(kg_path)
     info = {**g.info(), "load_ms": round((time.perf_counter() - t) * 1000, 1)}
-    click.echo(json.dumps(info, ensure_ascii=False, indent=2) if fmt == "json" else info_table(info))
+    click.echo(render_kg_info(info, fmt))
 
 
 @command(kg, "embed")
@@ -460,7 +490,7 @@ def _index_arg(index):
 @click.option("--index-type", type=click.Choice(list(INDEX_TYPES)), default="auto",
               show_default=True, help="FAISS index kind (auto: chosen from size, dimension and memory).")
 @click.option("--max-memory", default=None, help="Memory budget for the FAISS index, e.g. 4G.")
-@click.option("--max-pixels", type=click.IntRange(1), default=None, help="Skip larger images (default 100M).")
+@max_pixels_option
 @click.option("--timeout", "timeout", type=click.FloatRange(0.1), default=None,
               help="Seconds one file may take to decode (default 30).")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
@@ -531,11 +561,7 @@ def info(index, fmt):
     from indexer import index_info
     from retrieval.render import render_index_info
 
-    d = index_info(_index_arg(index))
-    if fmt == "json":
-        echo_json(d)
-    else:
-        click.echo(render_index_info(d))
+    click.echo(render_index_info(index_info(_index_arg(index)), fmt))  # index strings sanitised there
 
 
 @command(main)
@@ -574,7 +600,9 @@ def _bench_output(res: dict, fmt: str, out: str | None) -> None:
         from pathlib import Path
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2) + "\n")
+        from retrieval.render import to_json
+
+        Path(out).write_text(to_json(res) + "\n")
         click.echo(f"wrote {out}", err=True)
     click.echo(format_result(res, fmt))
 
@@ -645,7 +673,10 @@ def bench_speed(sizes, index_types, fmt, out):
 
     res = run_speed(sizes, index_types, out=out,
                     log=None if quiet() else (lambda m: click.echo(m[:160], err=True)))
-    click.echo(json.dumps(res, indent=2, default=str) if fmt == "json" else res["summary"])
+    if fmt == "json":
+        echo_json(res)
+    else:
+        click.echo(res["summary"])
 
 
 if __name__ == "__main__":

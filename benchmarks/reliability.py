@@ -2,6 +2,7 @@
 
     python -m benchmarks.reliability                    # 54 fake:v1 trials + 1 lite trial (~5 min)
     python -m benchmarks.reliability --trials 9 --no-lite   # a quick look
+    python -m benchmarks.reliability --hostile [--quick]    # the hostile-index trials (benchmarks/hostile_index.py)
 
 Each trial runs ``kgclip build`` or ``kgclip update`` as a subprocess (the
 ``fake:v1`` encoder, with benchmarks.reliability_hooks slowing each store
@@ -34,7 +35,13 @@ PHASES = ("build", "update", "faiss")
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hostile" in argv:  # untrusted index folders (issue 22): their own module, options and results
+        from benchmarks.hostile_index import main as hostile
+
+        return hostile([a for a in argv if a != "--hostile"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hostile", action="store_true", help="run the hostile-index trials instead (see --hostile -h)")
     ap.add_argument("--trials", type=int, default=54, help="fake:v1 kill trials (split over build/update/faiss)")
     ap.add_argument("--no-lite", action="store_true", help="skip the one trial with the lite model")
     ap.add_argument("--seed", type=int, default=0)
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
         "lite_error": lite_error,
     }
     out = {
-        "command": "python -m benchmarks.reliability " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.reliability " + " ".join(argv),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "setup": {"items_per_build": len(sc.ref_build["items"]), "paths": len(sc.ref_build["paths"]),
                   "captions": sc.ref_build["n_caps"], "reference_build_s": round(sc.t_build, 2),

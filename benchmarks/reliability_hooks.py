@@ -106,9 +106,10 @@ def _install() -> None:
 
     def write_index(index, path):
         event("faiss-begin", path=path)
-        orig_write_index(index, path)
+        out = orig_write_index(index, path)  # (crc32, size) of what it wrote
         if _FAISS_DELAY:
             time.sleep(_FAISS_DELAY / 2)
+        return out
 
     vec._write_index = write_index
 

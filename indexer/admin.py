@@ -28,19 +28,18 @@ def index_info(index_dir: str) -> dict:
         p = os.path.join(index_dir, FAISS_FILES.get(kind, f"{kind}.faiss"))
         faiss[kind] = dict(info, exists=os.path.exists(p), fresh=info.get("generation") == gen,
                            bytes=os.path.getsize(p) if os.path.exists(p) else 0)
-    lock = WriteLock(index_dir)
-    locked = False
-    try:
-        if lock.try_acquire():
-            lock.release()
-        else:
-            locked = True
-    except OSError:
-        pass
+    locked = WriteLock(index_dir).holder() is not None  # asked without creating or writing the lock file
     size = 0
-    for root, _, files in os.walk(index_dir):
-        size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    for root, _, files in os.walk(index_dir):  # links are counted as links, never followed
+        size += sum(_lsize(os.path.join(root, f)) for f in files)
     out = dict(m)
     out.update(path=index_dir, live_counts=live, store_generation=gen, store_state=state, faiss=faiss,
                locked=locked, disk_bytes=size)
     return out
+
+
+def _lsize(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0

@@ -20,9 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from retrieval.encoders.base import DEFAULT_MAX_PIXELS, check_pixels
+
 from .sources import Item, read_bytes
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: bigger images are skipped as possible decompression bombs
 DEFAULT_TIMEOUT = 30.0  # seconds per file
 DEFAULT_MAX_BYTES = 512 << 20  # files larger than this are skipped without being read
 DRAFT_SIZE = 448  # JPEGs decode at the smallest 1/2^k scale keeping both sides >= this
@@ -98,8 +99,7 @@ def decode_bytes(data: bytes, transform: Callable, max_pixels: int = DEFAULT_MAX
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ValueError(f"image has no pixels ({w}x{h})")
-    if w * h > max_pixels:
-        raise ValueError(f"image too large: {w}x{h} is over the {max_pixels} pixel limit (decompression bomb guard)")
+    check_pixels(w, h, max_pixels)
     try:
         orientation = int(img.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block is not a reason to skip the image

@@ -8,12 +8,14 @@ are :mod:`indexer.build`'s; ``verify`` is :mod:`indexer.admin`'s.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from typing import Iterator
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, KgclipError, QueryError, UsageError
+from retrieval.errors import DiskFull, IndexCorrupt, KgclipError, QueryError, UnsafePath, UsageError
 from retrieval.query import Searcher
 
 from . import faiss as V
@@ -21,6 +23,8 @@ from .faiss import check
 from .derive import FAISS_FILES, derive_faiss, faiss_generation, store_meta
 from .manifest import read_manifest, rebuild_command, write_manifest
 from .store import Store, WriteLock
+
+log = logging.getLogger(__name__)
 
 MAX_K = 1 << 20  # most results one Index.search call returns per query
 
@@ -56,39 +60,67 @@ class Index:
     def _load(self, rebuild: bool = True) -> None:
         gen = self.store.generation
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
-        stale = []
+        loaded: dict[str, tuple] = {}
         for kind in kinds:
-            p = os.path.join(self.path, FAISS_FILES[kind])
-            info = dict((self.manifest.get("faiss") or {}).get(kind) or {})
             dim = self.dim if kind == "image" else self.text_dim
-            try:  # checked against the manifest's dimension and the store's count before faiss reads it
-                index, fgen = V.load(p, dim=dim, ntotal=self.store.count("vecs" if kind == "image" else "capvecs"))
+            try:  # the dimension is checked before faiss reads the file (the count: _trusted, at its generation)
+                loaded[kind] = V.load(os.path.join(self.path, FAISS_FILES[kind]), dim=dim)
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
-                index, fgen = None, None
-            if index is None or fgen != gen or not self._trusted(index, kind, info):
-                stale.append(kind)
-                continue
-            where = f"{os.path.join(self.path, 'index.json')}: faiss.{kind}.params"
-            info["params"] = check.safe_params(index, info.get("params") or {}, where=where, warn=True)
-            self._faiss[kind] = index
-            self._info[kind] = info
+                loaded[kind] = (None, None)
+        infos = {k: dict((self.manifest.get("faiss") or {}).get(k) or {}) for k in kinds}
+        for kind in kinds:  # an untrusted file (another metric, permuted ids...) is derived again
+            index, fgen = loaded[kind]
+            if index is not None and not self._trusted(index, kind, infos[kind], current=fgen == gen):
+                loaded[kind] = (None, None)
+        stale = [k for k in kinds if loaded[k][0] is None or loaded[k][1] != gen]
+        if stale:
+            published = self._published_generation(loaded)
+            if published is not None and WriteLock(self.path).holder() is not None:
+                # a writer is at work and publishes its FAISS files when it finishes: until then serve
+                # the last complete generation it published (what a long-lived searcher keeps serving)
+                # instead of deriving and tuning FAISS again in every cold process
+                gen, stale = published, []
+        for kind in kinds:
+            if kind not in stale:
+                info = infos[kind]
+                where = f"{os.path.join(self.path, 'index.json')}: faiss.{kind}.params"
+                info["params"] = check.safe_params(loaded[kind][0], info.get("params") or {}, where=where, warn=True)
+                self._faiss[kind] = loaded[kind][0]
+                self._info[kind] = info
         if stale:
             if not rebuild:
                 raise IndexCorrupt(f"{self.path}: FAISS files {', '.join(stale)} are stale or missing")
             self._rederive(stale, loaded_gen=gen)
         self.generation = gen if not stale else self.generation
 
-    def _trusted(self, index, kind: str, info: dict) -> bool:
+    def _trusted(self, index, kind: str, info: dict, current: bool = True) -> bool:
         """The loaded file is kgclip's index of this store: inner product, the right dimension, an id
         map, and sampled rows hold the stored vectors of their labels (a file with permuted ids or
-        another metric, even with a matching sidecar, is derived again from the store)."""
+        another metric, even with a matching sidecar, is derived again from the store). A file of an
+        earlier generation (``current=False``, served while a writer works) gets the structural checks
+        only: the store has moved on, so its count and rows may differ."""
         dim = self.dim if kind == "image" else self.text_dim
-        if check.problems(index, dim, self.store.count("vecs" if kind == "image" else "capvecs")):
+        n = self.store.count("vecs" if kind == "image" else "capvecs") if current else None
+        if check.problems(index, dim, n):
             return False
+        if not current:
+            return True
         if kind != "image":
             return True  # caption rows share their item's label: the metric and shape checks only
         params = check.safe_params(index, info.get("params") or {})
         return check.agrees(index, lambda _rows, ids: self.store.get_vectors(ids, dim), params)
+
+    def _published_generation(self, loaded: dict[str, tuple]) -> int | None:
+        """The generation every FAISS file and the manifest's record of it cover (one complete, published
+        generation), or None when they disagree or a file is missing or unreadable."""
+        gens = {g for _, g in loaded.values()}
+        if None in gens or len(gens) != 1 or any(ix is None for ix, _ in loaded.values()):
+            return None
+        g = gens.pop()
+        recorded = self.manifest.get("faiss") or {}
+        if any(not isinstance(recorded.get(k), dict) or recorded[k].get("generation") != g for k in loaded):
+            return None  # the search parameters in the manifest belong to another file
+        return g
 
     def _rederive(self, kinds: list[str], loaded_gen: int | None = None) -> None:
         """Derive FAISS from the store; saved (and the manifest updated) when no writer holds the lock.
@@ -115,11 +147,19 @@ class Index:
         self._save_derived(kinds, gen)
 
     def _save_derived(self, kinds: list[str], gen: int) -> None:
+        """Save FAISS files this reader derived, when it may write: never through a link, never without
+        the write lock, never on a store it reads without the lock table. Otherwise (or when the save
+        fails: a full disk, read-only files) the derived index is served from memory."""
+        if self.store.nolock or not os.access(self.path, os.W_OK):
+            return  # a read-only folder or mount: a reader does not write there
         lock = WriteLock(self.path)
         try:
             if not lock.try_acquire():
                 return  # a writer is at work: it writes its own FAISS files when it finishes
-        except OSError:  # a read-only index folder: keep the derived index in memory only
+        except UnsafePath as e:
+            log.warning("warning: %s; searching without saving the FAISS files derived again", e)
+            return
+        except (KgclipError, OSError):  # a read-only index folder: keep the derived index in memory only
             return
         try:
             if self.store.generation != gen:
@@ -134,8 +174,12 @@ class Index:
                 self.manifest = m
             except (KgclipError, OSError):
                 pass
-        except OSError:
-            pass  # could not write (disk full, read-only files): served from memory all the same
+        except (OSError, RuntimeError) as e:  # a full disk, read-only files: served from memory all the same
+            if not (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                why = (f"no space left on device writing {e.filename}" if isinstance(e, DiskFull)
+                       else e.strerror if isinstance(e, OSError) and e.strerror
+                       else str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.warning("warning: could not save the FAISS files derived again (%s); searching from memory", why)
         finally:
             lock.release()
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 
 from retrieval import __version__
+from retrieval.atomic import atomic_write_json
 from retrieval.choices import INDEX_TYPES
 from retrieval.errors import IndexCorrupt, IndexNotFound
 from retrieval.safefile import MB, read_json_capped
@@ -61,31 +61,15 @@ def new_manifest(model: dict, text_model: dict | None, sources: list[str], optio
 
 
 def write_manifest(index_dir: str, manifest: dict) -> None:
-    """Atomic replace of index.json (callers hold the write lock; temp files of a killed write are removed)."""
+    """Atomic replace of index.json (callers hold the write lock; temp files of a killed write are removed;
+    a link planted at index.json is replaced, never followed)."""
     for n in os.listdir(index_dir):
         if n.startswith(".index.json."):
             try:
                 os.unlink(os.path.join(index_dir, n))
             except OSError:
                 pass
-    fd, tmp = tempfile.mkstemp(prefix=".index.json.", dir=index_dir)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600: other users could not read the index
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, ensure_ascii=False, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, manifest_path(index_dir))
-        dfd = os.open(index_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(manifest_path(index_dir), manifest, indent=2)  # a full disk: DiskFull naming the file
 
 
 def read_manifest(index_dir: str) -> dict:

@@ -22,7 +22,7 @@ from .decode import Decoded
 from .decode_pool import DecodePool
 from .prune import Pruner, sweep
 from .sources import Item, Skip, iter_sources
-from .report import BuildReport
+from .report import BuildReport, SkipLog, reason_kind  # noqa: F401 (reason_kind: build.py uses it here)
 from .store import Store, Txn
 
 
@@ -51,18 +51,6 @@ class Entry:
     reembed_captions: bool = False
     cap_vecs: np.ndarray | None = None
     reason: str = ""
-
-
-def show_path(key: str) -> str:
-    """A path on one line: control characters (a newline in a file name) are escaped."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        return repr(key)[1:-1]
-    return key
-
-
-def reason_kind(reason: str) -> str:
-    """A failure reason without its file-specific details, for summaries."""
-    return reason.split(" (")[0].split(":")[0]
 
 
 # -- scan ------------------------------------------------------------------------
@@ -240,6 +228,7 @@ def run(
         say = lambda s: bar.write(s, file=sys.stderr)  # noqa: E731
 
     skips: list[Skip] = []
+    skipped = SkipLog(report, say)
 
     def todo_items() -> Iterator[Item]:
         for it in iter_sources(sources, root=root, base=base):
@@ -268,9 +257,7 @@ def run(
         nonlocal entries, n_encode, batch_hashes
         for s in skips:
             entries.append(Entry("fail", Item(s.key, s.key), None, reason=s.reason))
-            say(f"skipping {show_path(s.key)}: {s.reason}")
-            report.failed += 1
-            report.failure_reasons[reason_kind(s.reason)] = report.failure_reasons.get(reason_kind(s.reason), 0) + 1
+            skipped(s.key, s.reason)
         skips.clear()
         if not entries:
             return
@@ -327,10 +314,7 @@ def run(
             tm.decode_cpu += d.seconds
             e = plan_item(store, d, batch_hashes)
             if e.op == "fail":
-                say(f"skipping {show_path(d.item.key)}: {d.reason}")
-                report.failed += 1
-                k = reason_kind(d.reason)
-                report.failure_reasons[k] = report.failure_reasons.get(k, 0) + 1
+                skipped(d.item.key, d.reason)
             if e.op != "new":
                 e.decoded.array = None if e.op != "alias" else e.decoded.array
             entries.append(e)

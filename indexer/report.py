@@ -1,9 +1,21 @@
 """What a build or update did: :class:`BuildReport` (counts, skip reasons, stage timings), its JSON
-form and its summary lines."""
+form and its summary lines; :class:`SkipLog`, the ``skipping PATH: REASON`` lines (a few per reason,
+then counts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
+
+from retrieval.text import safe_text
+
+SKIPS_PER_REASON = 5  # skipped files listed one by one per kind of reason; the rest are counted
+SKIPS_LISTED = 50  # and at most this many listed in all (reasons can vary a lot)
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason without its file-specific details, for summaries."""
+    return reason.split(" (")[0].split(":")[0]
 
 
 @dataclass
@@ -71,10 +83,34 @@ class BuildReport:
         ]
         if self.failure_reasons:
             top = sorted(self.failure_reasons.items(), key=lambda kv: -kv[1])[:8]
-            lines.append(f"{self.failures_total} files skipped in all: "
-                         + "; ".join(f"{n} x {r}" for r, n in top))
+            lines.append(safe_text(f"{self.failures_total} files skipped in all: "
+                                   + "; ".join(f"{n} x {r}" for r, n in top)))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return (f"BuildReport(items={self.items}, added={self.added}, duplicates={self.duplicates}, "
                 f"changed={self.changed}, removed={self.removed}, failed={self.failed})")
+
+
+class SkipLog:
+    """Counts each skipped file in ``report`` (``failed``, ``failure_reasons`` by :func:`reason_kind`)
+    and says ``skipping PATH: REASON`` for the first :data:`SKIPS_PER_REASON` of each kind (at most
+    :data:`SKIPS_LISTED` in all), then one line that the rest of that kind are only counted: a tar of
+    200k non-image members writes a few lines, not 40 MB. The summary at the end gives the counts per
+    reason; every skipped file stays in the index's failure table (``kgclip info``)."""
+
+    def __init__(self, report: BuildReport, say: Callable[[str], None]):
+        self.report, self.say, self.listed = report, say, 0
+
+    def __call__(self, key: str, reason: str) -> None:
+        r = self.report
+        kind = reason_kind(reason)
+        n = r.failure_reasons[kind] = r.failure_reasons.get(kind, 0) + 1
+        r.failed += 1
+        if n <= SKIPS_PER_REASON and self.listed < SKIPS_LISTED:
+            self.listed += 1
+            self.say(safe_text(f"skipping {key}: {reason}"))  # names and reasons from sources: escaped
+        elif n == SKIPS_PER_REASON + 1 or (n <= SKIPS_PER_REASON and self.listed == SKIPS_LISTED):
+            self.listed += n <= SKIPS_PER_REASON
+            self.say(safe_text(f"(more files skipped as {kind!r}: counted, not listed; the summary "
+                               "gives the counts)"))

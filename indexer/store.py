@@ -20,27 +20,21 @@ crash leaves the store at the last committed batch. The map grows when full.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import struct
-import threading
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from retrieval.errors import IndexCorrupt, IndexLocked, IndexNotFound
-from retrieval.safefile import check_regular
+from retrieval.atomic import disk_full
+from retrieval.errors import IndexCorrupt
 
 from . import records
-
-DBS = ("meta", "items", "paths", "hashes", "vecs", "capvecs", "fails")
-OPTIONAL_DBS = ("profiles",)  # added later: a read-only open of an older store finds them missing (None)
-DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start (sparse on disk); doubled whenever full
-STORE_DIR = "store.lmdb"
-LOCK_FILE = "write.lock"
+# re-exported: callers import these from here
+from .lmdb_env import DBS, DEFAULT_MAP_SIZE, OPTIONAL_DBS, STORE_DIR, CheckedRead, SharedEnv  # noqa: F401
+from .lock import LOCK_FILE, WriteLock  # noqa: F401
 
 
 def ikey(i: int) -> bytes:
@@ -65,149 +59,26 @@ def loads(b: bytes | None) -> Any:
     return None if b is None else json.loads(bytes(b).decode("utf-8"))
 
 
-class WriteLock:
-    """An exclusive, non-blocking writer lock (fcntl) on ``INDEX/write.lock`` holding the writer's pid.
-
-    The kernel drops the lock when the process dies, so a SIGKILLed build never
-    leaves a stale lock behind.
-    """
-
-    def __init__(self, index_dir: str):
-        self.path = os.path.join(index_dir, LOCK_FILE)
-        self.fd: int | None = None
-
-    def acquire(self) -> "WriteLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise
-            try:
-                pid = os.pread(fd, 32, 0).decode().strip() or "?"
-            except OSError:
-                pid = "?"
-            os.close(fd)
-            raise IndexLocked(
-                f"index {os.path.dirname(self.path)} is locked by pid {pid} (another build or update is running)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def try_acquire(self) -> bool:
-        try:
-            self.acquire()
-            return True
-        except IndexLocked:
-            return False
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-_OPEN: dict[str, dict] = {}  # realpath of store.lmdb -> the environment shared by this process's Stores
-_OPEN_LOCK = threading.Lock()
-
-
-class Store:
-    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer)."""
+class Store(SharedEnv):
+    """An open LMDB store. ``readonly=True`` for searchers (safe alongside one writer; they write
+    nothing: how the environment is opened and shared is :mod:`indexer.lmdb_env`'s)."""
 
     def __init__(self, index_dir: str, readonly: bool = False, map_size: int | None = None, create: bool = False):
-        import lmdb
-
-        self.lmdb = lmdb
-        self.index_dir = index_dir
-        self.path = os.path.join(index_dir, STORE_DIR)
-        if not os.path.isdir(self.path):
-            if not create:
-                raise IndexNotFound(f"{index_dir}: not a kgclip index (no {STORE_DIR}/ inside)")
-            os.makedirs(self.path, exist_ok=True)
-        self.readonly = readonly
-        # LMDB forbids opening one environment twice in a process (py-lmdb refuses; closing one copy
-        # would drop the other's locks), so Stores on the same folder share one environment, opened
-        # writable whenever the folder allows it so that a reader and a writer can coexist.
-        self._key = os.path.realpath(self.path)
-        with _OPEN_LOCK:
-            shared = _OPEN.get(self._key)
-            if shared is not None:
-                if not readonly and not shared["writable"]:
-                    raise IndexLocked(f"{self.path} is open read-only in this process; close its readers first")
-                shared["refs"] += 1
-                self.env, self.db = shared["env"], shared["db"]
-                if not readonly:
-                    self._open_optional(create=True)  # a reader of an older store opened it without them
-                return
-            writable = not readonly or os.access(self.path, os.W_OK)
-            # LMDB would block forever on a FIFO and follow a link out of the index: regular files only
-            check_regular([os.path.join(self.path, f) for f in ("data.mdb", "lock.mdb")], "LMDB file", IndexCorrupt)
-            try:
-                self.env = lmdb.open(
-                    self.path, max_dbs=len(DBS) + len(OPTIONAL_DBS) + 1, map_size=map_size or DEFAULT_MAP_SIZE,
-                    readonly=not writable, subdir=True, max_readers=256, metasync=True, sync=True,
-                    create=not readonly,
-                )
-                self.db = {n: self.env.open_db(n.encode(), create=not readonly) for n in DBS}
-                self._open_optional(create=not readonly)
-            except lmdb.Error as e:
-                if getattr(self, "env", None) is not None:
-                    self.env.close()
-                    self.env = None
-                raise IndexCorrupt(f"{self.path}: cannot open the LMDB store: {e}") from None
-            # a truncated data file (a partial copy, a full disk) would crash the process with SIGBUS
-            # on the first read of a missing page: refuse it with a clear error instead
-            need = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-            have = os.path.getsize(os.path.join(self.path, "data.mdb"))
-            if have < need:
-                self.env.close()
-                self.env = None
-                raise IndexCorrupt(f"{self.path}: the store is truncated ({have} of {need} bytes); restore it "
-                                   "or rebuild the index with `kgclip build --restart`")
-            _OPEN[self._key] = {"env": self.env, "db": self.db, "refs": 1, "writable": writable}
-
-    def _open_optional(self, create: bool) -> None:
-        for n in OPTIONAL_DBS:
-            if self.db.get(n) is None:
-                try:
-                    self.db[n] = self.env.open_db(n.encode(), create=create)
-                except self.lmdb.NotFoundError:
-                    self.db[n] = None
-
-    def close(self) -> None:
-        if getattr(self, "env", None) is not None:
-            with _OPEN_LOCK:
-                shared = _OPEN.get(self._key)
-                if shared is not None and shared["env"] is self.env:
-                    shared["refs"] -= 1
-                    if shared["refs"] <= 0:
-                        del _OPEN[self._key]
-                        self.env.close()
-                else:
-                    self.env.close()
-            self.env = None
+        self._attach(index_dir, readonly, map_size, create)
 
     # -- transactions ----------------------------------------------------------------
     def read(self):
-        """A read transaction (adopts a map grown by a writer in another process)."""
+        """A read transaction (adopts a map grown by a writer in another process); without the lock
+        table (:attr:`nolock`) one that checks, when it ends, that its snapshot was not recycled."""
+        if self.nolock:
+            self.check_no_writer()
+            start = self.last_txnid()
         try:
-            return self.env.begin()
+            t = self.env.begin()
         except self.lmdb.MapResizedError:
             self.env.set_mapsize(0)
-            return self.env.begin()
+            t = self.env.begin()
+        return CheckedRead(self, t, start) if self.nolock else t
 
     def write(self, fn: Callable[["Txn"], Any], bump: bool = True) -> Any:
         """Run ``fn(Txn)`` in one write transaction; retried on a grown map when full.
@@ -224,6 +95,11 @@ class Store:
                     return out
             except self.lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except self.lmdb.Error as e:  # the commit failed: the store stays at the last one
+                full = disk_full(e, os.path.join(self.path, "data.mdb"))
+                if full is None:
+                    raise
+                raise full from None
 
     # -- read helpers -------------------------------------------------------------------
     def meta(self, key: str, default=None):
@@ -235,13 +111,6 @@ class Store:
         with self.read() as t:
             return {bytes(k).decode("utf-8", "replace"): records.json_value("meta", k, v)
                     for k, v in t.cursor(db=self.db["meta"])}
-
-    def last_txnid(self) -> int | None:
-        """The id of the last committed write transaction (any process): changes with every commit."""
-        try:
-            return int(self.env.info()["last_txnid"])
-        except Exception:  # noqa: BLE001 - a closed or odd environment: callers fall back to a read
-            return None
 
     @property
     def generation(self) -> int:

@@ -47,6 +47,24 @@ class IndexLocked(IndexError_):
     """Another process is writing to the index."""
 
 
+class _OSErrorSentence(OSError):
+    """An OSError built as ``(errno, sentence, filename)`` whose str() is the sentence alone."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else OSError.__str__(self)
+
+
+class UnsafePath(IndexError_, _OSErrorSentence):
+    """A file kgclip would write, lock or create inside an index is a symbolic link (or not a regular
+    file): never followed. Also an OSError, so a reader that only wanted to save a cache serves from
+    memory instead."""
+
+
+class DiskFull(KgclipError, _OSErrorSentence):
+    """No space left on the device while writing (the message names the file); what was committed
+    before stays, so the same command continues once there is room. Also an OSError (see UnsafePath)."""
+
+
 class SourceError(KgclipError):
     """A build source (folder, list, manifest, shard) cannot be read."""
 

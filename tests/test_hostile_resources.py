@@ -165,14 +165,15 @@ def test_fifo_faiss_files_are_derived_again(base_index, tmp_path, baselines, nam
         assert os.stat(fifo).st_mode & 0o170000 == 0o010000  # the link's target is still the FIFO
 
 
-@pytest.mark.parametrize("name,what", [("index.json", "manifest"), ("store.lmdb/data.mdb", "LMDB file")])
-def test_fifo_manifest_or_store_is_one_line(base_index, tmp_path, baselines, name, what):
+@pytest.mark.parametrize("name,frags", [("index.json", ("manifest", "FIFO")),
+                                        ("store.lmdb/data.mdb", ("LMDB", "not a regular file"))])
+def test_fifo_manifest_or_store_is_one_line(base_index, tmp_path, baselines, name, frags):
     idx = _copy(base_index, tmp_path)
     os.unlink(idx / name)
     os.mkfifo(idx / name)
     for args in (["search", idx, "picture", "--expand", "none"], ["info", idx], ["verify", idx]):
         code, _, err, _, _ = run(args, tmp_path, baseline="search")
-        one_line(code, err, name.split("/")[-1], "FIFO", what)
+        one_line(code, err, name.split("/")[-1], *frags)
 
 
 def test_manifest_model_must_be_the_stores(base_index, tmp_path, baselines):

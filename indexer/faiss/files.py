@@ -12,13 +12,14 @@ sidecar capped in size, and the index checked against its sidecar's size and CRC
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zlib
 
 import numpy as np
 
-from retrieval.atomic import atomic_write, atomic_write_json, remove_stale_temps
+from retrieval.atomic import atomic_write, atomic_write_json, disk_full, open_nofollow, remove_stale_temps
 from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError
 from retrieval.safefile import MB, open_regular, read_json_capped
 
@@ -46,10 +47,39 @@ def _crc_file(path: str) -> tuple[int, int]:
     return crc, size
 
 
-def _write_index(index, path: str) -> None:
+def _write_index(index, path: str) -> tuple[int, int]:
+    """Serialise ``index`` into the (fresh, empty) temp file ``path`` -> (crc32, size).
+
+    The bytes go through a descriptor opened with ``O_NOFOLLOW`` (faiss would ``fopen`` the name and
+    follow a link swapped in meanwhile), and the CRC is taken on the way, without reading it back.
+    """
     import faiss
 
-    faiss.write_index(index, path)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_TRUNC)
+    state = {"crc": 0, "size": 0}
+
+    def put(chunk) -> int:
+        view = memoryview(chunk)
+        state["crc"] = zlib.crc32(view, state["crc"])
+        state["size"] += len(view)
+        while view:
+            view = view[os.write(fd, view):]
+        return len(chunk)
+
+    try:
+        writer = faiss.PyCallbackIOWriter(put)
+        try:
+            faiss.write_index(index, writer)
+        finally:
+            del writer  # flushes its buffer
+    except RuntimeError as e:  # faiss's own failure (a full disk reads "No space left on device"); atomic_write
+        # names the final file in its DiskFull
+        if disk_full(e, path) is not None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise OSError(errno.EIO, f"faiss cannot write the index: {str(e).splitlines()[0]}") from None
+    finally:
+        os.close(fd)
+    return state["crc"], state["size"]
 
 
 def save_atomic(index, path, generation: int, meta: dict | None = None) -> None:
@@ -68,8 +98,7 @@ def save_atomic(index, path, generation: int, meta: dict | None = None) -> None:
     written: dict = {}
 
     def write(tmp: str) -> None:
-        _write_index(index, tmp)
-        written["crc32"], written["size"] = _crc_file(tmp)
+        written["crc32"], written["size"] = _write_index(index, tmp)
 
     atomic_write(path, write)
     info = {"format": SIDECAR_FORMAT, "generation": int(generation), "ntotal": int(index.ntotal),

@@ -89,6 +89,9 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger images are skipped (builds) or refused (queries)
+
+
 def _may_have_cuda() -> bool:
     """False only where no NVIDIA driver can exist: a Linux host without its device nodes."""
     if not sys.platform.startswith("linux"):
@@ -96,21 +99,41 @@ def _may_have_cuda() -> bool:
     return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
 
 
-def load_image(item: Any):
-    """Open a path (or pass a PIL image through) as an RGB PIL image, EXIF-rotated."""
+def check_pixels(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """The decompression-bomb rule builds and image queries share: ValueError (the reason) when an
+    image's header declares more than ``max_pixels`` pixels (checked before it is decoded)."""
+    if width * height > max_pixels:
+        raise ValueError(f"image too large: {width}x{height} is over the {max_pixels} pixel limit "
+                         "(decompression bomb guard)")
+
+
+def load_image(item: Any, max_pixels: int | None = None):
+    """Open a path (or pass a PIL image through) as an RGB PIL image, EXIF-rotated. With ``max_pixels``
+    a larger image is refused (:func:`check_pixels`, one clear line) before it is decoded; PIL's own
+    bomb check and its multi-line warning are left out then."""
     from PIL import Image, ImageOps
 
     if isinstance(item, Image.Image):
         img = item
     else:
         path = Path(item)
+        saved = Image.MAX_IMAGE_PIXELS
         try:  # a FIFO or a device would block or never end: regular files only (retrieval.safefile)
             with open_regular(path, "image file") as fh:
+                if max_pixels is not None:
+                    Image.MAX_IMAGE_PIXELS = None  # our guard below applies, with a clear reason
                 img = Image.open(fh)
+                if max_pixels is not None:
+                    try:
+                        check_pixels(*img.size, max_pixels)
+                    except ValueError as e:
+                        raise KgclipError(f"{path}: {e}; --max-pixels raises the limit") from None
                 img.load()
                 img = ImageOps.exif_transpose(img)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise KgclipError(f"{path}: cannot read image ({e})") from None
+            raise KgclipError(f"{path}: cannot read image ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     if img.mode != "RGB":
         if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
             img = img.convert("RGBA")

@@ -9,10 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from ..text import cut
 from ..types import Hit, IndexReader, QueryPlan
 from .grounding import ConceptArrays
 
 log = logging.getLogger(__name__)
+QUERY_CHARS = 80  # the query as quoted in an explanation line
+PATH_CHARS = 160  # a KG path (entity names can be any length in a user's graph)
 
 
 def image_name(image: Any) -> str | None:
@@ -26,11 +29,13 @@ def image_name(image: Any) -> str | None:
 def expansion_label(e) -> str:
     path = getattr(e, "path", None) or []
     s = " -> ".join(path) if path else f"{getattr(e, 'relation', '?')} {getattr(e, 'name', '?')}"
-    return f"{s} (w={getattr(e, 'weight', 0.0):.2f})"
+    return f"{cut(s, PATH_CHARS)} (w={getattr(e, 'weight', 0.0):.2f})"
 
 
 def row_label(row: int, exps, text, image, mode: str = "none") -> str:
     """What query vector ``row`` is: the query itself (row 0), or an expansion."""
+    if text is not None:
+        text = cut(text, QUERY_CHARS)
     if row == 0 or not exps:
         if mode == "mix" and exps:
             return f"the query {text!r} mixed with its expansions"
@@ -73,7 +78,7 @@ def explain_hits(hits: list[Hit], why: dict[int, dict[str, Any]], plan: QueryPla
             wnid, p = concepts.best(row, tg, order)
             path = tg[wnid][1]
             ptxt = f"{p:.2f}" if p >= 0.01 else f"{p:.1g}"  # a profile's far classes: 0.003, not 0.00
-            lines.append(f"concept: {' -> '.join(path) if path else wnid} (p={ptxt}, +{b:.3f})")
+            lines.append(f"concept: {cut(' -> '.join(path) if path else wnid, PATH_CHARS)} (p={ptxt}, +{b:.3f})")
         if hybrid != "none":
             if "caption" in info:
                 r, s = info["caption"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..choices import EXPAND_MODES, HYBRID_MODES  # noqa: F401 (re-exported)
+from ..encoders.base import DEFAULT_MAX_PIXELS
 from ..errors import UsageError
 
 # --expand auto = multi for queries of at most AUTO_EXPAND_MAX_WORDS content words when a KG loads,
@@ -34,6 +35,7 @@ class SearchOptions:
     norm: str = "minmax"  # hybrid sum: how each list's scores are rescaled (fusion.NORMALISERS)
     min_fetch: int = 50  # candidates fetched per list before fusion/filtering
     fetch_factor: int = 4
+    max_pixels: int = DEFAULT_MAX_PIXELS  # image queries: larger ones are refused, as builds skip them
 
 
 def query_weights(options: SearchOptions, weights: dict[str, float] | float | None) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -267,24 +267,31 @@ class Searcher:
         """Several text queries on the warm path: their vectors are encoded as one batch first."""
         texts = [clean_text(t) for t in texts]
         k = qplan.validate_k(k)
-        if not texts:
-            return []
-        hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
-        sides = 2 if hyb != "none" else 1
-        # a chunk's vectors (one per model side) must all fit in the query cache until searched: a batch
-        # primed whole would evict its first queries and encode them again one by one
-        step = max(1, self.query_cache // sides) if self.query_cache > 0 else len(texts)
-        out = []
-        for s in range(0, len(texts), step):
-            chunk = texts[s : s + step]
-            t0 = time.perf_counter()
-            self.prime(chunk, captions=sides == 2)
-            per = round((time.perf_counter() - t0) * 1000 / len(chunk), 3)
-            for t in chunk:
-                r = self.search(t, k=k, **kw)
-                r.timings_ms["encode_batch_share"] = per
-                out.append(r)
-        return out
+        return list(self.search_chunks([texts], k=k, **kw))
+
+    def search_chunks(self, chunks: Iterable[Sequence[str]], k: int = 10, **kw) -> Iterator[Results]:
+        """Results for each query of each chunk, yielded as soon as its chunk is searched: a stream of
+        queries (stdin) gets its first answers before it ends, in memory bounded by the chunk size.
+        Each chunk's vectors are encoded as one batch (in pieces the query cache can hold)."""
+        k = qplan.validate_k(k)
+        for texts in chunks:
+            texts = [clean_text(t) for t in texts]
+            if not texts:
+                continue
+            hyb = self.resolve_hybrid(kw.get("hybrid"), texts[0])
+            sides = 2 if hyb != "none" else 1
+            # a piece's vectors (one per model side) must all fit in the query cache until searched: a
+            # chunk primed whole would evict its first queries and encode them again one by one
+            step = max(1, self.query_cache // sides) if self.query_cache > 0 else len(texts)
+            for s in range(0, len(texts), step):
+                piece = texts[s : s + step]
+                t0 = time.perf_counter()
+                self.prime(piece, captions=sides == 2)
+                per = round((time.perf_counter() - t0) * 1000 / len(piece), 3)
+                for t in piece:
+                    r = self.search(t, k=k, **kw)
+                    r.timings_ms["encode_batch_share"] = per
+                    yield r
 
     def prime(self, texts: Sequence[str], captions: bool = False) -> None:
         """Encode ``texts`` in one batch per model into the query cache (no-op when it is disabled)."""
@@ -317,7 +324,7 @@ class Searcher:
                 timings["encode"] = _ms(t)
         if image is not None:
             t = time.perf_counter()
-            ivec = encode_image(self.encoder, image)
+            ivec = encode_image(self.encoder, image, self.options.max_pixels)
             timings["encode_image"] = _ms(t)
             if text is None:
                 rows, row_w = ivec, np.ones(1, np.float32)
@@ -363,7 +370,7 @@ class Searcher:
         """Image -> text: the captions in the index nearest to an image query, as dicts
         ``{rank, score, caption, id, path}`` (see :mod:`retrieval.query.captions`)."""
         k = qplan.validate_k(k)
-        q = encode_image(self.encoder, image)[0]
+        q = encode_image(self.encoder, image, self.options.max_pixels)[0]
         table = self.caption_table()
         if not table[1]:
             raise UsageError(f"index {self._name()} has no captions")

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..encoders.base import l2_normalize
+from ..encoders.base import DEFAULT_MAX_PIXELS, l2_normalize, load_image
 from ..errors import ModelError, QueryError
 
 
@@ -55,8 +55,9 @@ class QueryVectorCache:
             self._cache.popitem(last=False)
 
 
-def encode_image(encoder, image: Any) -> np.ndarray:
-    """[1, d] vector of an image query (a path or a PIL image); one clear error for a missing file."""
+def encode_image(encoder, image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """[1, d] vector of an image query (a path or a PIL image); one clear error for a missing file or
+    an image over ``max_pixels`` (the rule builds apply)."""
     if not encoder.has_images:
         raise ModelError(f"index model {encoder.spec} has no image tower: image queries need one")
     if isinstance(image, (str, os.PathLike)):
@@ -65,6 +66,7 @@ def encode_image(encoder, image: Any) -> np.ndarray:
             raise QueryError(f"{p}: no such image file")
         if p.is_dir():
             raise QueryError(f"{p}: is a folder, not an image file")
+        image = load_image(p, max_pixels=max_pixels)
     return encoder.encode_images([image])
 
 

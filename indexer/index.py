@@ -63,7 +63,7 @@ class Index:
         loaded: dict[str, tuple] = {}
         for kind in kinds:
             dim = self.dim if kind == "image" else self.text_dim
-            try:  # the dimension is checked before faiss reads the file (the count: _trusted, at its generation)
+            try:  # its dimension is checked before faiss reads it (the count: _trusted, at its generation)
                 loaded[kind] = V.load(os.path.join(self.path, FAISS_FILES[kind]), dim=dim)
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
                 loaded[kind] = (None, None)

@@ -113,7 +113,8 @@ def _is_num(v) -> bool:
 def check_manifest(m: dict, p: str) -> None:
     """Type and range of every manifest field a reader relies on; raises :class:`IndexCorrupt` naming the
     field, and clamps a recorded batch size above :data:`MAX_RECORDED_BATCH` (with a one-line warning).
-    Tuned search parameters are clamped where the index is opened (:func:`indexer.faiss.check.safe_params`)."""
+    Tuned search parameters are clamped where the index is opened
+    (:func:`indexer.faiss.check.safe_params`)."""
 
     def bad(field: str, want: str, got) -> IndexCorrupt:
         return IndexCorrupt(f"{p}: manifest field {field} must be {want} (got {json.dumps(got)[:60]})")
@@ -160,7 +161,8 @@ def check_manifest(m: dict, p: str) -> None:
     if fails.get("total") is not None and not (_is_int(fails["total"]) and fails["total"] >= 0):
         raise bad("failures.total", "a non-negative integer", fails["total"])
     reasons = fails.get("by_reason")
-    if reasons is not None and (not isinstance(reasons, dict) or not all(_is_int(n) for n in reasons.values())):
+    if reasons is not None and (not isinstance(reasons, dict)
+                                or not all(_is_int(n) for n in reasons.values())):
         raise bad("failures.by_reason", "an object of counts", reasons)
     _check_options(m.get("options") or {}, bad, p)
     for kind, info in (m.get("faiss") or {}).items():
@@ -172,7 +174,7 @@ def check_manifest(m: dict, p: str) -> None:
 def _check_options(opts: dict, bad, p: str = "") -> None:
     if opts.get("index_type") is not None and opts["index_type"] not in INDEX_TYPES:
         raise bad("options.index_type", f"one of {', '.join(INDEX_TYPES)}", opts["index_type"])
-    v = opts.get("batch_size")  # `update` decodes this many images at once: a shared index cannot ask for more
+    v = opts.get("batch_size")  # `update` decodes this many images at once: a shared index cannot ask more
     if _is_int(v) and v > MAX_RECORDED_BATCH:
         opts["batch_size"] = MAX_RECORDED_BATCH
         log.warning("warning: %s: options.batch_size = %d is more than %d; using %d (pass --batch-size to "

@@ -32,8 +32,8 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 MB = 1 << 20
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _kind(mode: int) -> str:
@@ -171,7 +171,8 @@ def parse_json_capped(data: bytes | str, path, what: str = "file", *, max_depth:
     if max_values is not None:
         approx = raw.count(b",") + raw.count(b"[") + raw.count(b"{")  # >= values - 1 (commas in strings too)
         if approx > max_values and _values_outside_strings(raw, max_values) > max_values:
-            raise error(f"{p}: the {what} holds more than {max_values:,} JSON values (a damaged or hostile file)")
+            raise error(f"{p}: the {what} holds more than {max_values:,} JSON values "
+                        "(a damaged or hostile file)")
     try:
         obj = json.loads(raw)
     except RecursionError:

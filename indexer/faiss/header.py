@@ -119,7 +119,8 @@ def _hnsw(r: _Reader) -> tuple[int, int]:
         raise StructureError("the HNSW link offsets do not match its levels")
     _check_int_range(r, nnb, -1, max(ntotal, 1), "HNSW links")
     entry, max_level, _efc, ef_search, _ = r.take("iiiii")
-    if not (-1 <= entry < max(ntotal, 1)) or not (-1 <= max_level < max(ncum, 1)) or not 0 < ef_search <= MAX_EF:
+    if not (-1 <= entry < max(ntotal, 1)) or not (-1 <= max_level < max(ncum, 1)) \
+            or not 0 < ef_search <= MAX_EF:
         raise StructureError(f"the HNSW entry point {entry}, top level {max_level} or efSearch {ef_search} "
                              "is out of range")
     sd, sn = _walk(r, allowed=("IxFI",))
@@ -151,7 +152,8 @@ def _invlists(r: _Reader, nlist: int, code_size: int) -> int:
     else:
         raise StructureError("unknown inverted list layout")
     if np.any(sizes < 0) or int(sizes.sum()) * (code_size + 8) > r.left():
-        raise StructureError(f"the inverted lists declare {int(sizes.sum()):,} vectors, more than the file holds")
+        raise StructureError(f"the inverted lists declare {int(sizes.sum()):,} vectors, "
+                             "more than the file holds")
     r.skip(int(sizes.sum()) * (code_size + 8))
     return int(sizes.sum())
 
@@ -173,7 +175,8 @@ def _ivf(r: _Reader, pq: bool) -> tuple[int, int]:
         _by_residual, code_size = r.take("?Q")
         pd, m, nbits = r.take("QQQ")
         if pd != d or not 0 < m <= d or d % m or nbits != 8 or code_size != m:
-            raise StructureError(f"the product quantizer (d={pd}, M={m}, nbits={nbits}) does not match the index")
+            raise StructureError(f"the product quantizer (d={pd}, M={m}, nbits={nbits}) does not match "
+                                 "the index")
         nc = r.vector_len(4, "the PQ centroids")
         if nc != d * (1 << nbits):
             raise StructureError("the PQ centroids do not match the quantizer")

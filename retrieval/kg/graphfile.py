@@ -38,7 +38,8 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import KGError
-from ..safefile import MB, gunzip_capped, load_npz_capped, parse_json_capped, read_bytes_capped, read_json_capped
+from ..safefile import (MB, gunzip_capped, load_npz_capped, parse_json_capped, read_bytes_capped,
+                        read_json_capped)
 from ..text import fold_space
 
 FORMAT_VERSION = 1
@@ -179,7 +180,8 @@ def read_meta(path: str | os.PathLike) -> dict:
             raise KGError(f"{p}: no such knowledge graph (expected a directory made by `kgclip kg import`)")
         raise KGError(f"{p}: not a kgclip knowledge graph ({META_FILE} missing; "
                       "convert triples with `kgclip kg import`)")
-    md = read_json_capped(mf, MAX_META_BYTES, "graph metadata", max_depth=16, max_values=100_000, error=KGError)
+    md = read_json_capped(mf, MAX_META_BYTES, "graph metadata", max_depth=16, max_values=100_000,
+                          error=KGError)
     if not isinstance(md, dict) or md.get("format") != "kgclip-kg":
         raise KGError(f"{mf}: not a kgclip knowledge graph")
     v = md.get("format_version", 0)
@@ -218,7 +220,8 @@ def read_entities(path: Path) -> dict:
     if not isinstance(ent, dict) or not all(isinstance(ent.get(k), str) for k in ("ids", "names", "glosses",
                                                                                   "lemma_keys")) \
             or not isinstance(ent.get("extra", {}), dict):
-        raise KGError(f"{f}: unreadable entity table (expected the strings ids, names, glosses and lemma_keys)")
+        raise KGError(f"{f}: unreadable entity table (expected the strings ids, names, glosses and "
+                      "lemma_keys)")
     # each entity becomes a few Python objects (~380 bytes): a real one packs into 10+ bytes (WordNet's 40),
     # so a table of millions of empty lines in a few KB is refused before it is split into lists
     cap = max(MIN_ENTITY_CAP, size // BYTES_PER_ENTITY)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from retrieval.errors import SourceError
-from retrieval.safefile import TooDeep, loads_bounded
+from retrieval.safefile import TooDeep, json_depth, loads_bounded
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl", ".ndjson", ".parquet"}
@@ -290,7 +290,8 @@ def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:
             raise SourceError(f"{path}: a column's type cannot be read ({str(e).splitlines()[0][:120]})") from None
         for row in pa.RecordBatch.from_arrays(cols, names=batch.schema.names).to_pylist():
             n += 1
-            yield n, row
+            too_deep = json_depth(row) > MAX_ROW_DEPTH  # nested structs: the row is skipped, not the build
+            yield n, (Skip(f"{path}:{n}", f"nested more than {MAX_ROW_DEPTH} levels deep") if too_deep else row)
 
 
 def _find_column(cols: Iterable[str], names: tuple[str, ...]) -> str | None:

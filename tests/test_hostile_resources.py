@@ -567,3 +567,19 @@ def test_parquet_timestamp_ns_columns(sources, tmp_path):
     metas = {h["path"].rsplit("/", 1)[-1]: h["metadata"]["meta"] for h in json.loads(out)["hits"]}
     assert metas["p1.png"]["taken"].startswith("2023-11-14") and metas["p1.png"]["taken"].endswith("123456789")
     assert metas["p1.png"]["exif"]["at"].endswith("123456789") and metas["p1.png"]["shots"][0].endswith("001")
+
+
+def test_parquet_row_nested_too_deep_is_skipped(sources, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t, v = pa.int64(), 1
+    for _ in range(60):
+        t, v = pa.struct([("a", t)]), {"a": v}
+    pq.write_table(pa.table({"path": [str(sources / "imgs" / "p1.png"), str(sources / "imgs" / "p2.png")],
+                             "deep": pa.array([v, None], t)}), tmp_path / "m.parquet")
+    code, _, err, _, _ = run(["build", tmp_path / "m.parquet", "-i", tmp_path / "idx", "--model", "fake:v1",
+                              "--text-model", "fake:v1"], tmp_path)
+    assert code == 0 and "nested more than" in err and "Traceback" not in err, err
+    code, out, err, _, _ = run(["info", tmp_path / "idx", "--format", "json"], tmp_path)
+    assert code == 0 and json.loads(out)["counts"]["items"] == 1, (out, err)

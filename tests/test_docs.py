@@ -121,8 +121,8 @@ def test_models_output_in_readme_is_current():
 def test_kg_link_example_in_readme_is_real():
     res = CliRunner().invoke(cli.main, ["kg", "link", "a mouse eating cheese in the field"])
     assert res.exit_code == 0, res.output
-    block = README.split('$ kgclip kg link "a mouse eating cheese in the field"\n', 1)[1].split("\n\n", 1)[0]
-    documented = [line.split()[:2] for line in block.splitlines()[1:]]
+    block = README.split('$ kgclip kg link "a mouse eating cheese in the field"\n', 1)[1].split("```", 1)[0]
+    documented = [line.split()[:2] for line in block.strip().splitlines()[1:]]
     actual = [line.split()[:2] for line in res.output.splitlines()[1:]]
     assert documented == actual  # same spans linked to the same WordNet senses
 

@@ -244,10 +244,13 @@ def _split_search_args(args: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--captions", "to_captions", is_flag=True,
               help="Image -> text: with --image, list the index's captions nearest to the image.")
 @click.option("--model", help="Fail unless the index was built with this model spec.")
+@click.option("--allow-download", is_flag=True,
+              help="Let the models the index names be downloaded (default: local or shipped files only; "
+                   "also KGCLIP_ALLOW_DOWNLOAD=1).")
 @max_pixels_option
 @device_option()
 def search(args, k, image, image_weight, expand, kg, explain, filters, min_score, hybrid, caption_weight, fmt,
-           to_captions, model, max_pixels, device):
+           to_captions, model, allow_download, max_pixels, device):
     """Search INDEX for QUERY (text), --image PATH, or both.
 
     Without QUERY (and without --image), queries are read from stdin, one per
@@ -277,6 +280,8 @@ def search(args, k, image, image_weight, expand, kg, explain, filters, min_score
     from retrieval.query.options import SearchOptions
     from retrieval.text import MAX_QUERY_CHARS, clean_text
 
+    if allow_download:
+        os.environ["KGCLIP_ALLOW_DOWNLOAD"] = "1"
     index, query = _split_search_args(args)
     options = SearchOptions(**({"max_pixels": max_pixels} if max_pixels else {}))
     if not index:

@@ -31,7 +31,8 @@ from retrieval.errors import IndexCorrupt, IndexNotFound, ModelMismatch, SourceE
 from . import pipeline
 from .decode import DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT
 from .derive import FAISS_FILES, derive_faiss, faiss_generation
-from .manifest import FORMAT_VERSION, MANIFEST, new_manifest, read_manifest, rebuild_command, write_manifest
+from .manifest import (FORMAT_VERSION, MANIFEST, MAX_RECORDED_BATCH, manifest_path, new_manifest, read_manifest,
+                       rebuild_command, write_manifest)
 from .report import BuildReport
 from .sources import IMAGE_EXTS, iter_source, source_kind
 from .store import LOCK_FILE, STORE_DIR, Store, WriteLock
@@ -64,6 +65,9 @@ class BuildOptions:
     quiet: bool = False
     prune: bool = False  # remove stored files that are verifiably gone (indexer.prune); else keep them
     yes: bool = False  # confirm removing more than half of the index (and an emptied source's items)
+    # update: the models come from this index's manifest, not from the user: local or shipped files only
+    # unless KGCLIP_ALLOW_DOWNLOAD=1 (retrieval.encoders.base.Encoder.named_by)
+    models_named_by: str | None = None
 
     def recorded(self) -> dict:
         """The options an index records (``update`` reuses them)."""
@@ -130,13 +134,17 @@ def update_index(index_dir: str, **kwargs) -> BuildReport:
         text = (tm if tm != "unset" else m.get("text_model")) or None
     finally:
         store.close()
+    user_batch = kwargs.get("batch_size")
     for k in ("index_type", "max_memory", "max_pixels", "timeout_per_file", "batch_size", "root", "base"):
         if k in options and options[k] is not None and kwargs.get(k) is None:
             kwargs[k] = options[k]
+    if user_batch is None and isinstance(kwargs.get("batch_size"), int):  # recorded: bounded (shared indexes)
+        kwargs["batch_size"] = max(1, min(kwargs["batch_size"], MAX_RECORDED_BATCH))
     kwargs.pop("model", None)
     kwargs.pop("text_model", None)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    opts = BuildOptions(model=model, text_model=text["spec"] if text else None, **dict(kwargs, resume=True))
+    opts = BuildOptions(model=model, text_model=text["spec"] if text else None,
+                        models_named_by=f"the index manifest {manifest_path(index_dir)}", **dict(kwargs, resume=True))
     return _run(sources, index_dir, opts, check_empty=False)
 
 
@@ -189,6 +197,10 @@ def _check_request(sources: Sequence[str], index_dir: str, opts: BuildOptions, n
     b.encoder = get_encoder(opts.model, device=opts.device, batch_size=opts.batch_size)
     if opts.text_model:
         b.text_encoder = get_encoder(opts.text_model, device=opts.device, batch_size=max(opts.batch_size, 64))
+    if opts.models_named_by:
+        for enc in (b.encoder, b.text_encoder):
+            if enc is not None:
+                enc.named_by = opts.models_named_by
     if not b.encoder.has_images:
         raise UsageError(f"{opts.model} encodes text only; pick an image model for --model")
     return b

@@ -62,8 +62,9 @@ class Index:
         kinds = ["image"] + (["caption"] if self.text_model_spec else [])
         loaded: dict[str, tuple] = {}
         for kind in kinds:
-            try:
-                loaded[kind] = V.load(os.path.join(self.path, FAISS_FILES[kind]))
+            dim = self.dim if kind == "image" else self.text_dim
+            try:  # its dimension is checked before faiss reads it (the count: _trusted, at its generation)
+                loaded[kind] = V.load(os.path.join(self.path, FAISS_FILES[kind]), dim=dim)
             except Exception:  # noqa: BLE001 - missing or unreadable: derive it again
                 loaded[kind] = (None, None)
         infos = {k: dict((self.manifest.get("faiss") or {}).get(k) or {}) for k in kinds}
@@ -325,13 +326,27 @@ def open_index(index_dir: str, rebuild: bool = True) -> Index:
         raise IndexCorrupt(f"{index_dir} is a lite index without concept profiles: rebuild it with "
                            f"`{rebuild_command(index_dir)}`")
     store = Store(index_dir, readonly=True)
-    idx = Index(index_dir, m, store)
     try:
+        _agrees_with_store(index_dir, m, store)
+        idx = Index(index_dir, m, store)
         idx._load(rebuild=rebuild)
     except BaseException:
         store.close()
         raise
     return idx
+
+
+def _agrees_with_store(index_dir: str, m: dict, store: Store) -> None:
+    """The models the manifest names are the ones the store recorded (its vectors' dimension, and the
+    models a search loads): an edited index.json is a clear error, not a crash or another model."""
+    for key in ("model", "text_model"):
+        mm, sm = m.get(key), store.meta(key)
+        if isinstance(mm, dict) and isinstance(sm, dict) and (mm.get("spec"), mm.get("dim")) != (
+                sm.get("spec"), sm.get("dim")):
+            raise IndexCorrupt(
+                f"{os.path.join(index_dir, 'index.json')}: {key} {mm.get('spec')} ({mm.get('dim')}-d) is not "
+                f"the {sm.get('spec')} ({sm.get('dim')}-d) the store was built with: restore index.json or "
+                f"rebuild with `{rebuild_command(index_dir)}`")
 
 
 def open_searcher(index_dir: str, model: str | None = None, **kwargs):

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from retrieval.errors import SourceError
+from retrieval.safefile import TooDeep, json_depth, loads_bounded
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl", ".ndjson", ".parquet"}
@@ -232,18 +233,29 @@ def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
         raise SourceError(f"{path}: malformed CSV: {e}") from None
 
 
-def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+MAX_ROW_DEPTH = 32  # nesting of one manifest row or webdataset .json member (deeper: that item is skipped)
+
+
+def read_jsonl_rows(path: str | os.PathLike, skip_deep: bool = False) -> Iterator[tuple[int, dict | Skip]]:
     """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
-    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes."""
+    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes. A line nested deeper
+    than :data:`MAX_ROW_DEPTH` is a SourceError too, or with ``skip_deep`` a :class:`Skip` in the
+    object's place (the build skips that row and goes on)."""
     try:
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = loads_bounded(line, MAX_ROW_DEPTH)
                 except json.JSONDecodeError as e:
                     raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+                except TooDeep:
+                    why = f"JSON nested more than {MAX_ROW_DEPTH} levels deep"
+                    if not skip_deep:
+                        raise SourceError(f"{path}:{lineno}: {why}") from None
+                    yield lineno, Skip(f"{path}:{lineno}", why)
+                    continue
                 if not isinstance(row, dict):
                     raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
                 yield lineno, row
@@ -252,17 +264,34 @@ def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise SourceError(f"{path}: not a readable Parquet file: {e}") from None
+    def strings_for_times(t):  # timestamp[ns] has no Python datetime: times as ISO-like strings, nested too
+        if pa.types.is_temporal(t):
+            return pa.string()
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, strings_for_times(f.type)) for f in t])
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return (pa.list_ if pa.types.is_list(t) else pa.large_list)(strings_for_times(t.value_type))
+        return t
+
     n = 0
     for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
+        try:
+            cols = [c if strings_for_times(c.type) == c.type else pc.cast(c, strings_for_times(c.type))
+                    for c in batch.columns]
+        except (pa.ArrowException, ValueError) as e:
+            raise SourceError(f"{path}: a column's type cannot be read ({str(e).splitlines()[0][:120]})") from None
+        for row in pa.RecordBatch.from_arrays(cols, names=batch.schema.names).to_pylist():
             n += 1
-            yield n, row
+            too_deep = json_depth(row) > MAX_ROW_DEPTH  # nested structs: the row is skipped, not the build
+            yield n, (Skip(f"{path}:{n}", f"nested more than {MAX_ROW_DEPTH} levels deep") if too_deep else row)
 
 
 def _find_column(cols: Iterable[str], names: tuple[str, ...]) -> str | None:
@@ -301,7 +330,7 @@ def iter_manifest(
 ) -> Iterator[Item | Skip]:
     """Rows of a CSV/JSONL/Parquet manifest, merged per path (captions collected), in first-seen order."""
     ext = Path(manifest).suffix.lower()
-    rows = {".csv": _rows_csv, ".parquet": _rows_parquet}.get(ext, read_jsonl_rows)(manifest)
+    rows = {".csv": _rows_csv, ".parquet": _rows_parquet}.get(ext, lambda p: read_jsonl_rows(p, skip_deep=True))(manifest)
     mdir = os.path.dirname(os.path.abspath(manifest))
     base = os.path.abspath(base) if base else mdir
     images_dir = os.path.join(mdir, "images")
@@ -309,6 +338,9 @@ def iter_manifest(
     pcol = path_column
     ccols = caption_columns
     for lineno, row in rows:
+        if isinstance(row, Skip):
+            yield row
+            continue
         if pcol is None:
             pcol = _find_column(row.keys(), PATH_COLUMNS)
             if pcol is None:
@@ -371,9 +403,13 @@ def iter_webdataset(shard: str) -> Iterator[Item | Skip]:
                         g["captions"].append(text)
                 elif ext == "json":
                     try:
-                        obj = json.loads(tf.extractfile(m).read(1 << 22).decode("utf-8", "replace"))
+                        text = tf.extractfile(m).read(1 << 22).decode("utf-8", "replace")
+                        obj = loads_bounded(text, MAX_ROW_DEPTH)
                     except json.JSONDecodeError:
                         obj = None
+                    except TooDeep:
+                        obj = None
+                        g["skip"] = f"its {m.name} is JSON nested more than {MAX_ROW_DEPTH} levels deep"
                     if isinstance(obj, dict):
                         for c in CAPTION_COLUMNS:
                             g["captions"].extend(_as_captions(obj.pop(c, None)))
@@ -383,6 +419,9 @@ def iter_webdataset(shard: str) -> Iterator[Item | Skip]:
     for key in order:
         g = groups[key]
         m = g["image"]
+        if g.get("skip"):
+            yield Skip(f"{shard}#{key}", f"webdataset sample skipped: {g['skip']}")
+            continue
         if m is None:
             yield Skip(f"{shard}#{key}", "webdataset sample has no image member")
             continue

@@ -334,6 +334,10 @@ def _check_faiss(store: Store, index_dir: str, m: dict, p: Plan, counts: dict) -
             p.bad(f"{name}: {str(e).split(': ', 1)[-1]}; it is derived again on open")
             stale.append(kind)
             continue
+        if index is None:  # its sidecar is missing or its size/CRC differ: never handed to faiss
+            p.bad(f"{name}: does not match its sidecar {name}.json (size or CRC); it is derived again on open")
+            stale.append(kind)
+            continue
         issues = check.problems(index, dim if kind == "image" else tdim, len(want))
         if fgen != counts["generation"]:
             issues.append(f"covers store generation {fgen}, the store is at {counts['generation']}")

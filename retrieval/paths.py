@@ -6,6 +6,7 @@ Variables (all optional):
 - ``KGCLIP_INDEX``: the default INDEX of the CLI commands
 - ``KGCLIP_DEVICE``: auto, cpu or cuda
 - ``KGCLIP_OFFLINE`` (or ``HF_HUB_OFFLINE``): never reach a model hub
+- ``KGCLIP_ALLOW_DOWNLOAD``: let a model that an index names (not the user) be downloaded
 - ``KGCLIP_BACKEND``: auto, onnx or torch (the lite CNN and MiniLM on ONNX Runtime or torch)
 - ``KGCLIP_SBERT_BACKEND``: auto or sentence-transformers
 - ``KGCLIP_THREADS``, ``KGCLIP_ORT_STREAMS``, ``KGCLIP_ORT_CHUNKS``, ``KGCLIP_ONNX_CACHE_MB``: ONNX Runtime
@@ -17,7 +18,10 @@ Variables (all optional):
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def env(name: str, default: str = "") -> str:
@@ -52,3 +56,33 @@ def offline() -> bool:
 def default_device() -> str:
     """KGCLIP_DEVICE, else auto."""
     return env("DEVICE").lower() or "auto"
+
+
+def allow_download() -> bool:
+    """Whether a model named by an index (not by the user) may be downloaded (KGCLIP_ALLOW_DOWNLOAD)."""
+    return env_flag("ALLOW_DOWNLOAD")
+
+
+HUB_OFFLINE_VARS = {"KGCLIP_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """Model hubs off limits inside the block: kgclip's :func:`offline` and the Hugging Face libraries'
+    switches (read when they are imported, so an already imported ``huggingface_hub`` is switched too)."""
+    saved = {k: os.environ.get(k) for k in HUB_OFFLINE_VARS}
+    os.environ.update(HUB_OFFLINE_VARS)
+    consts = sys.modules.get("huggingface_hub.constants")
+    saved_const = getattr(consts, "HF_HUB_OFFLINE", None)
+    if consts is not None:
+        consts.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if consts is not None:
+            consts.HF_HUB_OFFLINE = saved_const

@@ -4,6 +4,10 @@
 ``<file>.json`` that records the store generation the file covers plus its size and CRC32;
 :func:`load` returns ``generation=None`` when the sidecar is missing or does not match the file
 (the caller then rebuilds the index from the store).
+
+Both files are read as untrusted (indexes are shared): regular files only, no symbolic links, the
+sidecar capped in size, and the index checked against its sidecar's size and CRC and walked
+(:mod:`indexer.faiss.header`) before faiss sees a byte of it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import zlib
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_json, disk_full, open_nofollow, remove_stale_temps
-from retrieval.errors import IndexCorrupt, IndexNotFound
+from retrieval.errors import IndexCorrupt, IndexNotFound, KgclipError
+from retrieval.safefile import MB, open_regular, read_json_capped
 
 from .build import to_cpu
 from .choose import IndexChoice
+from .header import StructureError, check_structure
 
 SIDECAR_FORMAT = 1
+MAX_SIDECAR_BYTES = 1 * MB
 
 
 def _sidecar(path: str) -> str:
@@ -109,37 +116,64 @@ def _json_default(o):
 
 def read_meta(path) -> dict | None:
     """The sidecar of a saved index (generation, ntotal, size, crc32, meta), or
-    None when missing or unreadable. Does not read the index itself."""
+    None when missing, unreadable or not a regular file. Does not read the index itself."""
     try:
-        with open(_sidecar(os.fspath(path))) as f:
-            info = json.load(f)
-        return info if isinstance(info, dict) and info.get("format") == SIDECAR_FORMAT else None
-    except (OSError, ValueError):
+        info = read_json_capped(_sidecar(os.fspath(path)), MAX_SIDECAR_BYTES, "FAISS sidecar", max_depth=16,
+                                max_values=100_000, nofollow=True)
+    except KgclipError:
         return None
+    if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT:
+        return None
+    for key in ("generation", "ntotal", "size", "crc32"):
+        v = info.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+    return info
 
 
-def load(path, verify: bool = True):
+def load(path, verify: bool = True, dim: int | None = None, ntotal: int | None = None):
     """Read a saved index -> ``(index, generation)``.
 
-    ``generation`` is None when the sidecar is missing or (with ``verify``)
-    its size/CRC do not match the file: the file is then of unknown coverage
-    and should be rebuilt from the store.
+    With ``verify``, a file whose sidecar is missing or whose size/CRC do not match is never handed to
+    faiss: ``(None, None)`` (of unknown coverage: rebuild it from the store). Before faiss reads a file its
+    structure is walked (:func:`indexer.faiss.header.check_structure`), so no declared length exceeds
+    the file; ``dim`` and ``ntotal``, when given (the manifest's dimension, the store's count), must
+    match what the file declares. A file that is not a regular file (a FIFO, a link), or fails these
+    checks, raises :class:`IndexCorrupt` naming it.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise IndexNotFound(f"{path}: FAISS index file is missing")
-    try:
-        import faiss
-
-        index = faiss.read_index(path)
-    except Exception as exc:
-        raise IndexCorrupt(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0][:120]})") from None
     info = read_meta(path)
+    with open_regular(path, "FAISS index", nofollow=True, error=IndexCorrupt) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        verified = not verify
+        if verify and info is not None and info["size"] == size:
+            crc = 0
+            while True:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                crc = zlib.crc32(chunk, crc)
+            verified = crc == info["crc32"]
+            fh.seek(0)
+        try:
+            d, n = check_structure(fh, size)
+        except StructureError as e:
+            raise IndexCorrupt(f"{path}: not a FAISS index kgclip wrote ({e})") from None
+        if not verified:
+            return None, None  # of unknown coverage: never handed to faiss
+        for what, want, got in (("dimension", dim, d), ("vector count", ntotal, n)):
+            if want is not None and want != got:
+                raise IndexCorrupt(f"{path}: the FAISS index declares {what} {got}, the index has {want}")
+        fh.seek(0)
+        try:
+            import faiss
+
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        except Exception as exc:
+            raise IndexCorrupt(f"{path}: not a readable FAISS index ({str(exc).splitlines()[0][:120]})") from None
     generation = None
-    if info is not None and info.get("ntotal") == index.ntotal:
+    if info is not None and info.get("ntotal") == index.ntotal and (not verify or info.get("size") == size):
         generation = info.get("generation")
-        if verify:
-            crc, size = _crc_file(path)
-            if size != info.get("size") or crc != info.get("crc32"):
-                generation = None
     return index, generation

@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import KgclipError, ModelError, UsageError
-from ..paths import default_device
+from ..errors import KgclipError, ModelError, UsageError, WeightsNotFound
+from ..paths import allow_download, default_device, hub_offline
+from ..safefile import open_regular
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -117,18 +118,18 @@ def load_image(item: Any, max_pixels: int | None = None):
     else:
         path = Path(item)
         saved = Image.MAX_IMAGE_PIXELS
-        try:
-            if max_pixels is not None:
-                Image.MAX_IMAGE_PIXELS = None  # our guard below applies, with a clear reason
-            img = Image.open(path)
-            if max_pixels is not None:
-                try:
-                    check_pixels(*img.size, max_pixels)
-                except ValueError as e:
-                    raise KgclipError(f"{path}: {e}; --max-pixels raises the limit") from None
-            img = ImageOps.exif_transpose(img)
-        except FileNotFoundError:
-            raise KgclipError(f"{path}: no such image file") from None
+        try:  # a FIFO or a device would block or never end: regular files only (retrieval.safefile)
+            with open_regular(path, "image file") as fh:
+                if max_pixels is not None:
+                    Image.MAX_IMAGE_PIXELS = None  # our guard below applies, with a clear reason
+                img = Image.open(fh)
+                if max_pixels is not None:
+                    try:
+                        check_pixels(*img.size, max_pixels)
+                    except ValueError as e:
+                        raise KgclipError(f"{path}: {e}; --max-pixels raises the limit") from None
+                img.load()
+                img = ImageOps.exif_transpose(img)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise KgclipError(f"{path}: cannot read image ({str(e).splitlines()[0] if str(e) else e!r})") from None
         finally:
@@ -200,9 +201,27 @@ class Encoder(ABC):
     def load(self) -> "Encoder":
         if not self._loaded:
             self.device = resolve_device(self.requested_device)
-            self._load()
+            if self.named_by and not allow_download():
+                self._load_local_only()
+            else:
+                self._load()
             self._loaded = True
         return self
+
+    #: what named this model when the user did not (an index's manifest): such a model is loaded from
+    #: local or shipped files only, unless KGCLIP_ALLOW_DOWNLOAD=1 (an index must not reach the network)
+    named_by: str | None = None
+
+    def _load_local_only(self) -> None:
+        with hub_offline():
+            try:
+                self._load()
+            except ModelError as e:
+                why = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
+                raise WeightsNotFound(
+                    f"{self.named_by} names the model {self.spec}, which is not on this machine ({why}); kgclip "
+                    "downloads no model that an index names unless you trust it: KGCLIP_ALLOW_DOWNLOAD=1 "
+                    "(or `kgclip search --allow-download`)") from None
 
     @abstractmethod
     def _load(self) -> None:

@@ -123,6 +123,22 @@ def resolve_sbert_path(name: str) -> str:
     return name
 
 
+def _in_hub_cache(name: str) -> bool:
+    """Whether the Hugging Face cache holds the model ``name`` (its config.json; never reaches the hub)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repos = [name] if "/" in name else [f"sentence-transformers/{name}", name]
+    for repo in repos:
+        try:
+            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                return True
+        except Exception:  # noqa: BLE001 - a malformed repo id is simply not cached
+            continue
+    return False
+
+
 class SbertEncoder(Encoder):
     family = "sbert"
     has_images = False
@@ -144,13 +160,16 @@ class SbertEncoder(Encoder):
                 self.model.half()
             self._dim = self.model.dim
             return
+        local = Path(self.path).exists()
+        if not local and offline() and not _in_hub_cache(self.path):  # fail fast: no 9 s of imports first
+            raise WeightsNotFound(f"sentence-transformers model {self.name!r} is not a local folder and not in "
+                                  "the Hugging Face cache (offline)")
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
 
-        local = Path(self.path).exists()
         try:
             self.model = SentenceTransformer(self.path, device=self.device, local_files_only=local or offline())
         except Exception as e:  # sentence-transformers raises many kinds for a missing model

@@ -50,7 +50,7 @@ class EntityEmbeddings:
         fp = encoder.fingerprint
         self.key = hashlib.sha256(f"{fp}\n{template}".encode()).hexdigest()[:16]
         base = Path(root) if root is not None else cache_dir() / "kg"
-        self.graph_dir = base / f"{_safe(graph.name)}-{graph.fingerprint}"
+        self.graph_dir = base / f"{_safe(graph.name)}-{_safe(graph.fingerprint)}"
         self.dir = self.graph_dir / self.key
         self._lock = threading.Lock()
         self._slot: dict[int, int] = {}

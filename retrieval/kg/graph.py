@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import KGError
-from .graphfile import norm_key, read_arrays, read_entities, read_meta
+from .graphfile import ARRAYS_FILE, content_fingerprint, norm_key, read_arrays, read_entities, read_meta
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"
 WORDNET = "wordnet"
@@ -44,6 +44,41 @@ class Entity:
         return d
 
 
+def _check_csr(f, name: str, arr: dict, rows: int, cols: int) -> None:
+    """A CSR pair ``name.indptr`` / ``name.indices``: ``rows + 1`` non-decreasing offsets from 0 to the
+    number of indices, each index in ``0..cols - 1``."""
+    ptr, idx = arr.get(f"{name}.indptr"), arr.get(f"{name}.indices", arr.get(f"{name}.rows"))
+    if ptr is None or idx is None:
+        raise KGError(f"{f}: graph arrays lack {name!r}")
+    if ptr.ndim != 1 or idx.ndim != 1 or ptr.dtype.kind not in "iu" or idx.dtype.kind not in "iu":
+        raise KGError(f"{f}: graph array {name!r} is not a 1-d integer array")
+    if len(ptr) != rows + 1 or (rows + 1 and (int(ptr[0]) != 0 or int(ptr[-1]) != len(idx))) \
+            or np.any(np.diff(ptr.astype(np.int64)) < 0):
+        raise KGError(f"{f}: graph array {name!r} has offsets that do not fit its {rows} rows "
+                      f"and {len(idx)} entries")
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= cols):
+        raise KGError(f"{f}: graph array {name!r} points outside the graph's {cols} entities")
+
+
+def check_arrays(path: Path, meta: dict, ent: dict, arr: dict) -> None:
+    """Every array a graph indexes with is in range (a damaged or hostile graph.npz is a clear error, not
+    an IndexError or a wrong answer later)."""
+    f = path / ARRAYS_FILE
+    n = ent["ids"].count("\n") + 1 if ent["ids"] else 0
+    keys = ent["lemma_keys"].count("\n") + 1 if ent["lemma_keys"] else 0
+    if n and (ent["names"].count("\n") + 1 != n or ent["glosses"].count("\n") + 1 != n):
+        raise KGError(f"{path}: the entity table's names or glosses do not match its {n} ids")
+    _check_csr(f, "lemmas", arr, keys, n)
+    counts = arr.get("lemmas.counts")
+    if counts is None or len(counts) != len(arr["lemmas.rows"]):
+        raise KGError(f"{f}: graph array 'lemmas.counts' does not match 'lemmas.rows'")
+    for rel in meta.get("relations", []):
+        _check_csr(f, rel, arr, n, n)
+    for name in ("counts", "depth", "size", "lexfile"):
+        if name in arr and (arr[name].ndim != 1 or len(arr[name]) != n):
+            raise KGError(f"{f}: graph array {name!r} has {len(arr[name])} rows, the graph {n} entities")
+
+
 class Graph:
     """A read-only knowledge graph loaded from a compact graph directory."""
 
@@ -52,8 +87,9 @@ class Graph:
         self.meta = read_meta(self.path)
         ent = read_entities(self.path)
         arr = read_arrays(self.path)
+        check_arrays(self.path, self.meta, ent, arr)
         self.name: str = self.meta.get("name", self.path.name)
-        self.fingerprint: str = self.meta.get("fingerprint", "")
+        self.fingerprint: str = content_fingerprint(self.path)  # not kg.json's claim: it keys caches
         self.ids: list[str] = ent["ids"].split("\n") if ent["ids"] else []
         self.names: list[list[str]] = [ns.split("\t") if ns else [] for ns in ent["names"].split("\n")]
         self.glosses: list[str] = ent["glosses"].split("\n")

@@ -38,12 +38,24 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import KGError
+from ..safefile import (MB, gunzip_capped, load_npz_capped, parse_json_capped, read_bytes_capped,
+                        read_json_capped)
 from ..text import fold_space
 
 FORMAT_VERSION = 1
 META_FILE = "kg.json"
 ENTITIES_FILE = "entities.json.gz"
 ARRAYS_FILE = "graph.npz"
+# Graphs are shared files: what kgclip reads from one is capped (a gzip or zip bomb, a 3 GB "kg.json"):
+# kg.json at 4 MB; entities.json.gz unpacked to 8x its size (text packs about 3x) with a 64 MB floor;
+# graph.npz unpacked to 16x its size (WordNet's packs 5x) with a 128 MB floor; the compressed files at 2 GB.
+MAX_META_BYTES = 4 * MB
+MAX_FILE_BYTES = 2048 * MB
+UNPACK_RATIO = {ENTITIES_FILE: 8, ARRAYS_FILE: 16}
+UNPACK_FLOOR = {ENTITIES_FILE: 64 * MB, ARRAYS_FILE: 128 * MB}
+MAX_ENTITY_VALUES = 1_000_000  # the entity table is a few long strings (plus small "extra" lists)
+MIN_ENTITY_CAP = 100_000  # entities (and lemma keys) any table may hold; more need BYTES_PER_ENTITY each
+BYTES_PER_ENTITY = 10
 
 
 def norm_key(text: str) -> str:
@@ -163,36 +175,73 @@ def write_graph(
 def read_meta(path: str | os.PathLike) -> dict:
     p = Path(path)
     mf = p / META_FILE if p.is_dir() else p
-    if not mf.is_file():
+    if not os.path.lexists(mf):
         if not p.exists():
             raise KGError(f"{p}: no such knowledge graph (expected a directory made by `kgclip kg import`)")
         raise KGError(f"{p}: not a kgclip knowledge graph ({META_FILE} missing; "
                       "convert triples with `kgclip kg import`)")
-    try:
-        md = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        raise KGError(f"{mf}: unreadable graph metadata ({e})") from None
-    if md.get("format") != "kgclip-kg":
+    md = read_json_capped(mf, MAX_META_BYTES, "graph metadata", max_depth=16, max_values=100_000,
+                          error=KGError)
+    if not isinstance(md, dict) or md.get("format") != "kgclip-kg":
         raise KGError(f"{mf}: not a kgclip knowledge graph")
-    if int(md.get("format_version", 0)) > FORMAT_VERSION:
+    v = md.get("format_version", 0)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise KGError(f"{mf}: graph metadata has no integer format_version")
+    if v > FORMAT_VERSION:
         raise KGError(f"{mf}: graph format {md.get('format_version')} is newer than this kgclip supports "
                       f"({FORMAT_VERSION}); upgrade kgclip")
+    rels, inv = md.get("relations", []), md.get("inverses", {})
+    if not isinstance(rels, list) or not all(isinstance(r, str) for r in rels) or not isinstance(inv, dict) \
+            or not all(isinstance(k, str) and isinstance(x, str) for k, x in inv.items()):
+        raise KGError(f"{mf}: graph metadata 'relations' must be a list of names and 'inverses' an object "
+                      "of names")
+    for key in ("name", "fingerprint"):
+        if md.get(key) is not None and not isinstance(md[key], str):
+            raise KGError(f"{mf}: graph metadata {key!r} must be a string")
     return md
+
+
+def _unpack_cap(f: Path, name: str) -> int:
+    try:
+        size = f.stat().st_size
+    except OSError:
+        size = 0
+    return max(UNPACK_FLOOR[name], UNPACK_RATIO[name] * size)
 
 
 def read_entities(path: Path) -> dict:
     f = path / ENTITIES_FILE
-    try:
-        with gzip.open(f, "rb") as fh:
-            return json.loads(fh.read())
-    except (OSError, ValueError, EOFError) as e:
-        raise KGError(f"{f}: unreadable entity table ({e})") from None
+    raw = read_bytes_capped(f, MAX_FILE_BYTES, "entity table", error=KGError)
+    size = len(raw)
+    text = gunzip_capped(raw, max(UNPACK_FLOOR[ENTITIES_FILE], UNPACK_RATIO[ENTITIES_FILE] * size), f,
+                         "entity table", error=KGError)
+    del raw
+    ent = parse_json_capped(text, f, "entity table", max_depth=8, max_values=MAX_ENTITY_VALUES, error=KGError)
+    if not isinstance(ent, dict) or not all(isinstance(ent.get(k), str) for k in ("ids", "names", "glosses",
+                                                                                  "lemma_keys")) \
+            or not isinstance(ent.get("extra", {}), dict):
+        raise KGError(f"{f}: unreadable entity table (expected the strings ids, names, glosses and "
+                      "lemma_keys)")
+    # each entity becomes a few Python objects (~380 bytes): a real one packs into 10+ bytes (WordNet's 40),
+    # so a table of millions of empty lines in a few KB is refused before it is split into lists
+    cap = max(MIN_ENTITY_CAP, size // BYTES_PER_ENTITY)
+    for key in ("ids", "names", "glosses", "lemma_keys"):
+        lines = ent[key].count("\n") + 1
+        if lines > cap:
+            raise KGError(f"{f}: the entity table's {key} has {lines:,} lines in a {size:,}-byte file "
+                          "(a damaged or hostile file)")
+    return ent
+
+
+def content_fingerprint(path: Path) -> str:
+    """The fingerprint :func:`write_graph` records, computed from the files themselves: caches are keyed
+    by it, so a shared graph cannot claim another graph's (e.g. WordNet's) cached entity vectors."""
+    h = hashlib.sha256()
+    for name in (ENTITIES_FILE, ARRAYS_FILE):
+        h.update(read_bytes_capped(path / name, MAX_FILE_BYTES, "graph file", error=KGError))
+    return h.hexdigest()[:16]
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     f = path / ARRAYS_FILE
-    try:
-        with np.load(f, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise KGError(f"{f}: unreadable graph arrays ({e})") from None
+    return load_npz_capped(f, _unpack_cap(f, ARRAYS_FILE), "graph arrays", error=KGError)

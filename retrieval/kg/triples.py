@@ -28,6 +28,7 @@ import numpy as np
 
 from ..choices import TRIPLE_FORMATS
 from ..errors import KGError, UsageError
+from ..safefile import open_regular
 from .graphfile import read_meta, write_graph
 
 LABEL = {"label", "name", "rdfs:label", "preflabel", "skos:preflabel"}
@@ -126,7 +127,7 @@ def local_name(eid: str) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    with open(path, "rb") as fh:
+    with open_regular(path, "triples file", error=KGError) as fh:  # a FIFO or a device: one line, no hang
         for no, raw in enumerate(fh, 1):
             try:
                 yield no, raw.decode("utf-8").rstrip("\r\n")

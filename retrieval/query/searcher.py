@@ -98,6 +98,8 @@ class Searcher:
                 "search it without --model, or build another index with that model"
             )
         self.encoder = get_encoder(spec, device=self.device)
+        if model is None:  # named by the index, not by the user: local or shipped files only
+            self.encoder.named_by = self._manifest_name()
         want = self.index.model_fingerprint
         if check_fingerprint and want and self.encoder.fingerprint != want:
             raise ModelMismatch(
@@ -130,6 +132,9 @@ class Searcher:
     def _name(self) -> str:
         return str(self.index.path)
 
+    def _manifest_name(self) -> str:
+        return f"the index manifest {os.path.join(str(self.index.path), 'index.json')}"
+
     @property
     def has_captions(self) -> bool:
         if not self.index.text_model_spec:
@@ -145,6 +150,7 @@ class Searcher:
             if not self.index.text_model_spec:
                 raise UsageError(f"index {self._name()} has no caption index (it was built without --text-model)")
             self._text_encoder = get_encoder(self.index.text_model_spec, device=self.device)
+            self._text_encoder.named_by = self._manifest_name()
         return self._text_encoder
 
     def expander(self, required: bool = True):

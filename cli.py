@@ -4,6 +4,11 @@ Each command parses options, makes one library call, formats the result and
 maps domain errors (KgclipError) to one line on stderr with exit code 1 (2 for
 usage). Heavy imports (torch, faiss, open_clip) happen inside commands, so
 `kgclip --help` stays instant.
+
+Why one file of ~700 lines: the top level of the repository is fixed by its users (`cli.py`, not a
+package), and the click layer cannot move below it (retrieval and indexer never import click; see the
+import contracts in setup.cfg). Every command body stays a few lines: parsing and printing only, with
+the work, the formatting (retrieval.render) and the option lists (retrieval.choices) below.
 """
 
 from __future__ import annotations

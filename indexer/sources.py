@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from retrieval.errors import SourceError
+from retrieval.text import read_jsonl_rows  # noqa: F401 - re-exported (it lived here)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl", ".ndjson", ".parquet"}
@@ -230,25 +231,6 @@ def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
         raise SourceError(f"{path}: not UTF-8 CSV ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
         raise SourceError(f"{path}: malformed CSV: {e}") from None
-
-
-def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
-    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
-                yield lineno, row
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{path}: not UTF-8 JSONL ({e.reason} at byte {e.start})") from None
 
 
 def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:

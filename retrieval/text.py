@@ -1,12 +1,15 @@
 """Plain-text helpers shared by the query side and the knowledge graph: white-space folding, query
-cleaning and the content words of a query (articles and "a photo of" filler left out)."""
+cleaning and the content words of a query (articles and "a photo of" filler left out); and the one
+JSONL row reader (build manifests, caption datasets)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import QueryError
+from .errors import QueryError, SourceError
 
 # words that say nothing about what is in a picture ("a photo of a dog" has one content word)
 FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
@@ -40,3 +43,22 @@ def is_short_query(text: str | None, max_words: int) -> bool:
     """Whether ``text`` has 1 to ``max_words`` content words: a category-like query ("a mammal")
     rather than a caption."""
     return 0 < len(content_words(text)) <= max_words
+
+
+def read_jsonl_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
+    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+                if not isinstance(row, dict):
+                    raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
+                yield lineno, row
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 JSONL ({e.reason} at byte {e.start})") from None

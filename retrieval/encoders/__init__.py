@@ -167,3 +167,12 @@ register(
         aliases=("sentence-transformers", "st"),
     )
 )
+register(
+    Family(
+        "adapter",
+        "retrieval.learn.encoder:AdapterEncoder",
+        "adapter:f8k.safetensors",
+        "a trained adapter model file (kgclip train adapter) on its base model's frozen towers, "
+        "mixed with the base's zero-shot scores by a query-dependent gate",
+    )
+)

@@ -47,10 +47,11 @@ def test_toy_training_lowers_loss_and_raises_recall():
     assert res.dev["R@1"] > before["R@1"] + 0.2 and res.dev["R@10"] > 0.8
 
 
-def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, monkeypatch, ema):
     torch.set_num_threads(1)
     train, dev = toy_pairs(64, 0), toy_pairs(20, 1)
-    cfg = T.TrainConfig(epochs=4, batch_size=16, patience=20, seed=1, heads=TINY)
+    cfg = T.TrainConfig(epochs=4, batch_size=16, patience=20, seed=1, ema=ema, heads=TINY)
     full = T.train_heads(train, dev, cfg, log=lambda m: None)
     calls = {"n": 0}
     real = T.evaluate

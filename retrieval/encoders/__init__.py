@@ -172,7 +172,7 @@ register(
         "adapter",
         "retrieval.learn.encoder:AdapterEncoder",
         "adapter:f8k.safetensors",
-        "a trained adapter model file (kgclip train adapter) on its base model's frozen towers, "
-        "mixed with the base's zero-shot scores by a query-dependent gate",
+        "a trained adapter (kgclip train adapter) on a base model's frozen towers, gated with its "
+        "zero-shot scores",
     )
 )

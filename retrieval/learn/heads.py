@@ -18,7 +18,7 @@ import numpy as np
 
 from ..encoders.base import l2_normalize
 
-DEFAULTS = {"dim": 512, "hidden": 1024, "text_hidden": 1024, "dropout": 0.2}
+DEFAULTS = {"dim": 512, "hidden": 1024, "text_hidden": 1024, "dropout": 0.2, "in_norm": False, "in_dropout": 0.0}
 
 
 def build_heads(image_dim: int, text_dim: int, config: dict | None = None):
@@ -31,6 +31,10 @@ def build_heads(image_dim: int, text_dim: int, config: dict | None = None):
     class Heads(nn.Module):
         def __init__(self):
             super().__init__()
+            # optional LayerNorm of the image features (the pooled CNN features are far from unit scale) and
+            # dropout on the frozen features themselves (training only)
+            self.image_norm = nn.LayerNorm(image_dim) if c.get("in_norm") else nn.Identity()
+            self.in_drop = nn.Dropout(c.get("in_dropout", 0.0))
             self.image = nn.Sequential(nn.Linear(image_dim, c["hidden"]), nn.GELU(approximate="tanh"),
                                        nn.Dropout(c["dropout"]), nn.Linear(c["hidden"], c["dim"]))
             self.text_proj = nn.Linear(text_dim, c["dim"])
@@ -41,7 +45,7 @@ def build_heads(image_dim: int, text_dim: int, config: dict | None = None):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
         def encode_image(self, x):
-            return nn.functional.normalize(self.image(x), dim=-1)
+            return nn.functional.normalize(self.image(self.in_drop(self.image_norm(x))), dim=-1)
 
         def encode_text(self, x):
             return nn.functional.normalize(self.text_proj(x) + self.text_mlp(x), dim=-1)
@@ -62,7 +66,11 @@ def _linear(x: np.ndarray, w: dict, name: str) -> np.ndarray:
 
 def numpy_image(weights: dict, x: np.ndarray) -> np.ndarray:
     """The image head in numpy (eval mode: no dropout), L2-normalised."""
-    h = _gelu(_linear(np.asarray(x, np.float32), weights, "image.0"))
+    x = np.asarray(x, np.float32)
+    if "image_norm.weight" in weights:  # LayerNorm, eps 1e-5 as torch's
+        mu, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+        x = (x - mu) / np.sqrt(var + 1e-5) * weights["image_norm.weight"] + weights["image_norm.bias"]
+    h = _gelu(_linear(x, weights, "image.0"))
     return l2_normalize(_linear(h, weights, "image.3"))
 
 

@@ -35,6 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 1  # epochs of linear warm-up
     patience: int = 5
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (per step)
     seed: int = 0
     heads: dict = field(default_factory=lambda: dict(DEFAULTS))
 
@@ -81,8 +82,10 @@ def _check(data: PairSet, what: str) -> None:
         raise UsageError(f"no usable (image, caption) pairs in the {what} split")
 
 
-def _state_tensors(model, opt, best: dict | None) -> dict[str, np.ndarray]:
+def _state_tensors(model, opt, best: dict | None, ema: dict | None) -> dict[str, np.ndarray]:
     out = {f"model.{k}": v for k, v in numpy_weights(model).items()}
+    if ema is not None:
+        out.update({f"ema.{k}": v.detach().cpu().numpy() for k, v in ema.items()})
     if best is not None:
         out.update({f"best.{k}": v for k, v in best.items()})
     for i, st in opt.state_dict()["state"].items():
@@ -105,11 +108,14 @@ def _restore(model, opt, tensors: dict) -> dict | None:
         if k.startswith("opt."):
             _, i, name = k.split(".", 2)
             t = torch.from_numpy(v.copy())
-            state.setdefault(int(i), {})[name] = t.reshape(()) if name == "step" else t.reshape(params[int(i)].shape)
+            shape = () if name == "step" else params[int(i)].shape
+            state.setdefault(int(i), {})[name] = t.reshape(shape)
     sd["state"] = state
     opt.load_state_dict(sd)
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    return best or None
+    ema = {k[4:]: torch.from_numpy(v.copy()).reshape(shapes[k[4:]])
+           for k, v in tensors.items() if k.startswith("ema.")}
+    return best or None, ema or None
 
 
 def train_heads(train: PairSet, dev: PairSet, config: TrainConfig, device: str = "cpu",
@@ -135,16 +141,21 @@ def train_heads(train: PairSet, dev: PairSet, config: TrainConfig, device: str =
     history: list[dict] = []
     best, best_epoch, best_r10, start = None, 0, -1.0, 0
     ckpt_card = {"config": config.to_dict(), "data": data_key}
+    ema_saved = None
     if resume and checkpoint and Path(checkpoint).is_file():
         card = read_card(checkpoint, CHECKPOINT_FORMAT)
         if card.get("config") != ckpt_card["config"] or card.get("data") != data_key:
             raise UsageError(f"{checkpoint}: a checkpoint of another training run (other data or settings): "
                              f"delete it or train without --resume")
         tensors, card = load_tensors(checkpoint, CHECKPOINT_FORMAT)
-        best = _restore(model, opt, tensors)
+        best, ema_saved = _restore(model, opt, tensors)
         history, best_epoch, best_r10 = card["history"], card["best_epoch"], card["best_r10"]
         start = card["epoch"]
         log(f"resuming from {checkpoint} after epoch {start}")
+    ema = None
+    if config.ema > 0:
+        ema = ema_saved or {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ema = {k: v.to(device) for k, v in ema.items()}
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -181,12 +192,17 @@ def train_heads(train: PairSet, dev: PairSet, config: TrainConfig, device: str =
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        ema[k].mul_(config.ema).add_(v, alpha=1 - config.ema)
             losses.append(loss.item())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
         model.eval()
-        weights = numpy_weights(model)
+        weights = numpy_weights(model) if ema is None else \
+            {k: v.detach().float().cpu().numpy().copy() for k, v in ema.items()}
         m = evaluate(weights, dev)
         row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), "temperature":
                round(1 / model.logit_scale.exp().item(), 4), **{f"dev_{k}": round(v, 4) for k, v in m.items()}}
@@ -196,7 +212,7 @@ def train_heads(train: PairSet, dev: PairSet, config: TrainConfig, device: str =
         if bar is None:
             log(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, dev R@10 {m['R@10']:.3f}")
         if checkpoint:
-            save_tensors(checkpoint, _state_tensors(model, opt, best),
+            save_tensors(checkpoint, _state_tensors(model, opt, best, ema),
                          {**ckpt_card, "epoch": epoch + 1, "history": history, "best_epoch": best_epoch,
                           "best_r10": best_r10}, fmt=CHECKPOINT_FORMAT)
     if bar is not None:

@@ -683,7 +683,7 @@ def train():
               "(default: lite; for an INDEX, the index's model).")
 @click.option("--epochs", type=click.IntRange(1), default=40, show_default=True,
               help="Most epochs (training stops earlier when dev R@10 stops improving).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split-free randomness.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation, batches and dropout.")
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt, the checkpoint of an interrupted run.")
 @device_option("cpu")

@@ -115,6 +115,13 @@ def train_adapter(ds: CaptionDataset, out: str | os.PathLike, base: str = "lite"
     ckpt = out.with_name(out.name + ".ckpt")
     res = train_heads(p.train, p.dev, config, device=resolve_device(device), checkpoint=ckpt, resume=resume,
                       data_key=p.data_key, progress=progress, log=log)
+    card = save_adapter(ds, out, towers, p, config, res, gate)
+    ckpt.unlink(missing_ok=True)  # the finished model supersedes it
+    return card
+
+
+def save_adapter(ds: CaptionDataset, out, towers, p: Prepared, config: TrainConfig, res, gate: dict | None) -> dict:
+    """Fit the gate to trained heads (``res``: a TrainResult) and write the model file with its card."""
     model = AdapterModel(res.weights, fit_gate(res.weights, p, gate, config.seed), {})
     model.card = {
         "kind": "adapter", "base": towers.spec, "base_fingerprint": towers.fingerprint,
@@ -128,6 +135,4 @@ def train_adapter(ds: CaptionDataset, out: str | os.PathLike, base: str = "lite"
         "seconds": {"features": round(p.feature_seconds, 1), "training": round(res.seconds, 1)},
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    card = model.save(out)
-    ckpt.unlink(missing_ok=True)  # the finished model supersedes it
-    return card
+    return model.save(out)

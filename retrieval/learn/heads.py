@@ -18,7 +18,7 @@ import numpy as np
 
 from ..encoders.base import l2_normalize
 
-DEFAULTS = {"dim": 512, "hidden": 1024, "text_hidden": 1024, "dropout": 0.2, "in_norm": False, "in_dropout": 0.0}
+DEFAULTS = {"dim": 512, "hidden": 1024, "text_hidden": 1024, "dropout": 0.5, "in_norm": False, "in_dropout": 0.4}
 
 
 def build_heads(image_dim: int, text_dim: int, config: dict | None = None):

@@ -209,7 +209,7 @@ def train_heads(train: PairSet, dev: PairSet, config: TrainConfig, device: str =
         history.append(row)
         if m["R@10"] > best_r10:
             best, best_epoch, best_r10 = weights, epoch + 1, m["R@10"]
-        if bar is None:
+        if bar is None or bar.disable:  # no bar off a terminal: one line per epoch
             log(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.3f}, dev R@10 {m['R@10']:.3f}")
         if checkpoint:
             save_tensors(checkpoint, _state_tensors(model, opt, best, ema),

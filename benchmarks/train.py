@@ -43,12 +43,15 @@ HEAD_GRID = [
     {"name": "feature dropout 0.4, dropout 0.5", "heads": {"dropout": 0.5, "in_dropout": 0.4}},
     {"name": "feature dropout 0.4, dropout 0.5, EMA 0.99", "heads": {"dropout": 0.5, "in_dropout": 0.4},
      "ema": 0.99},
+    {"name": "feature dropout 0.5, dropout 0.5, EMA 0.99, 60 epochs", "heads": {"dropout": 0.5, "in_dropout": 0.5},
+     "ema": 0.99, "epochs": 60},
 ]
+ENSEMBLE_SEEDS = (1, 2)  # extra seeds of the dev-best setting; the ensemble scores by the members' mean cosine
 GATE_GRID = (
     [{"mode": "adapter"}, {"mode": "zero-shot"}]
     + [{"mode": "fixed", "alpha": a} for a in (0.5, 0.6, 0.7, 0.8, 0.9)]
-    + [{"mode": "query", "center": c, "width": w, "low": lo, "high": 1.0}
-       for c in (0.35, 0.45, 0.55, 0.65) for w in (0.03, 0.06) for lo in (0.0, 0.2)]
+    + [{"mode": "query", "center": c, "width": w, "low": lo, "high": 1.0, "k": k}
+       for c in (0.45, 0.5, 0.55, 0.6) for w in (0.04, 0.06) for lo in (0.2, 0.35) for k in (5, 20)]
 )
 
 
@@ -67,9 +70,10 @@ def _train_one(args):
     from retrieval.learn.train import TrainConfig, train_heads
 
     flickr, g, seed = args
+    seed = g.get("seed", seed)
     torch.set_num_threads(1)
     prep = prepare(load_captions(flickr), towers_for("lite", device="cpu"), log=log)
-    cfg = TrainConfig(seed=seed, **{k: v for k, v in g.items() if k not in ("name", "heads")})
+    cfg = TrainConfig(seed=seed, **{k: v for k, v in g.items() if k not in ("name", "heads", "seed")})
     cfg = replace(cfg, heads={**cfg.heads, **g.get("heads", {})})
     return cfg, train_heads(prep.train, prep.dev, cfg, log=lambda m: None)
 
@@ -210,14 +214,31 @@ def run(flickr: str, tuxpaint: str | None, model_out: str, ood_names=OOD_SETS, s
         if res.dev["R@10"] > best_r10:
             best_cfg, best_r10 = g["name"], res.dev["R@10"]
     cfg, res = trained[best_cfg]
-    model = AdapterModel(res.weights, fit_gate(res.weights, prep, None, seed), {})
+    single = AdapterModel(res.weights, fit_gate(res.weights, prep, None, seed), {})
+    model, train_secs = single, res.seconds
+    if grid:  # the dev-best setting with more seeds, as an ensemble
+        g = next(x for x in HEAD_GRID if x["name"] == best_cfg)
+        extra = train_grid(flickr, [{**g, "seed": s} for s in ENSEMBLE_SEEDS], seed)
+        members = [res.weights] + [r.weights for _c, r in extra]
+        ens = AdapterModel(members, fit_gate(members, prep, None, seed), {})
+        dev_s = caption_metrics(scores_of(single.with_gate(mode="adapter"), dev_f), dev.caption_image)
+        dev_e = caption_metrics(scores_of(ens.with_gate(mode="adapter"), dev_f), dev.caption_image)
+        out["head_search"].append({"name": f"{best_cfg}, ensemble of seeds {(seed, *ENSEMBLE_SEEDS)}",
+                                   "config": cfg.to_dict(), "best_epoch": [res.best_epoch] + [r.best_epoch for _c, r in extra],
+                                   "dev_adapter": {f"R@{k}": dev_e[f"t2i_R@{k}"] for k in (1, 5, 10)},
+                                   "train_s": round(res.seconds + sum(r.seconds for _c, r in extra), 1)})
+        log(f"ensemble: dev R@10 {dev_e['t2i_R@10']:.4f} (single {dev_s['t2i_R@10']:.4f})")
+        if dev_e["t2i_R@10"] > dev_s["t2i_R@10"]:
+            model, train_secs = ens, res.seconds + sum(r.seconds for _c, r in extra)
     # 2. the gate on dev + out-of-domain checks
     gate, out["gate_search"] = choose_gate(model, dev_f, dev.caption_image, ood, base_ood)
     chosen = model.with_gate(**gate)
     # 3. test, once per configuration (the chosen one and the ablations)
-    configs = {"chosen": chosen, "adapter_only (no gate)": model.with_gate(mode="adapter"),
+    configs = {"chosen": chosen, "adapter only (no gate)": model.with_gate(mode="adapter"),
                "fixed alpha 0.7": model.with_gate(mode="fixed", alpha=0.7),
                "query gate c=0.45 (prior design)": model.with_gate(mode="query", center=0.45, width=0.05, low=0.2)}
+    if model is not single:
+        configs["single model (seed 0) + chosen gate"] = single.with_gate(**gate)
     if best_cfg != HEAD_GRID[0]["name"] and HEAD_GRID[0]["name"] in trained:
         w0 = trained[HEAD_GRID[0]["name"]][1].weights
         configs["prior design heads + chosen gate"] = AdapterModel(w0, fit_gate(w0, prep, gate, seed), {})
@@ -225,16 +246,18 @@ def run(flickr: str, tuxpaint: str | None, model_out: str, ood_names=OOD_SETS, s
         ood_m = ood_eval(m, ood)
         out["test"][name] = {"gate": m.gate.params(), "test": caption_metrics(scores_of(m, test_f), test.caption_image),
                              "ood": ood_m, "ood_deltas": ood_deltas(ood_m, base_ood)}
-    out["chosen"] = {"heads": best_cfg, "gate": gate, "config": cfg.to_dict(), "best_epoch": res.best_epoch}
+    out["chosen"] = {"heads": best_cfg, "members": len(model.members), "gate": gate, "config": cfg.to_dict(),
+                     "best_epoch": res.best_epoch}
     # 4. the model file: the chosen heads and gate, written by the library (what `kgclip train adapter` writes)
     from retrieval.learn.adapter import save_adapter
 
-    card = save_adapter(ds, model_out, towers, prep, cfg, res, gate)
+    card = save_adapter(ds, model_out, towers, prep, cfg, res, gate, members=model.members)
     out["model_file"] = {"path": str(model_out), "bytes": os.path.getsize(model_out),
                          "card_metrics": card["metrics"]}
-    out["training_time_s"] = {"features_cold": FEATURES_COLD_S, "heads": round(res.seconds, 1),
+    out["training_time_s"] = {"features_cold": FEATURES_COLD_S, "heads": round(train_secs, 1),
                               "note": "cold feature extraction measured once on this 2-core machine under "
-                                      "load from other jobs; heads: the chosen setting's training, 1 thread"}
+                                      "load from other jobs; heads: the chosen model's training (all its "
+                                      "members), 1 thread each"}
     out["seconds"] = {"features_cached_run": round(prep.feature_seconds, 1), "total": round(time.perf_counter() - t_all, 1)}
     if agree:
         out["agreement"] = agreement(test, model_out)

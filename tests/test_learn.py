@@ -132,6 +132,12 @@ def test_model_file_round_trip_gives_equal_outputs(toy_model, toy_dataset):
     np.testing.assert_array_equal(e1.encode_images(imgs), e2.encode_images(imgs))
     np.testing.assert_array_equal(e1.encode_queries(["a red square"]), e2.encode_queries(["a red square"]))
     assert e1.dim == 16 + 32 and e1.encode_queries(["red"]).shape == (1, 48)
+    # an ensemble (members side by side) round-trips too; its scores are the members' mean cosine
+    ens = AdapterModel([m1.members[0], m1.members[0]], m1.gate, m1.card)
+    ens.save(copy)
+    m3 = AdapterModel.load(copy)
+    assert len(m3.members) == 2 and m3.dim == 2 * 16 + 32
+    np.testing.assert_allclose(m3.scores(f, z, f, z), m1.scores(f, z, f, z), atol=1e-5)
 
 
 def test_base_fingerprint_mismatch_is_one_line_naming_the_file(toy_model):

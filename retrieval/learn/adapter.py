@@ -24,7 +24,7 @@ from ..errors import UsageError
 from .captions import CaptionDataset, named_split, split_file, split_names
 from .features import image_features, text_features
 from .gate import Gate, caption_bank, score_spread
-from .heads import numpy_image, numpy_text
+from .heads import ensemble_image, ensemble_text
 from .model import AdapterModel
 from .towers import towers_for
 from .train import PairSet, TrainConfig, t2i_recall, train_heads
@@ -90,10 +90,11 @@ def prepare(ds: CaptionDataset, towers, cache=None, progress: bool = False, log:
     return Prepared(train, dev, train_zs, dev_zs, how, im.skipped, n, secs, key.hexdigest()[:16])
 
 
-def fit_gate(weights: dict, p: Prepared, gate: dict | None, seed: int) -> Gate:
+def fit_gate(weights: dict | list, p: Prepared, gate: dict | None, seed: int) -> Gate:
     """The gate's score scales and caption bank from the training pairs, with ``gate``'s settings."""
     rng = np.random.default_rng(seed)
-    sd_a = score_spread(numpy_text(weights, p.train.text), numpy_image(weights, p.train.image), rng)
+    members = weights if isinstance(weights, list) else [weights]
+    sd_a = score_spread(ensemble_text(members, p.train.text), ensemble_image(members, p.train.image), rng)
     sd_z = score_spread(p.train_zs[0], p.train_zs[1], rng)
     return Gate(**(gate or {}), sd_adapter=sd_a, sd_zero_shot=sd_z, bank=caption_bank(p.train.text, rng))
 
@@ -120,9 +121,12 @@ def train_adapter(ds: CaptionDataset, out: str | os.PathLike, base: str = "lite"
     return card
 
 
-def save_adapter(ds: CaptionDataset, out, towers, p: Prepared, config: TrainConfig, res, gate: dict | None) -> dict:
-    """Fit the gate to trained heads (``res``: a TrainResult) and write the model file with its card."""
-    model = AdapterModel(res.weights, fit_gate(res.weights, p, gate, config.seed), {})
+def save_adapter(ds: CaptionDataset, out, towers, p: Prepared, config: TrainConfig, res, gate: dict | None,
+                 members: list | None = None) -> dict:
+    """Fit the gate to trained heads (``res``: a TrainResult; ``members``: an ensemble's weights, ``res``
+    then its first member) and write the model file with its card."""
+    weights = members or res.weights
+    model = AdapterModel(weights, fit_gate(weights, p, gate, config.seed), {})
     model.card = {
         "kind": "adapter", "base": towers.spec, "base_fingerprint": towers.fingerprint,
         "features": towers.kind, "image_dim": int(p.train.image.shape[1]), "text_dim": int(p.train.text.shape[1]),
@@ -130,7 +134,7 @@ def save_adapter(ds: CaptionDataset, out, towers, p: Prepared, config: TrainConf
         "data": {"name": ds.name, "source": str(ds.meta.get("source", "")), "split": p.split,
                  "train_images": len(p.train.image), "train_captions": len(p.train.text),
                  "dev_images": len(p.dev.image), "dev_captions": len(p.dev.text), "skipped_images": len(p.skipped)},
-        "seed": config.seed, "best_epoch": res.best_epoch, "history": res.history,
+        "seed": config.seed, "members": len(model.members), "best_epoch": res.best_epoch, "history": res.history,
         "metrics": {"dev_adapter": res.dev, "dev_gated": gated_dev(model, p)},
         "seconds": {"features": round(p.feature_seconds, 1), "training": round(res.seconds, 1)},
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

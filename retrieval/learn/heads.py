@@ -84,3 +84,13 @@ def numpy_text(weights: dict, x: np.ndarray) -> np.ndarray:
 def numpy_weights(module) -> dict[str, np.ndarray]:
     """A torch Heads module's state dict as float32 numpy arrays."""
     return {k: v.detach().float().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def ensemble_image(members: list[dict], x: np.ndarray) -> np.ndarray:
+    """An ensemble's image vectors: its members' unit vectors side by side over sqrt(members), so an inner
+    product is the members' mean cosine (a single member: its own vector)."""
+    return np.concatenate([numpy_image(w, x) for w in members], axis=1) / np.sqrt(len(members))
+
+
+def ensemble_text(members: list[dict], x: np.ndarray) -> np.ndarray:
+    return np.concatenate([numpy_text(w, x) for w in members], axis=1) / np.sqrt(len(members))

@@ -367,6 +367,17 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
                   table(["setting", "R@1", "R@5", "R@10", "best epoch", "train s"],
                         [[x["name"], *[_f(x["dev_adapter"][f"R@{k}"]) for k in (1, 5, 10)], x["best_epoch"],
                           x["train_s"]] for x in lr["head_search"]], "markdown"), ""]
+        tt = lr.get("training_time_s") or {}
+        if tt:
+            parts += [f"Training time: feature extraction {tt['features_cold']} s (cold, once; cached after), heads "
+                      f"{tt['heads']} s ({ch.get('members', 1)} members); {tt.get('note', '')}.", ""]
+        ag = lr.get("agreement")
+        if ag:
+            parts += ["The same test split through `kgclip bench recall` (real indexes, exact search, expand none): "
+                      + "; ".join(f"`{m}` t2i R@1/5/10 " + " / ".join(_f(v[f"image_retrieval_recall@{k}"])
+                                                                   for k in (1, 5, 10))
+                                  + f", i2t R@10 {_f(v['text_retrieval_recall@10'])}"
+                                  for m, v in ag.items() if isinstance(v, dict)) + ".", ""]
     others = ["speed.json", *sorted(p.name for p in RESULTS.glob("faiss_*.json")), "build.json",
               "search_quality.json", "query.json", "query_mpnet.json", "kg.json", "encoders.json",
               "encoders_mpnet.json", "lite_tuning.json", "kg_tuning.json"]

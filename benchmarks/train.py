@@ -39,8 +39,8 @@ OOD_SETS = ("tuxpaint", "fashion-mnist", "emoji", "flickr-nouns")
 # the same with a moving average of the weights
 HEAD_GRID = [
     {"name": "prior design", "heads": {"dim": 512, "hidden": 1024, "text_hidden": 1024, "dropout": 0.2,
-                                       "in_dropout": 0.0}},
-    {"name": "feature dropout 0.4, dropout 0.5", "heads": {"dropout": 0.5, "in_dropout": 0.4}},
+                                       "in_dropout": 0.0}, "ema": 0.0},
+    {"name": "feature dropout 0.4, dropout 0.5", "heads": {"dropout": 0.5, "in_dropout": 0.4}, "ema": 0.0},
     {"name": "feature dropout 0.4, dropout 0.5, EMA 0.99", "heads": {"dropout": 0.5, "in_dropout": 0.4},
      "ema": 0.99},
     {"name": "feature dropout 0.5, dropout 0.5, EMA 0.99, 60 epochs", "heads": {"dropout": 0.5, "in_dropout": 0.5},
@@ -236,7 +236,8 @@ def run(flickr: str, tuxpaint: str | None, model_out: str, ood_names=OOD_SETS, s
     # 3. test, once per configuration (the chosen one and the ablations)
     configs = {"chosen": chosen, "adapter only (no gate)": model.with_gate(mode="adapter"),
                "fixed alpha 0.7": model.with_gate(mode="fixed", alpha=0.7),
-               "query gate c=0.45 (prior design)": model.with_gate(mode="query", center=0.45, width=0.05, low=0.2)}
+               "query gate c=0.45 (prior design)": model.with_gate(mode="query", center=0.45, width=0.05,
+                                                                           low=0.2, k=5)}
     if model is not single:
         configs["single model (seed 0) + chosen gate"] = single.with_gate(**gate)
     if best_cfg != HEAD_GRID[0]["name"] and HEAD_GRID[0]["name"] in trained:

@@ -39,7 +39,7 @@ def toy_pairs(n_img: int, seed: int) -> T.PairSet:
 def test_toy_training_lowers_loss_and_raises_recall():
     torch.set_num_threads(1)
     train, dev = toy_pairs(256, 0), toy_pairs(100, 1)
-    cfg = T.TrainConfig(epochs=12, batch_size=32, lr=3e-3, patience=20, seed=3, heads=TINY)
+    cfg = T.TrainConfig(epochs=12, batch_size=32, lr=3e-3, patience=20, seed=3, ema=0.0, heads=TINY)
     torch.manual_seed(cfg.seed)
     before = T.evaluate(numpy_weights(build_heads(24, 16, TINY)), dev)
     res = T.train_heads(train, dev, cfg, log=lambda m: None)
@@ -201,6 +201,8 @@ def test_cli_train_build_search_end_to_end(toy_dataset, tmp_path):
                                  "--workers", "0"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli.main, ["-q", "train", "adapter", str(idx2), "-o", str(tmp_path / "own.safetensors"),
-                                 "--epochs", "2", "--batch-size", "16"])
+                                 "--epochs", "2", "--batch-size", "16", "--members", "2"])
     assert r.exit_code == 0, r.output
-    assert AdapterModel.load(tmp_path / "own.safetensors").card["base"] == "fake:v1"
+    own = AdapterModel.load(tmp_path / "own.safetensors")
+    assert own.card["base"] == "fake:v1" and len(own.members) == 2
+    assert not list(tmp_path.glob("own.safetensors.ckpt*"))

@@ -12,7 +12,7 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -106,18 +106,28 @@ def gated_dev(model: AdapterModel, p: Prepared) -> dict:
 
 def train_adapter(ds: CaptionDataset, out: str | os.PathLike, base: str = "lite", config: TrainConfig | None = None,
                   gate: dict | None = None, device: str = "cpu", resume: bool = False, cache=None,
-                  progress: bool = False, log: Log | None = None, prepared: Prepared | None = None) -> dict:
-    """Train an adapter on ``ds`` and write it to ``out``; returns its card."""
+                  progress: bool = False, log: Log | None = None, prepared: Prepared | None = None,
+                  members: int = 1) -> dict:
+    """Train an adapter on ``ds`` and write it to ``out``; returns its card. ``members`` > 1 trains that
+    many seeds (``seed``, ``seed + 1``, ...) and stores them as one ensemble (their mean cosine)."""
     config = config or TrainConfig()
     log = log or (lambda m: print(m, file=sys.stderr))
     out = Path(out)
     towers = towers_for(base, device=device)
     p = prepared or prepare(ds, towers, cache, progress, log)
-    ckpt = out.with_name(out.name + ".ckpt")
-    res = train_heads(p.train, p.dev, config, device=resolve_device(device), checkpoint=ckpt, resume=resume,
-                      data_key=p.data_key, progress=progress, log=log)
-    card = save_adapter(ds, out, towers, p, config, res, gate)
-    ckpt.unlink(missing_ok=True)  # the finished model supersedes it
+    results, ckpts = [], []
+    for m in range(max(1, members)):
+        cfg = replace(config, seed=config.seed + m)
+        ckpts.append(out.with_name(out.name + (".ckpt" if m == 0 else f".ckpt{m}")))
+        if members > 1:
+            log(f"member {m + 1}/{members} (seed {cfg.seed})")
+        results.append(train_heads(p.train, p.dev, cfg, device=resolve_device(device), checkpoint=ckpts[-1],
+                                   resume=resume, data_key=p.data_key, progress=progress, log=log))
+    res = results[0]
+    card = save_adapter(ds, out, towers, p, config, res, gate,
+                        members=[r.weights for r in results] if members > 1 else None)
+    for c in ckpts:  # the finished model supersedes them
+        c.unlink(missing_ok=True)
     return card
 
 

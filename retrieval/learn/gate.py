@@ -5,7 +5,7 @@ score(q, i) = g(q) * s_adapter(q, i) / sd_adapter + (1 - g(q)) * s_zero_shot(q, 
 (WiSE-FT / CLIP-Adapter's alpha, made query-dependent). Each branch's cosine is divided by its score
 spread on the training pairs, so the two scales are comparable. ``g(q)`` depends on how familiar the
 query looks: its *familiarity* is the mean cosine of its text features to their ``k`` nearest rows of
-a bank of training-caption features (stored in the model file), and
+a bank of training-caption features (stored in the model file; ``k`` = 20 by default), and
 
 g(q) = low + (high - low) * sigmoid((familiarity - center) / width)
 
@@ -34,11 +34,12 @@ GATE_MODES = ("query", "fixed", "adapter", "zero-shot")
 class Gate:
     mode: str = "query"
     alpha: float = 0.7  # the weight of the adapter in mode "fixed"
+    # chosen on Flickr8k dev + the out-of-domain checks (benchmarks/results/learn_adapter.json)
     center: float = 0.45
-    width: float = 0.05
+    width: float = 0.06
     low: float = 0.2
     high: float = 1.0
-    k: int = 5
+    k: int = 20
     sd_adapter: float = 1.0
     sd_zero_shot: float = 1.0
     bank: np.ndarray | None = field(default=None, repr=False)

@@ -35,7 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 1  # epochs of linear warm-up
     patience: int = 5
-    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (per step)
+    ema: float = 0.99  # > 0: evaluate and keep an exponential moving average of the weights (per step)
     seed: int = 0
     heads: dict = field(default_factory=lambda: dict(DEFAULTS))
 

@@ -366,7 +366,7 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
                   "Head settings on dev (adapter alone, text->image):", "",
                   table(["setting", "R@1", "R@5", "R@10", "best epoch", "train s"],
                         [[x["name"], *[_f(x["dev_adapter"][f"R@{k}"]) for k in (1, 5, 10)], x["best_epoch"],
-                          x["train_s"]] for x in lr["head_search"]], "markdown"), ""]
+                          f"{x['train_s']:.0f}"] for x in lr["head_search"]], "markdown"), ""]
         tt = lr.get("training_time_s") or {}
         if tt:
             parts += [f"Training time: feature extraction {tt['features_cold']} s (cold, once; cached after), heads "

@@ -206,3 +206,17 @@ def test_cli_train_build_search_end_to_end(toy_dataset, tmp_path):
     own = AdapterModel.load(tmp_path / "own.safetensors")
     assert own.card["base"] == "fake:v1" and len(own.members) == 2
     assert not list(tmp_path.glob("own.safetensors.ckpt*"))
+
+
+def test_feature_cache_skips_the_image_tower_on_a_second_run(toy_dataset, tmp_path, monkeypatch):
+    from retrieval.learn.features import image_features
+    from retrieval.learn.towers import towers_for
+
+    ds = load_captions(toy_dataset)
+    paths = [*ds.images[:4], tmp_path / "missing.png"]
+    tw = towers_for("fake:v1")
+    first = image_features(tw, paths, tmp_path / "cache", log=lambda m: None)
+    assert first.ok.tolist() == [True] * 4 + [False] and len(first.skipped) == 1 and not first.cached
+    monkeypatch.setattr(tw, "image_features", lambda batch: pytest.fail("the tower ran again"))
+    second = image_features(tw, paths, tmp_path / "cache", log=lambda m: None)
+    assert second.cached and np.array_equal(second.features, first.features) and len(second.skipped) == 1

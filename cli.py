@@ -684,5 +684,65 @@ def bench_speed(sizes, index_types, fmt, out):
         click.echo(res["summary"])
 
 
+# -- kgclip train --------------------------------------------------------------------------------
+
+
+@main.group(context_settings={"auto_envvar_prefix": None})
+def train():
+    """Train models on captioned images (stage 1: an adapter on frozen towers)."""
+
+
+@command(train, "adapter")
+@click.argument("dataset", metavar="DATASET|INDEX")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write (safetensors); use it as --model adapter:PATH.")
+@click.option("--base", default=None, help="Base model whose frozen towers the adapter learns on "
+              "(default: lite; for an INDEX, the index's model).")
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True,
+              help="Most epochs (training stops earlier when dev R@10 stops improving).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation, batches and dropout.")
+@click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
+@click.option("--members", type=click.IntRange(1), default=1, show_default=True,
+              help="Train this many seeds and store them as one ensemble (3 gave +1.7 points of test R@10 on "
+                   "Flickr8k, at 3x the training time and model size).")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT.ckpt, the checkpoint of an interrupted run.")
+@device_option("cpu")
+@format_option(REPORT_FORMATS, help="json: print the model card as JSON on stdout.")
+def train_adapter_cmd(dataset, out, base, epochs, seed, batch_size, members, resume, device, fmt):
+    """Learn an adapter from (image, caption) pairs: heads on the base model's frozen image and text
+    towers (symmetric InfoNCE), mixed with its zero-shot scores by a query-dependent gate.
+
+    DATASET: a captions file or folder (CSV/JSONL manifest, COCO captions JSON, Flickr-style; train.txt and
+    dev.txt beside it give the split, else 10% of the images are held out for dev), or an INDEX built
+    with captions (adapts to your own collection). Features are cached, so a second run skips the CNN.
+    """
+    from pathlib import Path
+
+    from retrieval.learn.adapter import train_adapter
+    from retrieval.learn.captions import load_captions
+    from retrieval.learn.train import TrainConfig
+
+    if (Path(dataset) / "index.json").is_file():
+        from indexer.captions import index_caption_dataset
+
+        ds, index_model = index_caption_dataset(dataset)
+        base = base or index_model
+    else:
+        ds = load_captions(dataset)
+    log = (lambda m: None) if quiet() else (lambda m: click.echo(m, err=True))
+    card = train_adapter(ds, out, base=base or "lite", config=TrainConfig(epochs=epochs, seed=seed,
+                         batch_size=batch_size), device=device, resume=resume, progress=not quiet(), log=log,
+                         members=members)
+    if fmt == "json":
+        echo_json(card)
+        return
+    d, m = card["data"], card["metrics"]
+    click.echo(f"wrote {out}: adapter on {card['base']} ({d['train_images']} training images, "
+               f"{d['train_captions']} captions; best epoch {card['best_epoch']})")
+    click.echo("dev text->image R@1/5/10: " + " / ".join(f"{m['dev_gated'][f'R@{k}']:.3f}" for k in (1, 5, 10))
+               + f"  (adapter alone R@10 {m['dev_adapter']['R@10']:.3f})")
+    click.echo(f"use it: kgclip build SOURCES -i INDEX --model adapter:{out}")
+
+
 if __name__ == "__main__":
     main()

@@ -38,6 +38,8 @@ from typing import Iterable, Iterator
 
 from retrieval.errors import SourceError
 from retrieval.safefile import TooDeep, json_depth, loads_bounded
+from retrieval.text import MAX_ROW_DEPTH
+from retrieval.text import read_jsonl_rows as _jsonl_rows
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MANIFEST_EXTS = {".csv", ".jsonl", ".ndjson", ".parquet"}
@@ -233,34 +235,10 @@ def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
         raise SourceError(f"{path}: malformed CSV: {e}") from None
 
 
-MAX_ROW_DEPTH = 32  # nesting of one manifest row or webdataset .json member (deeper: that item is skipped)
-
-
 def read_jsonl_rows(path: str | os.PathLike, skip_deep: bool = False) -> Iterator[tuple[int, dict | Skip]]:
-    """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
-    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes. A line nested deeper
-    than :data:`MAX_ROW_DEPTH` is a SourceError too, or with ``skip_deep`` a :class:`Skip` in the
-    object's place (the build skips that row and goes on)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = loads_bounded(line, MAX_ROW_DEPTH)
-                except json.JSONDecodeError as e:
-                    raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
-                except TooDeep:
-                    why = f"JSON nested more than {MAX_ROW_DEPTH} levels deep"
-                    if not skip_deep:
-                        raise SourceError(f"{path}:{lineno}: {why}") from None
-                    yield lineno, Skip(f"{path}:{lineno}", why)
-                    continue
-                if not isinstance(row, dict):
-                    raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
-                yield lineno, row
-    except UnicodeDecodeError as e:
-        raise SourceError(f"{path}: not UTF-8 JSONL ({e.reason} at byte {e.start})") from None
+    """:func:`retrieval.text.read_jsonl_rows`, with a row nested too deeply as a :class:`Skip` (``skip_deep``)."""
+    for lineno, row in _jsonl_rows(path, skip_deep=skip_deep):
+        yield lineno, Skip(f"{path}:{lineno}", str(row)) if isinstance(row, TooDeep) else row
 
 
 def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:

@@ -1,13 +1,17 @@
 """Plain-text helpers shared by the query side, the knowledge graph and every text output: white-space
 folding, query cleaning (a length cap, undecodable bytes), the content words of a query (articles and
-"a photo of" filler left out), and :func:`safe_text`, the one sanitiser for strings shown to people."""
+"a photo of" filler left out), :func:`safe_text`, the one sanitiser for strings shown to people, and the
+one JSONL row reader (build manifests, caption datasets)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import QueryError
+from .errors import QueryError, SourceError
+from .safefile import TooDeep, loads_bounded
 
 # words that say nothing about what is in a picture ("a photo of a dog" has one content word)
 FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
@@ -83,3 +87,32 @@ def is_short_query(text: str | None, max_words: int) -> bool:
     """Whether ``text`` has 1 to ``max_words`` content words: a category-like query ("a mammal")
     rather than a caption."""
     return 0 < len(content_words(text)) <= max_words
+
+
+MAX_ROW_DEPTH = 32  # nesting of one manifest row or webdataset .json member (deeper: that item is skipped)
+
+
+def read_jsonl_rows(path: str | os.PathLike, skip_deep: bool = False) -> Iterator[tuple[int, dict | TooDeep]]:
+    """(line number, object) for each non-blank line of a JSONL file; one-line SourceErrors
+    naming file:line for malformed JSON, non-object lines and non-UTF-8 bytes. A line nested deeper
+    than :data:`MAX_ROW_DEPTH` is a SourceError too, or with ``skip_deep`` a :class:`TooDeep` in the
+    object's place (a build skips that row and goes on)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = loads_bounded(line, MAX_ROW_DEPTH)
+                except json.JSONDecodeError as e:
+                    raise SourceError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+                except TooDeep as e:
+                    if not skip_deep:
+                        raise SourceError(f"{path}:{lineno}: {e}") from None
+                    yield lineno, e
+                    continue
+                if not isinstance(row, dict):
+                    raise SourceError(f"{path}:{lineno}: each line must be a JSON object")
+                yield lineno, row
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 JSONL ({e.reason} at byte {e.start})") from None

@@ -13,7 +13,6 @@ sidecar capped in size, and the index checked against its sidecar's size and CRC
 from __future__ import annotations
 
 import errno
-import json
 import os
 import zlib
 

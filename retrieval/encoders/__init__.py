@@ -167,3 +167,12 @@ register(
         aliases=("sentence-transformers", "st"),
     )
 )
+register(
+    Family(
+        "adapter",
+        "retrieval.learn.encoder:AdapterEncoder",
+        "adapter:f8k.safetensors",
+        "a trained adapter (kgclip train adapter) on a base model's frozen towers, gated with its "
+        "zero-shot scores",
+    )
+)

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from retrieval.errors import SourceError
-from retrieval.safefile import TooDeep, json_depth, loads_bounded
-from retrieval.text import MAX_ROW_DEPTH
+from retrieval.text import MAX_ROW_DEPTH, TooDeep, json_depth, loads_bounded
 from retrieval.text import read_jsonl_rows as _jsonl_rows
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import KgclipError
+from .text import TooDeep, json_depth, loads_bounded  # noqa: F401 - re-exported
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -130,35 +131,6 @@ def gunzip_capped(data: bytes, max_bytes: int, path, what: str = "file",
         raise error(f"{os.fspath(path)}: the {what} decompresses to more than {human(max_bytes)} "
                     "(a damaged or hostile file)")
     return out
-
-
-def json_depth(obj: Any) -> int:
-    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
-    depth, stack = 0, [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, dict):
-            o = list(o.values())
-        if isinstance(o, list):
-            depth = max(depth, d)
-            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
-    return depth
-
-
-class TooDeep(ValueError):
-    """JSON nested deeper than allowed."""
-
-
-def loads_bounded(text: str | bytes, max_depth: int) -> Any:
-    """``json.loads`` that raises :class:`TooDeep` for nesting past ``max_depth`` (json's own
-    RecursionError included), e.g. for one row of a manifest: that row is skipped, the build goes on."""
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise TooDeep(f"JSON nested more than {max_depth} levels deep") from None
-    if json_depth(obj) > max_depth:
-        raise TooDeep(f"JSON nested more than {max_depth} levels deep")
-    return obj
 
 
 def parse_json_capped(data: bytes | str, path, what: str = "file", *, max_depth: int = 32,

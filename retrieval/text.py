@@ -11,7 +11,6 @@ import re
 from typing import Any, Iterator
 
 from .errors import QueryError, SourceError
-from .safefile import TooDeep, loads_bounded
 
 # words that say nothing about what is in a picture ("a photo of a dog" has one content word)
 FILLER = frozenset("a an the some any of photo photos picture pictures image images".split())
@@ -87,6 +86,35 @@ def is_short_query(text: str | None, max_words: int) -> bool:
     """Whether ``text`` has 1 to ``max_words`` content words: a category-like query ("a mammal")
     rather than a caption."""
     return 0 < len(content_words(text)) <= max_words
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, list):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return depth
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than allowed."""
+
+
+def loads_bounded(text: str | bytes, max_depth: int) -> Any:
+    """``json.loads`` that raises :class:`TooDeep` for nesting past ``max_depth`` (json's own
+    RecursionError included), e.g. for one row of a manifest: that row is skipped, the build goes on."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise TooDeep(f"JSON nested more than {max_depth} levels deep") from None
+    if json_depth(obj) > max_depth:
+        raise TooDeep(f"JSON nested more than {max_depth} levels deep")
+    return obj
 
 
 MAX_ROW_DEPTH = 32  # nesting of one manifest row or webdataset .json member (deeper: that item is skipped)

@@ -626,11 +626,13 @@ def bench():
               help="Reuse this index (built from DATASET's images) instead of building one.")
 @click.option("--index-type", default="auto", show_default=True, help=f"{'|'.join(INDEX_TYPES)} (new builds).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
+@click.option("--split-file", type=click.Path(dir_okay=False), default=None,
+              help="Only the images named in FILE, one a line (e.g. Flickr8k's test.txt).")
 @click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
 @device_option("cpu")
 @format_option(BENCH_FORMATS)
 @output_option
-def bench_recall(dataset, models, expand, index_dir, index_type, split, max_queries, device, fmt, out):
+def bench_recall(dataset, models, expand, index_dir, index_type, split, split_file, max_queries, device, fmt, out):
     """Text->image and image->text R@1/5/10, mean/median rank over exact search and the ANN index.
 
     DATASET: flickr8k-1k, or a captions file (CSV/JSONL manifest, COCO captions JSON, Flickr-style).
@@ -639,7 +641,7 @@ def bench_recall(dataset, models, expand, index_dir, index_type, split, max_quer
 
     res = run_recall(dataset, parse_list(models, what="model"), parse_list(expand, MODES, "--expand"), split,
                      index_dir, index_type, max_queries, device=device,
-                     progress=not quiet())
+                     progress=not quiet(), split_file=split_file)
     _bench_output(res, fmt, out)
 
 

@@ -646,26 +646,38 @@ def bench_recall(dataset, models, expand, index_dir, index_type, split, split_fi
 
 
 @command(bench, "category")
-@click.argument("sets", metavar="SET[,SET...]")
+@click.argument("sets", metavar="SET[,SET...]|DIR")
 @click.option("--model", default="lite", show_default=True)
 @click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from the set's images; one set only).")
-@click.option("--per-class", type=int, default=100, show_default=True, help="Fashion-MNIST images per class.")
+@click.option("--per-class", type=click.IntRange(1), default=None,
+              help="Images per class: a seeded sample (default: Fashion-MNIST 100, a DIR all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a DIR's --per-class sample.")
+@click.option("--class-map", type=click.Path(dir_okay=False), default=None,
+              help="DIR only: 'class<TAB>entity' lines (a KG id or name) overriding the linker.")
 @device_option("cpu")
 @format_option(BENCH_FORMATS)
 @output_option
-def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
+def bench_category(sets, model, expand, index_dir, per_class, seed, class_map, device, fmt, out):
     """mAP, nDCG@10, P@k/R@k of label queries with and without KG expansion.
 
     SET: fashion-mnist, emoji (npm emoji-datasource-twitter) or flickr-nouns (hypernyms of caption nouns).
+    DIR: an ImageFolder (DIR/<class>/*.jpg): class names linked to KG entities, queries the class name,
+    "a photo of a {class}" and KG ancestors 1-3 levels up covering two or more classes.
     """
-    from benchmarks.category import SETS, run_category
+    from benchmarks.category import SETS, run_category, run_folder
     from benchmarks.recall import MODES, parse_list
 
-    res = run_category(parse_list(sets, SETS, "set"), model, parse_list(expand, MODES, "--expand"), index_dir,
-                       per_class=per_class, device=device,
-                       progress=not quiet())
+    modes = parse_list(expand, MODES, "--expand")
+    if sets not in SETS and (os.sep in sets or os.path.exists(sets)):
+        res = run_folder(sets, model, modes, index_dir, per_class=per_class, seed=seed, class_map=class_map,
+                         device=device, progress=not quiet())
+    else:
+        if class_map:
+            raise click.UsageError("--class-map is for a DIR (ImageFolder) only")
+        res = run_category(parse_list(sets, SETS, "set"), model, modes, index_dir,
+                           per_class=per_class or 100, device=device, progress=not quiet())
     _bench_output(res, fmt, out)
 
 

@@ -72,6 +72,18 @@ def category_rows(res: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def category_kind_rows(res: dict) -> tuple[list[str], list[list]]:
+    """One row per set x expansion x query kind: mAP, nDCG@10, P@10."""
+    header = ["set", "expand", "kind", "queries", "mAP", "nDCG@10", "P@10"]
+    rows = []
+    for name, s in res.get("sets", {}).items():
+        for mode, m in s["expand"].items():
+            for kd in ["all", *sorted(k for k, v in m.items() if k != "all" and isinstance(v, dict) and "mAP" in v)]:
+                rows.append([name, mode, kd, m[kd]["n_queries"], m[kd]["mAP"], m[kd]["ndcg@10"],
+                             m[kd]["precision@10"]])
+    return header, rows
+
+
 def format_result(res: dict, fmt: str = "table") -> str:
     if fmt == "json":
         return to_json(res)  # strict: a NaN metric is null
@@ -84,7 +96,9 @@ def format_result(res: dict, fmt: str = "table") -> str:
         return head + "\n\n" + table(h, r, fmt)
     if kind == "category":
         h, r = category_rows(res)
-        return f"category queries, model {res['model']}\n\n" + table(h, r, fmt)
+        h2, r2 = category_kind_rows(res)
+        return (f"category queries, model {res['model']}\n\n" + table(h, r, fmt) + "\n\nper query kind\n\n"
+                + table(h2, r2, fmt))
     return to_json(res)
 
 

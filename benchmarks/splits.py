@@ -7,9 +7,14 @@ manifest); names that match no image are counted and reported by the caller as o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from retrieval.errors import SourceError
+
+# the full Flickr8k with its standard splits (train.txt / dev.txt / test.txt), read in place
+FLICKR8K = Path(os.environ.get("KGCLIP_FLICKR8K",
+                               Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k"))
 
 
 def read_split_file(path) -> list[str]:

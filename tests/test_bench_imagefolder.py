@@ -26,7 +26,7 @@ HYPERNYMS = {  # query -> classes relevant
     "domestic animal": {"dog", "mexican_hairless"},
     "canine": {"dog", "mexican_hairless"},
     "motor vehicle": {"car", "truck"},
-    "animal": {"cat", "dog", "mexican_hairless"},  # cat is an animal too, four steps up: relevant, not counted for coverage
+    "animal": {"cat", "dog", "mexican_hairless"},  # cat: four steps up (relevant; not counted for coverage)
     "carnivore": {"cat", "dog", "mexican_hairless"},
     "self-propelled vehicle": {"car", "truck"},
     "placental": {"cat", "dog", "mexican_hairless"},

@@ -614,7 +614,7 @@ def _bench_output(res: dict, fmt: str, out: str | None) -> None:
 
 @main.group(context_settings={"auto_envvar_prefix": None})
 def bench():
-    """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), index speed."""
+    """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), zero-shot classification, index speed."""
 
 
 @command(bench, "recall")
@@ -678,6 +678,27 @@ def bench_category(sets, model, expand, index_dir, per_class, seed, class_map, d
             raise click.UsageError("--class-map is for a DIR (ImageFolder) only")
         res = run_category(parse_list(sets, SETS, "set"), model, modes, index_dir,
                            per_class=per_class or 100, device=device, progress=not quiet())
+    _bench_output(res, fmt, out)
+
+
+@command(bench, "zeroshot")
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--model", default="lite", show_default=True)
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help='Class prompt with {c} for the class name (repeatable; default "a photo of a {c}.").')
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
+              help="Reuse this index (built from DIR's images).")
+@click.option("--per-class", type=click.IntRange(1), default=None, help="A seeded sample of N images per class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class sample.")
+@device_option("cpu")
+@format_option(BENCH_FORMATS)
+@output_option
+def bench_zeroshot(folder, model, templates, index_dir, per_class, seed, device, fmt, out):
+    """Zero-shot classification top-1/top-5 accuracy on an ImageFolder (DIR/<class>/*.jpg)."""
+    from benchmarks.zeroshot import TEMPLATES, run_zeroshot
+
+    res = run_zeroshot(folder, model, templates or TEMPLATES, index_dir, per_class=per_class, seed=seed,
+                       device=device, progress=not quiet())
     _bench_output(res, fmt, out)
 
 

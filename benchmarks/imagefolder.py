@@ -39,8 +39,8 @@ class Folder:
 
 
 def class_text(folder_name: str) -> str:
-    """A folder name as a query phrase: ``golden_retriever`` -> ``golden retriever``."""
-    return " ".join(folder_name.replace("_", " ").replace("-", " ").split())
+    """A folder name as a query phrase: ``golden_retriever`` -> ``golden retriever`` (hyphens kept: T-shirt)."""
+    return " ".join(folder_name.replace("_", " ").split())
 
 
 def _readable(p: Path) -> str | None:

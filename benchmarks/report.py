@@ -99,6 +99,12 @@ def format_result(res: dict, fmt: str = "table") -> str:
         h2, r2 = category_kind_rows(res)
         return (f"category queries, model {res['model']}\n\n" + table(h, r, fmt) + "\n\nper query kind\n\n"
                 + table(h2, r2, fmt))
+    if kind == "zeroshot":
+        m = res["metrics"]
+        head = (f"zero-shot classification, model {res['model']}: {m['n_images']} images, {m['n_classes']} classes, "
+                f"templates {res['templates']}")
+        return head + "\n\n" + table(["acc1", "acc5", "mean per-class recall"],
+                                      [[m["acc1"], m["acc5"], m["mean_per_class_recall"]]], fmt)
     return to_json(res)
 
 

@@ -144,3 +144,29 @@ def test_cli_end_to_end(tmp_path, monkeypatch):
     assert m["all"]["mAP"] == pytest.approx(category_metrics(sc, rel)["mAP"], abs=1e-6)
     assert m["hypernym"]["ndcg@10"] == pytest.approx(category_metrics(sc[10:], rel[10:])["ndcg@10"], abs=1e-6)
     assert m["prompt"]["n_queries"] == 5 and m["class"]["n_queries"] == 5
+
+
+def test_zeroshot_cli_end_to_end(tmp_path, monkeypatch):
+    from benchmarks.metrics import classification_metrics
+    from indexer import open_index
+    from retrieval.encoders import get_encoder
+
+    monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "f")
+    out = tmp_path / "z.json"
+    r = CliRunner().invoke(main, ["-q", "bench", "zeroshot", str(root), "--model", "fake:v1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "acc1" in r.stdout and "skipping class 'empty'" in r.stderr
+    res = json.loads(out.read_text())
+    names = sorted([*CLASSES, "xyzzyq"])
+    assert res["classes"] == names and res["metrics"]["n_images"] == 12 and res["metrics"]["n_classes"] == 6
+    assert res["skipped"]["unreadable_images"] == 1
+    with open_index(res["index"]) as idx:
+        by_path = {it["path"]: idx.get_vectors([i])[0] for i, it in idx.iter_items()}
+    iv = np.stack([by_path[str((root / c / f"{i}.png").resolve())] for c in names for i in range(2)])
+    tv = get_encoder("fake:v1").encode_queries([f"a photo of a {F.class_text(c)}." for c in names])
+    want = classification_metrics(iv @ np.asarray(tv).T, [k for k in range(6) for _ in range(2)])
+    assert res["metrics"] == pytest.approx(want)
+    bad = CliRunner().invoke(main, ["-q", "bench", "zeroshot", str(root), "--model", "fake:v1",
+                                    "--template", "a photo"])
+    assert bad.exit_code == 2 and "has no {c}" in bad.stderr

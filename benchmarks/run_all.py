@@ -96,6 +96,15 @@ def main(argv=None):
             (RESULTS / "recall_flickr8k_test.json").write_text(json.dumps(rec, indent=2) + "\n")
         except Exception as e:  # noqa: BLE001 - Flickr8k not on this machine: keep the rest
             print(f"flickr8k test split skipped: {e}", file=sys.stderr)
+        # CLIP_benchmark's own evaluate on the same encoder (the bench extra installs it)
+        try:
+            from benchmarks.clip_parity import run_parity
+
+            par = run_parity("lite")
+            par["command"] = "python -m benchmarks.clip_parity"
+            (RESULTS / "clip_benchmark_parity.json").write_text(json.dumps(par, indent=2) + "\n")
+        except Exception as e:  # noqa: BLE001 - clip-benchmark not installed: keep the rest
+            print(f"CLIP_benchmark parity skipped: {e}", file=sys.stderr)
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
 
         def categories(names, out: str, label: str, model: str = "lite", flickr_index=idx, **kw) -> None:

@@ -161,24 +161,9 @@ def run_parity(model: str = "lite", device: str = "cpu", progress: bool = True) 
             "classification": classification_parity(enc, model, device, progress)}
 
 
-def fashion_mnist_folder(per_class: int = 30):
-    """Fashion-MNIST's seeded test sample (the category benchmark's renders) as an ImageFolder of links."""
-    from benchmarks.datasets import bench_cache, fashion_mnist
-
-    cs = fashion_mnist(per_class=per_class)
-    root = bench_cache() / "fashion-mnist-imagefolder" / str(per_class)
-    for item, label in zip(cs.items, cs.labels):
-        name = label.split(" ", 1)[1] if label.split(" ", 1)[0] in ("a", "an") else label  # "a T-shirt"
-        (root / name).mkdir(parents=True, exist_ok=True)
-        link = root / name / item.name
-        if not link.is_symlink():
-            link.symlink_to(item.resolve())
-    return root
-
-
 def classification_parity(enc, model: str, device: str = "cpu", progress: bool = True) -> dict:
     """Fashion-MNIST (30 per class): ``kgclip bench zeroshot`` beside CLIP_benchmark's classification."""
-    from benchmarks.imagefolder import class_text, scan
+    from benchmarks.imagefolder import class_text, fashion_mnist_folder, scan
     from benchmarks.zeroshot import TEMPLATES, run_zeroshot
 
     root = fashion_mnist_folder()

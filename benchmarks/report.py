@@ -375,9 +375,13 @@ def write_benchmarks_md(out: Path = ROOT / "benchmarks" / "BENCHMARKS.md") -> Pa
         h, r = category_rows(c)
         cw = c.get("concept_weight", "default")
         parts += [f"## Category and hypernym queries, KG expansion (`{p.name}`, concept weight {cw})", "",
-                  f"Model `{c['model']}`. Relevance from labels (Fashion-MNIST classes, emoji categories, "
-                  "flickr caption nouns mapped to WordNet hypernyms). Exact search over the whole set.", "",
-                  table(h, r, "markdown"), ""]
+                  f"Model `{c['model']}`. " + (
+                      "An ImageFolder (`kgclip bench category DIR`): class folders linked to KG entities, "
+                      "class, prompt and KG-hypernym queries, an image relevant when its class is at or below "
+                      "the query's entity." if any(v.get("root") for v in c["sets"].values()) else
+                      "Relevance from labels (Fashion-MNIST classes, emoji categories, "
+                      "flickr caption nouns mapped to WordNet hypernyms).") + " Exact search over the whole set.",
+                  "", table(h, r, "markdown"), ""]
         png = RESULTS / (p.stem + ".png")
         if _plot_category(c, png):
             parts += [f"![category mAP](results/{png.name})", ""]

@@ -105,6 +105,16 @@ def main(argv=None):
             (RESULTS / "clip_benchmark_parity.json").write_text(json.dumps(par, indent=2) + "\n")
         except Exception as e:  # noqa: BLE001 - clip-benchmark not installed: keep the rest
             print(f"CLIP_benchmark parity skipped: {e}", file=sys.stderr)
+        # `kgclip bench category DIR` on an ImageFolder: Fashion-MNIST's 30 per class as folders of links
+        try:
+            from benchmarks.category import run_folder
+            from benchmarks.imagefolder import fashion_mnist_folder
+
+            res = run_folder(fashion_mnist_folder(30), "lite", progress=True)
+            res["command"] = "kgclip bench category <bench cache>/fashion-mnist-imagefolder/30"
+            (RESULTS / "category_imagefolder.json").write_text(json.dumps(res, indent=2) + "\n")
+        except Exception as e:  # noqa: BLE001 - e.g. Fashion-MNIST not installed: keep the rest
+            print(f"ImageFolder category run skipped: {e}", file=sys.stderr)
         sets = [s.strip() for s in a.sets.split(",") if s.strip()]
 
         def categories(names, out: str, label: str, model: str = "lite", flickr_index=idx, **kw) -> None:

@@ -90,6 +90,8 @@ def test_class_map_overrides_and_per_class_sample_is_seeded(tmp_path, graph):
     assert m == {"xyzzyq": "n02924116", "car": "n02924116"}
     linked, unlinked = F.link_classes(["xyzzyq", "car", "cat"], graph, Linker(graph, None), m)
     assert linked == {"xyzzyq": "n02924116", "car": "n02924116", "cat": IDS["cat"]} and unlinked == []
+    # a compound name the KG lacks links by its head noun, not its first word ("ankle")
+    assert F.link_classes(["ankle_boot"], graph, Linker(graph, None))[0] == {"ankle_boot": "n02872752"}
     a, b, c = (F.scan(root, per_class=2, seed=s) for s in (1, 1, 2))
     assert a.classes == b.classes and all(len(v) == 2 for v in a.classes.values())
     assert a.classes != c.classes
@@ -170,3 +172,18 @@ def test_zeroshot_cli_end_to_end(tmp_path, monkeypatch):
     bad = CliRunner().invoke(main, ["-q", "bench", "zeroshot", str(root), "--model", "fake:v1",
                                     "--template", "a photo"])
     assert bad.exit_code == 2 and "has no {c}" in bad.stderr
+
+
+def test_a_hypernym_above_every_class_is_dropped(tmp_path, graph):
+    from retrieval.kg.linking import Linker
+
+    root = make_folder(tmp_path / "f", extra=False)
+    for c in ("mexican_hairless", "car", "truck"):
+        for p in (root / c).iterdir():
+            p.unlink()
+        (root / c).rmdir()
+    folder = F.scan(root)
+    linked, _ = F.link_classes(list(folder.classes), graph, Linker(graph, None))
+    cs = F.category_set(folder, linked, graph)
+    # carnivore and placental cover cat and dog, i.e. every image: no hypernym query is left
+    assert cs.queries == ["cat", "dog", "a photo of a cat", "a photo of a dog"]

@@ -90,3 +90,18 @@ def test_zeroshot_matches_clip_benchmark(tmp_path, monkeypatch):
     for k in ("acc1", "acc5", "mean_per_class_recall"):
         assert ours[k] == pytest.approx(theirs[k], abs=1e-9), k
     assert 0 < ours["acc1"] < ours["acc5"] < 1
+
+
+def test_ties_are_where_the_two_differ():
+    """Constant scores: CLIP_benchmark's torch.topk credits some hits by chance, kgclip none (pessimistic)."""
+    import torch
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+
+    from benchmarks.metrics import caption_retrieval_metrics
+
+    cap_img = [0, 0, 1, 1, 2, 2]
+    pos = torch.zeros(6, 3, dtype=torch.bool)
+    pos[torch.arange(6), torch.tensor(cap_img)] = True
+    theirs = (recall_at_k(torch.zeros(6, 3), pos, 1) > 0).float().mean().item()
+    ours = caption_retrieval_metrics(np.zeros((6, 3)), cap_img)["image_retrieval_recall@1"]
+    assert ours == 0.0 and theirs > 0

@@ -150,11 +150,11 @@ def run_folder(root, model: str = "lite", expands=MODES, index: str | None = Non
     from retrieval.kg.graph import load_graph
     from retrieval.kg.linking import Linker
 
+    graph = load_graph()
+    cmap = F.read_class_map(class_map, graph) if class_map else None  # a bad map fails before any work
     folder = F.scan(root, per_class, seed)
     for note in folder.notes:
         print(note, file=sys.stderr)
-    graph = load_graph()
-    cmap = F.read_class_map(class_map, graph) if class_map else None
     linked, unlinked = F.link_classes(list(folder.classes), graph, Linker(graph, sense_model), cmap)
     if unlinked:
         print(f"unlinked classes (left out; map them with --class-map): {', '.join(unlinked)}", file=sys.stderr)

@@ -187,3 +187,39 @@ def test_a_hypernym_above_every_class_is_dropped(tmp_path, graph):
     cs = F.category_set(folder, linked, graph)
     # carnivore and placental cover cat and dog, i.e. every image: no hypernym query is left
     assert cs.queries == ["cat", "dog", "a photo of a cat", "a photo of a dog"]
+
+
+def test_image_the_build_cannot_decode_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A truncated JPEG passes the header check but fails the build's decode: left out, counted."""
+    from PIL import Image
+
+    from benchmarks.category import run_folder
+
+    monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "f", extra=False)
+    jpg = tmp_path / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(jpg)
+    data = jpg.read_bytes()
+    (root / "cat" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    res = run_folder(root, "fake:v1", ["none"], sense_model=None)
+    (s,) = res["sets"].values()
+    assert s["skipped"]["unindexed_images"] == 1 and s["n_items"] == 10
+    assert s["relevant_per_query"]["cat"] == 2
+
+
+def test_cli_class_map(tmp_path, monkeypatch):
+    monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "f")
+    good, bad = tmp_path / "good.tsv", tmp_path / "bad.tsv"
+    good.write_text("xyzzyq\tbus\n")
+    bad.write_text("cat dog\n")
+    out = tmp_path / "c.json"
+    r = CliRunner().invoke(main, ["-q", "bench", "category", str(root), "--model", "fake:v1", "--expand", "none",
+                                  "--class-map", str(good), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    (s,) = json.loads(out.read_text())["sets"].values()
+    assert s["classes"]["xyzzyq"] == "n02924116" and s["unlinked"] == []
+    r = CliRunner().invoke(main, ["-q", "bench", "category", str(root), "--model", "fake:v1", "--class-map", str(bad)])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "bad.tsv:1: expected 'class<TAB>entity'" in r.stderr
+    r = CliRunner().invoke(main, ["-q", "bench", "category", "fashion-mnist", "--class-map", str(good)])
+    assert r.exit_code == 2 and "--class-map is for a DIR" in r.stderr

@@ -1,6 +1,7 @@
 """Regenerate benchmarks/results/*.json and BENCHMARKS.md (``make bench``).
 
-    python -m benchmarks.run_all                      # recall + category (+ full sets) + report (speed results kept)
+    python -m benchmarks.run_all                      # recall (+ Flickr8k test split, CLIP_benchmark parity) +
+                                                      # category (+ full sets, an ImageFolder) + report
     python -m benchmarks.run_all --speed              # also the speed sweep (long; wants a quiet machine)
     python -m benchmarks.run_all --report-only        # BENCHMARKS.md from the JSON already there
     python -m benchmarks.run_all --kg-queries 250     # fewer caption queries for the expansion comparison

@@ -614,7 +614,7 @@ def _bench_output(res: dict, fmt: str, out: str | None) -> None:
 
 @main.group(context_settings={"auto_envvar_prefix": None})
 def bench():
-    """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), index speed."""
+    """Benchmarks: caption recall@k, category/hypernym queries (KG expansion), zero-shot classification, index speed."""
 
 
 @command(bench, "recall")
@@ -626,11 +626,13 @@ def bench():
               help="Reuse this index (built from DATASET's images) instead of building one.")
 @click.option("--index-type", default="auto", show_default=True, help=f"{'|'.join(INDEX_TYPES)} (new builds).")
 @click.option("--split", type=click.Choice(["all", "train", "test"]), default="all", show_default=True)
+@click.option("--split-file", type=click.Path(dir_okay=False), default=None,
+              help="Only the images named in FILE, one a line (e.g. Flickr8k's test.txt).")
 @click.option("--max-queries", type=int, default=None, help="Evenly subsample the caption queries.")
 @device_option("cpu")
 @format_option(BENCH_FORMATS)
 @output_option
-def bench_recall(dataset, models, expand, index_dir, index_type, split, max_queries, device, fmt, out):
+def bench_recall(dataset, models, expand, index_dir, index_type, split, split_file, max_queries, device, fmt, out):
     """Text->image and image->text R@1/5/10, mean/median rank over exact search and the ANN index.
 
     DATASET: flickr8k-1k, or a captions file (CSV/JSONL manifest, COCO captions JSON, Flickr-style).
@@ -639,31 +641,64 @@ def bench_recall(dataset, models, expand, index_dir, index_type, split, max_quer
 
     res = run_recall(dataset, parse_list(models, what="model"), parse_list(expand, MODES, "--expand"), split,
                      index_dir, index_type, max_queries, device=device,
-                     progress=not quiet())
+                     progress=not quiet(), split_file=split_file)
     _bench_output(res, fmt, out)
 
 
 @command(bench, "category")
-@click.argument("sets", metavar="SET[,SET...]")
+@click.argument("sets", metavar="SET[,SET...]|DIR")
 @click.option("--model", default="lite", show_default=True)
 @click.option("--expand", default="none,mix,multi", show_default=True, help="KG expansion modes (comma list).")
 @click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
               help="Reuse this index (built from the set's images; one set only).")
-@click.option("--per-class", type=int, default=100, show_default=True, help="Fashion-MNIST images per class.")
+@click.option("--per-class", type=click.IntRange(1), default=None,
+              help="Images per class: a seeded sample (default: Fashion-MNIST 100, a DIR all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a DIR's --per-class sample.")
+@click.option("--class-map", type=click.Path(dir_okay=False), default=None,
+              help="DIR only: 'class<TAB>entity' lines (a KG id or name) overriding the linker.")
 @device_option("cpu")
 @format_option(BENCH_FORMATS)
 @output_option
-def bench_category(sets, model, expand, index_dir, per_class, device, fmt, out):
+def bench_category(sets, model, expand, index_dir, per_class, seed, class_map, device, fmt, out):
     """mAP, nDCG@10, P@k/R@k of label queries with and without KG expansion.
 
     SET: fashion-mnist, emoji (npm emoji-datasource-twitter) or flickr-nouns (hypernyms of caption nouns).
+    DIR: an ImageFolder (DIR/<class>/*.jpg): class names linked to KG entities, queries the class name,
+    "a photo of a {class}" and KG ancestors 1-3 levels up covering two or more classes.
     """
-    from benchmarks.category import SETS, run_category
+    from benchmarks.category import SETS, run_category, run_folder
     from benchmarks.recall import MODES, parse_list
 
-    res = run_category(parse_list(sets, SETS, "set"), model, parse_list(expand, MODES, "--expand"), index_dir,
-                       per_class=per_class, device=device,
-                       progress=not quiet())
+    modes = parse_list(expand, MODES, "--expand")
+    if sets not in SETS and (os.sep in sets or os.path.exists(sets)):
+        res = run_folder(sets, model, modes, index_dir, per_class=per_class, seed=seed, class_map=class_map,
+                         device=device, progress=not quiet())
+    else:
+        if class_map:
+            raise click.UsageError("--class-map is for a DIR (ImageFolder) only")
+        res = run_category(parse_list(sets, SETS, "set"), model, modes, index_dir,
+                           per_class=per_class or 100, device=device, progress=not quiet())
+    _bench_output(res, fmt, out)
+
+
+@command(bench, "zeroshot")
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--model", default="lite", show_default=True)
+@click.option("--template", "templates", multiple=True, metavar="TEXT",
+              help='Class prompt with {c} for the class name (repeatable; default "a photo of a {c}.").')
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
+              help="Reuse this index (built from DIR's images).")
+@click.option("--per-class", type=click.IntRange(1), default=None, help="A seeded sample of N images per class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class sample.")
+@device_option("cpu")
+@format_option(BENCH_FORMATS)
+@output_option
+def bench_zeroshot(folder, model, templates, index_dir, per_class, seed, device, fmt, out):
+    """Zero-shot classification top-1/top-5 accuracy on an ImageFolder (DIR/<class>/*.jpg)."""
+    from benchmarks.zeroshot import TEMPLATES, run_zeroshot
+
+    res = run_zeroshot(folder, model, templates or TEMPLATES, index_dir, per_class=per_class, seed=seed,
+                       device=device, progress=not quiet())
     _bench_output(res, fmt, out)
 
 

@@ -19,7 +19,8 @@ import time
 
 
 from benchmarks import write_result
-from benchmarks.recall import MODES, RESULTS, ExactIndex, ensure_index, open_checked, parse_list, score_matrix
+from benchmarks.recall import MODES, RESULTS, ExactIndex, _rows, ensure_index, open_checked, parse_list, score_matrix
+from retrieval.errors import SourceError
 
 SETS = ("fashion-mnist", "emoji", "flickr-nouns")
 
@@ -123,6 +124,57 @@ def run_category(sets=("fashion-mnist", "flickr-nouns"), model: str = "lite", ex
             "fingerprint_index": base.index.model_fingerprint, "build_s": round(build_s, 1), "expand": res,
         }
     return out
+
+
+def _drop_missing(cs, missing: list[int]):
+    """``cs`` without the items the index lacks (files the build could not read), and without the
+    queries left with no relevant item."""
+    from benchmarks.datasets import CategorySet
+
+    keep = sorted(set(range(len(cs.items))) - set(missing))
+    rel = cs.relevant[:, keep]
+    q = [i for i in range(len(cs.queries)) if rel[i].any()]
+    return CategorySet(cs.name, [cs.items[i] for i in keep], [cs.labels[i] for i in keep],
+                       [cs.queries[i] for i in q], [cs.kind[i] for i in q], rel[q], dict(cs.meta))
+
+
+def run_folder(root, model: str = "lite", expands=MODES, index: str | None = None, index_type: str = "auto",
+               per_class: int | None = None, seed: int = 0, class_map: str | None = None, device: str = "cpu",
+               check_fingerprint: bool = True, progress: bool = False, sense_model="sbert:minilm") -> dict:
+    """The category benchmark on an ImageFolder (``root/<class>/*.jpg``, see :mod:`benchmarks.imagefolder`).
+    Skipped files and classes, unlinked classes and images the build could not read are reported on
+    stderr (one line each) and counted in the result."""
+    from benchmarks import imagefolder as F
+    from benchmarks.datasets import bench_cache
+    from indexer import open_index
+    from retrieval.kg.graph import load_graph
+    from retrieval.kg.linking import Linker
+
+    graph = load_graph()
+    cmap = F.read_class_map(class_map, graph) if class_map else None  # a bad map fails before any work
+    folder = F.scan(root, per_class, seed)
+    for note in folder.notes:
+        print(note, file=sys.stderr)
+    linked, unlinked = F.link_classes(list(folder.classes), graph, Linker(graph, sense_model), cmap)
+    if unlinked:
+        print(f"unlinked classes (left out; map them with --class-map): {', '.join(unlinked)}", file=sys.stderr)
+    cs = F.category_set(folder, linked, graph)
+    idir = ensure_index(cs.items, cs.name, model, bench_cache() / "indexes", index_type, index, device, progress)
+    with open_index(idir) as idx:
+        _, missing = _rows(idx, cs.items)
+    if missing:
+        print(f"skipping {len(missing)} image(s) the index lacks (unreadable at build time), "
+              f"e.g. {cs.items[missing[0]]}", file=sys.stderr)
+        cs = _drop_missing(cs, missing)
+        if not cs.items or not cs.queries:
+            raise SourceError(f"{root}: no usable images left after skipping unreadable ones")
+    res = run_category([cs.name], model, expands, idir, index_type, device=device,
+                       check_fingerprint=check_fingerprint, progress=progress, category_set=cs)
+    s = res["sets"][cs.name]
+    s.update(root=str(root), per_class=per_class, seed=seed, classes=cs.meta["classes"], unlinked=unlinked,
+             skipped={**folder.skipped, "unindexed_images": len(missing)},
+             query_entities=cs.meta["query_entities"])
+    return res
 
 
 def main(argv=None):

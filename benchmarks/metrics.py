@@ -173,3 +173,22 @@ def category_metrics(scores: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) ->
         out[f"precision@{k}"] = float(p.mean())
         out[f"recall@{k}"] = float(r.mean())
     return out
+
+
+# -- zero-shot classification ------------------------------------------------------------------
+
+
+def classification_metrics(scores: np.ndarray, labels, ks=(1, 5), ties: str = "pessimistic") -> dict:
+    """Top-k accuracy (``acc{k}``; null with fewer than k classes, as CLIP_benchmark's acc5 below 5
+    classes) and ``mean_per_class_recall`` (top-1, averaged over the classes present) from an
+    [images x classes] score matrix and each image's class index. Ranks come from
+    :func:`rank_of_targets`, so a class tied with the true one counts as ahead of it."""
+    s = np.atleast_2d(np.asarray(scores))
+    labels = np.asarray(labels, dtype=np.int64)
+    ranks = rank_of_targets(s, labels, ties)
+    out: dict = {"n_images": int(len(labels)), "n_classes": int(s.shape[1])}
+    for k in ks:
+        out[f"acc{k}"] = float(np.mean(ranks <= k)) if s.shape[1] >= k else None
+    present = np.unique(labels)
+    out["mean_per_class_recall"] = float(np.mean([np.mean(ranks[labels == c] <= 1) for c in present]))
+    return out

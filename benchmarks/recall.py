@@ -268,14 +268,27 @@ def open_checked(idir: str, items: list[str], device: str, check_fingerprint: bo
 
 def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, split: str = "all",
                index: str | None = None, index_type: str = "auto", max_queries: int | None = None,
-               device: str = "cpu", check_fingerprint: bool = True, progress: bool = False) -> dict:
-    """The recall benchmark as a JSON-able dict (see module docstring)."""
+               device: str = "cpu", check_fingerprint: bool = True, progress: bool = False,
+               split_file: str | None = None) -> dict:
+    """The recall benchmark as a JSON-able dict (see module docstring). ``split_file``: keep the images
+    named in it (one a line, e.g. Flickr8k's ``test.txt``) instead of ``split``."""
     from benchmarks.datasets import bench_cache, flickr8k_1k, load_captions
     from benchmarks.metrics import caption_retrieval_metrics, recall_from_ids
     from retrieval.errors import UsageError
     from retrieval.query import Searcher
 
+    if split_file and split != "all":
+        raise UsageError("--split-file replaces --split: give one of them")
     ds = flickr8k_1k(split) if dataset == "flickr8k-1k" else load_captions(dataset).split(split)
+    split_missing: list[str] = []
+    if split_file:
+        from benchmarks.splits import apply_split_file
+
+        n_all = len(ds)
+        ds, split_missing = apply_split_file(ds, split_file)
+        if split_missing:
+            print(f"warning: {len(split_missing)} name(s) in {split_file} are not images of the dataset's "
+                  f"{n_all} (e.g. {split_missing[0]!r}); using the {len(ds)} that are", file=sys.stderr)
     models = list(models)
     if index and len(models) > 1:
         raise UsageError("--index reuses one index: give a single --model with it")
@@ -287,6 +300,9 @@ def run_recall(dataset: str = "flickr8k-1k", models=("lite",), expands=MODES, sp
     out = {"benchmark": "recall", "dataset": ds.name, "split": split, "n_images": len(ds),
            "n_captions": len(caps), "ties": "pessimistic", "runs": [],
            "sampled_queries": len(caps) < len(ds.captions)}
+    if split_file:
+        out.update(split=f"file:{Path(split_file).name}", split_file=str(split_file),
+                   split_missing=len(split_missing))
     for model in models:
         t = time.perf_counter()
         idir = ensure_index(ds.images, ds.name, model, bench_cache() / "indexes", index_type, index, device,

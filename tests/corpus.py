@@ -8,6 +8,7 @@ duplicates) so tests can compare item counts exactly.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from pathlib import Path
@@ -120,3 +121,12 @@ def make_hostile_corpus(d: Path, bomb_pixels: int = 4_000_000) -> tuple[list[str
     valid.append("sub/deep.png")
     os.symlink(d, d / "sub" / "up")  # sub/up -> the corpus root: a loop
     return valid, invalid
+
+
+def write_captions_csv(path: Path, rows) -> Path:
+    """A captions manifest (``image,caption`` header) with one row per ``(image path, caption)``."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "caption"])
+        w.writerows(rows)
+    return path

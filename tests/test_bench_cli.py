@@ -8,7 +8,6 @@ not: the expected metrics are worked out by hand below.
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 
 import benchmarks.fakes  # noqa: F401  (registers fake:v1)
 from cli import main
+from tests.corpus import write_captions_csv
 from benchmarks.fakes import word_vector
 
 IMAGES = ["red", "green", "blue", "yellow"]
@@ -28,13 +28,7 @@ CAPTIONS = [("red", "red"), ("red", "red"), ("green", "green"), ("green", "blue"
 @pytest.fixture
 def dataset(tmp_path, colour_images, monkeypatch):
     monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "bench-cache"))
-    p = tmp_path / "captions.csv"
-    with open(p, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "caption"])
-        for img, cap in CAPTIONS:
-            w.writerow([str(colour_images / f"{img}.png"), cap])
-    return p
+    return write_captions_csv(tmp_path / "captions.csv", [(str(colour_images / f"{img}.png"), cap) for img, cap in CAPTIONS])
 
 
 def _rank_of_green_for_blue(index_dir) -> int:

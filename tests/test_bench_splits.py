@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -10,6 +9,7 @@ from click.testing import CliRunner
 
 import benchmarks.fakes  # noqa: F401  (registers fake:v1)
 from cli import main
+from tests.corpus import write_captions_csv
 
 CAPTIONS = [("red", "red"), ("red", "a red thing"), ("green", "green"), ("blue", "blue"), ("yellow", "yellow")]
 
@@ -17,13 +17,7 @@ CAPTIONS = [("red", "red"), ("red", "a red thing"), ("green", "green"), ("blue",
 @pytest.fixture
 def dataset(tmp_path, colour_images, monkeypatch):
     monkeypatch.setenv("KGCLIP_BENCH_CACHE", str(tmp_path / "bench-cache"))
-    p = tmp_path / "captions.csv"
-    with open(p, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "caption"])
-        for img, cap in CAPTIONS:
-            w.writerow([f"colours/{img}.png", cap])
-    return p
+    return write_captions_csv(tmp_path / "captions.csv", [(f"colours/{img}.png", cap) for img, cap in CAPTIONS])
 
 
 def test_split_file_keeps_named_images_and_warns_once(dataset, tmp_path):

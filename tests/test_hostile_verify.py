@@ -237,17 +237,23 @@ def test_hostile_faiss_file_is_repaired(idx):
     check_repair(idx, "image.faiss", N)
 
 
-@pytest.mark.parametrize("value", [-1, 0, 2_000_000_000, "many", None, 1.5e300, float("nan"), True])
-def test_search_parameters_out_of_range(tmp_path, value):
+def _index_with_param(tmp_path, n, seed, size, param, value, **build):
+    """An index of ``n`` noise images whose index.json then records ``value`` for a FAISS search parameter."""
     src = tmp_path / "imgs"
     src.mkdir()
-    for i in range(30):
-        (src / f"{i:02d}.png").write_bytes(encode(noise(900 + i, 10, 10), "PNG"))
+    for i in range(n):
+        (src / f"{i:03d}.png").write_bytes(encode(noise(seed + i, size, size), "PNG"))
     idx = tmp_path / "idx"
-    build_index([src], idx, **dict(FAKE, text_model=None), index_type="hnsw")
+    build_index([src], idx, **dict(FAKE, text_model=None), **build)
     m = json.loads((idx / "index.json").read_text())
-    m["faiss"]["image"]["params"]["efSearch"] = value
+    m["faiss"]["image"]["params"][param] = value
     (idx / "index.json").write_text(json.dumps(m))
+    return idx
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2_000_000_000, "many", None, 1.5e300, float("nan"), True])
+def test_search_parameters_out_of_range(tmp_path, value):
+    idx = _index_with_param(tmp_path, 30, 900, 10, "efSearch", value, index_type="hnsw")
     res = cli("search", idx, "red", "-k", "3", "--format", "paths", "--expand", "none")
     assert res.exit_code == 0, res.stderr
     assert len(lines(res.stdout)) == 3  # never fewer hits than asked when there are enough items
@@ -257,15 +263,7 @@ def test_search_parameters_out_of_range(tmp_path, value):
 
 @pytest.mark.parametrize("value", [-1, 2_000_000_000])
 def test_nprobe_out_of_range(tmp_path, value):
-    src = tmp_path / "imgs"
-    src.mkdir()
-    for i in range(300):
-        (src / f"{i:03d}.png").write_bytes(encode(noise(1200 + i, 8, 8), "PNG"))
-    idx = tmp_path / "idx"
-    build_index([src], idx, **dict(FAKE, text_model=None), index_type="ivf", batch_size=64)
-    m = json.loads((idx / "index.json").read_text())
-    m["faiss"]["image"]["params"]["nprobe"] = value
-    (idx / "index.json").write_text(json.dumps(m))
+    idx = _index_with_param(tmp_path, 300, 1200, 8, "nprobe", value, index_type="ivf", batch_size=64)
     res = cli("search", idx, "red", "-k", "5", "--format", "paths", "--expand", "none")
     assert res.exit_code == 0 and len(lines(res.stdout)) == 5, res.stderr
     warn = lines(res.stderr)
